@@ -1,0 +1,15 @@
+"""wisparse-export: training-free weight-aware activation sparsity for LLMs, exported to ONNX and TensorRT.
+
+    import wisparse_export as ws
+    loaded = ws.load_model()                 # the embedded SmolLM2-135M, or a path / hub id
+    plan = ws.load_plan("plan.json")         # made by `wisparse calibrate`
+    ws.apply(loaded.model, plan)             # in place; ws.remove(model) undoes it
+"""
+
+from .errors import WisparseError
+from .models import load_model
+from .plan import Plan, load_plan, save_plan
+from .runtime import apply, remove
+
+__version__ = "0.1.0"
+__all__ = ["WisparseError", "Plan", "apply", "remove", "load_model", "load_plan", "save_plan", "__version__"]

@@ -1,0 +1,30 @@
+"""Weight-aware channel scores: s_i = |x_i| * ||W[:, i]||_2 ** alpha (alpha 0 is magnitude-only, TEAL).
+
+|x_i| * n_i**a > t  <=>  |x_i| > t / n_i**a, so a calibrated threshold becomes a per-channel vector tau that
+kernels compare |x| against directly: the weight norms cost nothing at run time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def column_norms(weight: torch.Tensor) -> torch.Tensor:
+    """n_i = ||W[:, i]||_2 for W stored [out, in], computed in float32 as the plan contract says."""
+    return weight.detach().float().norm(dim=0)
+
+
+def channel_scores(x: torch.Tensor, norms: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Scores for activations x [..., in]; float32."""
+    return x.float().abs() * norms.pow(alpha) if alpha else x.float().abs()
+
+
+def tau(threshold: float, norms: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-channel magnitude threshold t / n_i**alpha (inf for a zero column: that channel never matters)."""
+    if not alpha:
+        return torch.full_like(norms, float(threshold))
+    scale = norms.double().pow(alpha)
+    out = torch.where(scale > 0, threshold / scale, torch.full_like(scale, float("inf")))
+    if threshold == 0:
+        out = torch.zeros_like(scale)
+    return out.float()
