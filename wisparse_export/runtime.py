@@ -22,12 +22,17 @@ class SparseLinear(nn.Module):
     def __init__(self, dense: nn.Linear, threshold: float, alpha: float, sparsity: float = 0.0):
         super().__init__()
         self.dense = dense
-        self.threshold, self.alpha, self.sparsity = float(threshold), float(alpha), float(sparsity)
-        self.register_buffer("tau", tau(threshold, column_norms(dense.weight), alpha).to(dense.weight.device),
-                             persistent=False)
+        self.register_buffer("norms", column_norms(dense.weight), persistent=False)
+        self.register_buffer("tau", torch.empty_like(self.norms), persistent=False)
+        self.set(threshold, alpha, sparsity)
         self.enabled = True
         self.counts: list[int] | None = None  # [zeroed, total] while tracking realized sparsity
         self.backend = "torch"  # "cuda" once kernels.prepare() has converted the weights
+
+    def set(self, threshold: float, alpha: float, sparsity: float = 0.0) -> None:
+        """Re-threshold in place (the allocation search tries thousands of plans without rebuilding modules)."""
+        self.threshold, self.alpha, self.sparsity = float(threshold), float(alpha), float(sparsity)
+        self.tau.copy_(tau(threshold, self.norms, alpha))
 
     @property
     def weight(self) -> torch.Tensor:

@@ -1,0 +1,190 @@
+"""Sparse decode kernel vs torch.matmul (cuBLAS), one GPU run: JSON with every figure, a short table printed last.
+
+Every time is the median over graph replays of per-call device time (CUDA events around a CUDA graph of many
+calls), with the weights rotated over enough copies to exceed the L2 cache. The dense reference is the faster of
+torch.matmul on nn.Linear's [out, in] layout and on the kernel's [in, out] layout, measured in the same run; a fused
+group's dense reference is one matmul over the concatenated weight. Bandwidth counts the bytes the kernel must
+move (kept weight rows of the union mask, x, tau, y) and is set against a device-to-device copy measured here.
+
+    python benchmarks/bench_kernels.py --json OUT.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+
+from wisparse_export import kernels
+from wisparse_export.kernels import sparse_linear_op as op
+
+SHAPES = {  # name: (in, splits)
+    "8B q/o 4096->4096": (4096, [4096]),
+    "8B gate/up 4096->14336": (4096, [14336]),
+    "8B down 14336->4096": (14336, [4096]),
+    "8B qkv fused 4096->6144": (4096, [4096, 1024, 1024]),
+    "8B gate+up fused 4096->28672": (4096, [14336, 14336]),
+    "70B gate/up 8192->28672": (8192, [28672]),
+    "70B down 28672->8192": (28672, [8192]),
+}
+SPARSITIES = [0.0, 0.25, 0.5, 0.75, 0.9]
+BATCHES = [1, 2, 4, 8]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+L2_BYTES = 60 * 2**20
+
+
+def median_call_us(calls, n_copies: int, replays: int = 15) -> float:
+    """Median per-call device time of `calls[i % n_copies]()` captured in one CUDA graph."""
+    per_graph = max(20, n_copies * math.ceil(20 / n_copies))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(n_copies):
+            calls[i]()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(per_graph):
+            calls[i % n_copies]()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / per_graph)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read plus written per second (the ceiling every figure is set against)."""
+    src = torch.empty(2**31, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = median_call_us([lambda: dst.copy_(src)], 1, replays=10)
+    return 2 * src.numel() / (us * 1e-6)
+
+
+def thresholds(sparsity: float, in_f: int, parts: int) -> torch.Tensor:
+    """tau such that each row of standard-normal x drops `sparsity` of its channels."""
+    q = torch.quantile(torch.randn(2**20, device="cuda").abs(), sparsity).item() if sparsity else 0.0
+    return torch.full((parts, in_f), q, device="cuda")
+
+
+def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
+    out = sum(splits)
+    nbytes = in_f * out * 2
+    n_copies = max(2, math.ceil(3 * L2_BYTES / nbytes))
+    w = [torch.randn(out, in_f, device="cuda").div_(in_f**0.5).to(dtype) for _ in range(n_copies)]  # [out, in]
+    wt = [m.t().contiguous() for m in w]  # [in, out], the kernel's layout
+    rows = []
+    for b in batches:
+        x = torch.randn(b, in_f, device="cuda").to(dtype)
+        dense_nat = median_call_us([lambda m=m, x=x: torch.matmul(x, m.t()) for m in w], n_copies)
+        dense_t = median_call_us([lambda m=m, x=x: torch.matmul(x, m) for m in wt], n_copies)
+        dense = min(dense_nat, dense_t)
+        for s in sparsities:
+            tau = thresholds(s, in_f, len(splits))
+            keep = (x.float().abs() > tau[0]).any(0).float().mean().item()  # union over the batch's rows
+            ours = median_call_us([lambda m=m, x=x, t=tau: op(x, m, t, None, splits) for m in wt], n_copies)
+            moved = kernels.bytes_moved(in_f, out, b, keep)
+            spec = kernels.launch_spec(dtype, in_f, splits, b)
+            row = {"shape": name, "in": in_f, "splits": splits, "dtype": str(dtype).replace("torch.", ""),
+                   "batch": b, "sparsity": s, "union_keep": keep, "dense_us": dense, "dense_nat_us": dense_nat,
+                   "dense_t_us": dense_t, "sparse_us": ours, "speedup": dense / ours,
+                   "dense_tbps": (nbytes + b * (in_f + out) * 2) / (dense * 1e-6) / 1e12,
+                   "sparse_tbps": moved / (ours * 1e-6) / 1e12, "kernel": spec.name, "grid": list(spec.grid)}
+            if tiles:
+                row["tiles_us"] = {}
+                for t in kernels.TILES:
+                    sp = kernels.launch_spec(dtype, in_f, splits, b, tile=t)
+                    y = torch.empty(b, out, dtype=dtype, device="cuda")
+
+                    def call(m, sp=sp, y=y, x=x, tau=tau):
+                        kernels.launch(sp, [x.data_ptr(), m.data_ptr(), tau.data_ptr()], y.data_ptr(),
+                                       torch.cuda.current_stream().cuda_stream)
+
+                    row["tiles_us"][t] = median_call_us([lambda m=m, call=call: call(m) for m in wt], n_copies)
+            rows.append(row)
+    del w, wt
+    torch.cuda.empty_cache()
+    return rows
+
+
+def table(rows, copy_tbps) -> str:
+    lines = []
+    for dt in DTYPES.values():
+        dts = str(dt).replace("torch.", "")
+        for b in BATCHES:
+            sub = [r for r in rows if r["dtype"] == dts and r["batch"] == b]
+            if not sub:
+                continue
+            sps = sorted({r["sparsity"] for r in sub})
+            lines.append(f"\n{dts} batch {b}: speedup over torch.matmul (dense us | TB/s at s=0.5)")
+            lines.append(f"{'shape':<30}" + "".join(f"{'s=' + str(s):>7}" for s in sps) + f"{'dense us':>10}"
+                         f"{'TB/s':>7}")
+            for name in SHAPES:
+                rs = {r["sparsity"]: r for r in sub if r["shape"] == name}
+                if not rs:
+                    continue
+                mid = rs.get(0.5, next(iter(rs.values())))
+                lines.append(f"{name:<30}" + "".join(f"{rs[s]['speedup']:>7.2f}" for s in sps)
+                             + f"{mid['dense_us']:>10.1f}{mid['sparse_tbps']:>7.2f}")
+    lines.append(f"\ncopy bandwidth (read + write): {copy_tbps:.2f} TB/s")
+    return "\n".join(lines)
+
+
+def bars(rows) -> list[str]:
+    """The issue's bars (H200, bf16, batch 1, against torch.matmul in the same run)."""
+    def sp(shape, s):
+        r = [r for r in rows if r["shape"] == shape and r["dtype"] == "bfloat16" and r["batch"] == 1
+             and r["sparsity"] == s]
+        return r[0]["speedup"] if r else float("nan")
+
+    checks = []
+    for shape in ("8B gate/up 4096->14336", "8B down 14336->4096"):
+        checks += [(f"{shape} s=0.5 >= 2.0x", sp(shape, 0.5), 2.0), (f"{shape} s=0.75 >= 3.0x", sp(shape, 0.75), 3.0),
+                   (f"{shape} s=0 >= 0.95x", sp(shape, 0.0), 0.95)]
+    for shape in ("70B gate/up 8192->28672", "70B down 28672->8192"):
+        checks.append((f"{shape} s=0.5 >= 2.5x", sp(shape, 0.5), 2.5))
+    return [f"{'MET ' if v >= bar else 'MISS'} {label}: {v:.2f}x" for label, v, bar in checks]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--quick", action="store_true", help="bf16, batch 1 only")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    t0 = time.time()
+    copy_tbps = copy_bandwidth() / 1e12
+    rows = []
+    for dname, dt in DTYPES.items():
+        if args.quick and dname != "bf16":
+            continue
+        for name, (in_f, splits) in SHAPES.items():
+            rows += bench_shape(name, in_f, splits, dt, [1] if args.quick else BATCHES, SPARSITIES)
+    # Column-tile sweep (bf16, batch 1, s = 0.5) to check the tile heuristic.
+    sweep = []
+    for name, (in_f, splits) in SHAPES.items():
+        sweep += bench_shape(name, in_f, splits, torch.bfloat16, [1], [0.5], tiles=True)
+    result = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "nvrtc": kernels.nvrtc_version(), "driver": kernels.driver_version(), "copy_tbps": copy_tbps,
+              "rows": rows, "tile_sweep": sweep, "seconds": time.time() - t0}
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1)
+    print("tile sweep (bf16, batch 1, s=0.5): us per column tile")
+    for r in sweep:
+        print(f"  {r['shape']:<30} chosen {r['kernel']:<28} " + " ".join(f"{t}:{u:.1f}" for t, u in
+                                                                         r["tiles_us"].items()))
+    print(table(rows, copy_tbps))
+    print("\n" + "\n".join(bars(rows)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Calibration recipes as data: default text split, token counts and search presets, picked by name."""

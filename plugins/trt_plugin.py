@@ -1,0 +1,132 @@
+"""TensorRT plugins `wisparse::SparseLinear` and `wisparse::SparseLinearBias`, ahead-of-time (no Python at run time).
+
+The engine embeds the PTX of `sparse_gemv.cu` and its launch parameters, as `wisparse_export.kernels.launch_spec`
+computes them for the torch op too. `aot_launch` is the plain body (shapes and dtype in; kernel name, PTX, launch
+parameters and int32 arguments out) so it runs and is tested without TensorRT; `register()` only wraps it with the
+`tensorrt.plugin` decorators. TensorRT is imported inside `register()` alone.
+
+The ahead-of-time plugin gets one kernel launch and no workspace (tensorrt.plugin.aot_impl returns only the kernel
+name, its PTX, KernelLaunchParams and extra int32 SymExprs), which the kernel is built for: one launch writes the
+whole output. Kernel parameters follow TensorRT's order: input pointers, the extra int32 arguments, output pointers.
+ONNX node and layouts: docs/KERNEL_ABI.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+NAMESPACE = "wisparse"
+# Tactic id -> rows of x per block. TensorRT times each at build time for the profile's shapes and keeps the best.
+TACTIC_ROWS = {1: 1, 2: 2, 3: 4, 4: 8}
+
+
+def _int_cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def _int(v) -> int:
+    return int(v)
+
+
+def aot_launch(x_shape: Sequence[Any], w_shape: Sequence[Any], tau_shape: Sequence[Any], dtype: str, *,
+               bias: bool = False, splits: Sequence[int] | None = None, tactic: int = 1,
+               cdiv: Callable[[Any, int], Any] = _int_cdiv, const: Callable[[Any], int] = _int,
+               arch: int = 90) -> tuple[str, str, dict[str, Any], list[Any]]:
+    """(kernel name, PTX, launch parameters, int32 arguments) for X [..., in] @ W [in, out] with tau [P, in] or [in].
+
+    Shape entries may be ints or TensorRT shape expressions: `const` reads a build-time constant (W's dims),
+    `cdiv` divides a possibly symbolic row count. Every returned value is an int or a symbolic expression.
+    """
+    from wisparse_export.kernels import launch_spec
+
+    if len(w_shape) != 2:
+        raise ValueError(f"W must be [in, out], got rank {len(w_shape)}")
+    in_features, out = const(w_shape[0]), const(w_shape[1])
+    splits = [int(s) for s in splits] if splits is not None and len(splits) else [out]
+    if sum(splits) != out:
+        raise ValueError(f"splits {splits} do not add up to W's out dimension {out}")
+    if const(x_shape[-1]) != in_features:
+        raise ValueError(f"X's last dimension {x_shape[-1]} is not W's in dimension {in_features}")
+    taus = [const(d) for d in tau_shape]
+    if taus not in ([in_features], [len(splits), in_features]) or (len(taus) == 1 and len(splits) > 1):
+        raise ValueError(f"tau must be [{in_features}] or [{len(splits)}, {in_features}], got {taus}")
+    lead = list(x_shape[:-1]) or [1]
+    n_rows = lead[0]
+    for d in lead[1:]:
+        n_rows = n_rows * d
+    spec = launch_spec(dtype, in_features, splits, n_rows, bias=bias, rows_per_block=TACTIC_ROWS[tactic],
+                       cdiv=cdiv, arch=arch)
+    params = {"grid_x": spec.grid[0], "grid_y": spec.grid[1], "grid_z": spec.grid[2], "block_x": spec.block[0],
+              "block_y": spec.block[1], "block_z": spec.block[2], "shared_mem": spec.shared_mem}
+    return spec.name, spec.ptx, params, list(spec.args)
+
+
+def register() -> None:
+    """Register both plugins with TensorRT (10.9 or later). Call once before parsing an ONNX file that uses them."""
+    import numpy as np
+    import numpy.typing as npt
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+
+    dtypes = {trt.bfloat16: "bf16", trt.float16: "f16"}
+
+    def out_desc(x, w):
+        y = x.like()
+        y.shape_expr[x.ndim - 1] = w.shape_expr[1]
+        return y
+
+    def check_types(x, w, tau, b=None):
+        if x.dtype not in dtypes or w.dtype != x.dtype or tau.dtype != trt.float32 or (b is not None and
+                                                                                       b.dtype != x.dtype):
+            raise ValueError("SparseLinear takes X and W (and B) in float16 or bfloat16 alike, tau in float32")
+
+    def aot(x, w, tau, splits, tactic, bias):
+        check_types(x, w, tau)
+        name, ptx, p, args = aot_launch(
+            x.shape_expr, w.shape_expr, tau.shape_expr, dtypes[x.dtype], bias=bias, splits=list(splits),
+            tactic=tactic, cdiv=trtp.cdiv, const=lambda e: e if isinstance(e, int) else e.constant_value())
+        launch = trtp.KernelLaunchParams()
+        for k, v in p.items():
+            setattr(launch, k, v)
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(a) for a in args])
+        return name.encode(), ptx.encode(), launch, extra
+
+    def combos(n_inputs: int):
+        tactics = sorted(TACTIC_ROWS)
+        rows = []
+        for t in ("BF16", "FP16"):
+            io = [t, t, "FP32"] + ([t] if n_inputs == 4 else []) + [t]
+            rows.append(trtp.AutoTuneCombination(", ".join(io), "LINEAR", tactics))
+        return rows
+
+    @trtp.register(f"{NAMESPACE}::SparseLinear")
+    def _desc(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc,
+              splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
+        check_types(x, w, tau)
+        return out_desc(x, w)
+
+    @trtp.autotune(f"{NAMESPACE}::SparseLinear")
+    def _tune(x, w, tau, outputs):
+        return combos(3)
+
+    @trtp.aot_impl(f"{NAMESPACE}::SparseLinear")
+    def _aot(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, splits: npt.NDArray[np.int32],
+             outputs: tuple[trtp.TensorDesc], tactic: int):
+        return aot(x, w, tau, splits, tactic, bias=False)
+
+    @trtp.register(f"{NAMESPACE}::SparseLinearBias")
+    def _desc_b(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, b: trtp.TensorDesc,
+                splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
+        check_types(x, w, tau, b)
+        return out_desc(x, w)
+
+    @trtp.autotune(f"{NAMESPACE}::SparseLinearBias")
+    def _tune_b(x, w, tau, b, outputs):
+        return combos(4)
+
+    @trtp.aot_impl(f"{NAMESPACE}::SparseLinearBias")
+    def _aot_b(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, b: trtp.TensorDesc,
+               splits: npt.NDArray[np.int32], outputs: tuple[trtp.TensorDesc], tactic: int):
+        check_types(x, w, tau, b)
+        return aot(x, w, tau, splits, tactic, bias=True)

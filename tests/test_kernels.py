@@ -1,0 +1,337 @@
+"""Sparse decode kernels: NVRTC builds on CPU; on a GPU, outputs against a float64 reference on fresh inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from wisparse_export import kernels
+from wisparse_export.errors import WisparseError
+
+nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC (cuda-python) is not installed")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_cache(tmp_path_factory):
+    """One fresh kernel cache for this module: builds are really exercised, and each variant compiles once."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WISPARSE_KERNEL_CACHE", str(tmp_path_factory.mktemp("kcache")))
+    yield
+    mp.undo()
+
+
+# ------------------------------------------------------------------ CPU: build and launch specs
+
+VARIANTS = [  # (rows per block, tile, vec, bias, dtype): every template axis is covered at least once
+    (1, 16, 8, False, "bf16"), (1, 32, 8, True, "f16"), (2, 64, 8, False, "bf16"), (4, 128, 8, True, "bf16"),
+    (8, 16, 8, False, "f16"), (8, 128, 8, True, "f16"), (1, 16, 1, False, "bf16"), (8, 32, 1, True, "f16"),
+]
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("rows,tile,vec,bias,dtype", VARIANTS)
+def test_source_compiles_to_ptx(arch, rows, tile, vec, bias, dtype):
+    spec = kernels.launch_spec(dtype, 4096, [4096], rows, bias=bias, rows_per_block=rows, tile=tile, vec=vec,
+                               arch=arch)
+    assert f".target sm_{arch}" in spec.ptx
+    assert f".entry {spec.name}(" in spec.ptx
+    assert spec.ptx.count(".param .u64") == 4 + bias  # x, w, tau, [bias,] y
+    assert spec.ptx.count(".param .u32") == 6  # n_rows, in, ldw, out0, out1, out2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", [80, 90])
+def test_every_variant_compiles(arch):
+    for dtype in ("bf16", "f16"):
+        for rows in kernels.ROWS:
+            for tile in kernels.TILES:
+                for vec in (8, 1):
+                    if vec == 1 and tile > 32:
+                        continue
+                    for bias in (False, True):
+                        spec = kernels.launch_spec(dtype, 64, [64], rows, bias=bias, rows_per_block=rows,
+                                                   tile=tile, vec=vec, arch=arch)
+                        assert f".entry {spec.name}(" in spec.ptx
+
+
+def test_sm90_cubin_has_no_spills():
+    """Register arrays must stay in registers (a run-time index would put them in local memory)."""
+    for rows in (1, 8):
+        defines = {"WSP_NAME": "k", "WSP_R": rows, "WSP_TN": 128, "WSP_V": 8, "WSP_BIAS": 1}
+        _, log = kernels.compile_ptx(kernels.SOURCE, defines, 90, cubin=True, extra=["--ptxas-options=-v"])
+        assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, log
+
+
+def test_ptx_is_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("WISPARSE_KERNEL_CACHE", str(tmp_path / "kcache"))
+    a = kernels.launch_spec("bf16", 4096, [4096], 1)
+    files = list((tmp_path / "kcache").glob("*.ptx"))
+    assert len(files) == 1 and files[0].read_text() == a.ptx
+    files[0].write_text(a.ptx + "// cached\n")  # a new process reads the file instead of compiling
+    kernels._ptx_memo.clear()
+    assert kernels.launch_spec("bf16", 4096, [4096], 1).ptx.endswith("// cached\n")
+
+
+def test_launch_spec_shapes():
+    s = kernels.launch_spec("bfloat16", 4096, [4096, 1024, 1024], 3, sms=132)
+    assert s.rows_per_block == 4 and s.block == (256, 1, 1) and s.shared_mem == 0
+    assert s.grid == (sum(-(-o // s.tile) for o in (4096, 1024, 1024)), 1, 1)
+    assert s.args == (3, 4096, 6144, 4096, 1024, 1024)
+    s = kernels.launch_spec(torch.float16, 1000, [999], 13)  # odd width: 2-byte loads, two row blocks of 8
+    assert s.vec == 1 and s.tile <= 32 and s.rows_per_block == 8 and s.grid[1] == 2 and "_f16_" in s.name
+    wide = kernels.launch_spec("bf16", 4096, [28672], 1, sms=132)
+    narrow = kernels.launch_spec("bf16", 14336, [4096], 1, sms=132)
+    assert wide.tile > narrow.tile and narrow.grid[0] >= 132  # narrow outputs still fill the GPU
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(dtype="float32", in_features=64, splits=[64]), "bfloat16 or float16"),
+    (dict(dtype="bf16", in_features=64, splits=[8, 8, 8, 8]), "splits"),
+    (dict(dtype="bf16", in_features=64, splits=[12], vec=8), "multiples of 8"),
+    (dict(dtype="bf16", in_features=2**20, splits=[4096]), "unsupported weight shape"),
+    (dict(dtype="bf16", in_features=64, splits=[64], tile=128, vec=1), "tile"),
+])
+def test_launch_spec_refuses(kwargs, msg):
+    with pytest.raises(WisparseError, match=msg):
+        kernels.launch_spec(**kwargs)
+
+
+def test_versions_are_compared(monkeypatch):
+    monkeypatch.setattr(kernels, "nvrtc_version", lambda: (13, 4))
+    monkeypatch.setattr(kernels, "driver_version", lambda: (13, 0))
+    with pytest.raises(WisparseError, match=r"NVRTC 13.4 .*\(CUDA 13.0\)"):
+        kernels.check_versions()
+    monkeypatch.setattr(kernels, "driver_version", lambda: (13, 1))
+    monkeypatch.setattr(kernels, "nvrtc_version", lambda: (13, 0))
+    kernels.check_versions()
+
+
+def _ref64(x, wt, tau, bias, splits):
+    """float64 reference; the keep test itself is float32, as the contract says."""
+    taus = tau.reshape(len(splits), -1).float()
+    ys, col = [], 0
+    for p, s in enumerate(splits):
+        keep = x.float().abs() > taus[p]
+        ys.append((x.double() * keep) @ wt[:, col:col + s].double())
+        col += s
+    y = torch.cat(ys, -1)
+    return y + bias.double() if bias is not None else y
+
+
+def test_cpu_op_is_the_reference():
+    torch.manual_seed(0)
+    x, wt = torch.randn(3, 40, dtype=torch.bfloat16), torch.randn(40, 24, dtype=torch.bfloat16)
+    tau, b = torch.rand(2, 40) * 1.5, torch.randn(24, dtype=torch.bfloat16)
+    y = kernels.sparse_linear_op(x, wt, tau, b, [16, 8])
+    ref = _ref64(x, wt, tau, b, [16, 8])
+    assert y.shape == (3, 24) and torch.allclose(y.double(), ref, rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(y.double(), _ref64(x, wt, torch.zeros_like(tau), b, [16, 8]), atol=1e-1)
+
+
+def _tiny_llama(dtype=torch.float32, device="cpu"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+
+
+def _apply_uniform(model, threshold=0.5):
+    from wisparse_export.models import find_blocks
+    from wisparse_export.plan import LayerPlan, Plan
+    from wisparse_export.runtime import apply
+
+    blocks = find_blocks(model)
+    layers = {}
+    for b in blocks:
+        for n in b.linears:
+            lin = model.get_submodule(n)
+            layers[n] = LayerPlan(0.5, threshold, 0.0, (lin.out_features, lin.in_features))
+    plan = Plan(model={"fingerprint": "x"}, method="teal", target_sparsity=0.5, calibration={}, layers=layers,
+                groups=[g for b in blocks for g in b.groups])
+    return apply(model, plan, check=False)
+
+
+def test_shared_input_groups_find_qkv_and_gate_up():
+    model = _apply_uniform(_tiny_llama())
+    groups = kernels.shared_input_groups(model)
+    short = sorted(tuple(n.rsplit(".", 1)[-1] for n in g) for g in groups)
+    assert short == [("gate_proj", "up_proj")] * 2 + [("q_proj", "k_proj", "v_proj")] * 2
+
+
+def test_fused_group_matches_members_on_cpu():
+    """The fusion bookkeeping (shared views, one launch per input, siblings served from it) on the CPU op."""
+    from wisparse_export.runtime import sparse_linears
+
+    model = _apply_uniform(_tiny_llama(torch.bfloat16))
+    mods = sparse_linears(model)
+    names = [n for n in mods if ".0.self_attn." in n and n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")]
+    x = torch.randn(1, 2, 64, dtype=torch.bfloat16)
+    want = {n: mods[n](x) for n in names}
+    group = kernels._Group([mods[n] for n in names])
+    for p, n in enumerate(names):
+        assert mods[n].weight.data_ptr() == group.wt[:, sum(group.splits[:p]):].data_ptr()
+        got = group(p, x)
+        assert torch.allclose(got.float(), want[n].float(), atol=1e-2, rtol=1e-2), n
+    assert group.x is None  # every sibling served: the cached input is released
+    mods[names[0]].set(9.0, 0.0)  # re-thresholding a member reaches the group's stacked tau
+    assert torch.all(group.tau[0] == 9.0)
+
+
+# ------------------------------------------------------------------ GPU: correctness against float64
+
+SHAPES = [  # (in, splits): block-size multiples and not, several chunks, fused groups
+    (64, [8]), (1000, [999]), (1001, [1000]), (4096, [4096]), (9000, [520, 264]), (576, [576, 192, 192]),
+    (14336, [4096]), (2048, [5632]), (17, [40]),
+]
+SPARSITY = [0.0, 0.25, 0.5, 0.9, 0.99]
+
+
+def _case(in_f, splits, rows, sparsity, dtype, bias, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(rows, in_f, device="cuda", generator=g).to(dtype)
+    wt = (torch.randn(in_f, sum(splits), device="cuda", generator=g) / in_f**0.5).to(dtype)
+    q = torch.quantile(x.float().abs().flatten()[:100000], sparsity).item() if sparsity else 0.0
+    tau = q * (0.8 + 0.4 * torch.rand(len(splits), in_f, device="cuda", generator=g))
+    if sparsity:
+        tau[:, ::97] = float("inf")  # never kept
+    b = torch.randn(sum(splits), device="cuda", generator=g).to(dtype) if bias else None
+    return x, wt, tau, b
+
+
+def _assert_close(y, ref, dtype, what):
+    assert torch.isfinite(y).all(), f"{what}: unwritten (poisoned) or non-finite outputs"
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-10
+    err = (y.double() - ref).abs()
+    bound = eps * ref.abs() + 1e-3 * ref.abs().max().clamp_min(1e-6)
+    assert (err <= bound).all(), f"{what}: max error {err.max().item():.3g}"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 13])
+def test_kernel_matches_float64(dtype, rows):
+    seed = 0
+    for in_f, splits in SHAPES:
+        for sparsity in SPARSITY:
+            for bias in (False, True):
+                seed += 1
+                x, wt, tau, b = _case(in_f, splits, rows, sparsity, dtype, bias, seed)
+                spec = kernels.launch_spec(dtype, in_f, splits, rows, bias=bias, sms=kernels._sm_count(x.device))
+                y = torch.full((rows, sum(splits)), float("nan"), dtype=dtype, device="cuda")
+                ptrs = [x.data_ptr(), wt.data_ptr(), tau.data_ptr()] + ([b.data_ptr()] if bias else [])
+                kernels.launch(spec, ptrs, y.data_ptr(), torch.cuda.current_stream().cuda_stream)
+                torch.cuda.synchronize()
+                _assert_close(y, _ref64(x, wt, tau, b, splits), dtype, f"{spec.name} {in_f}->{splits} s={sparsity}")
+
+
+@pytest.mark.gpu
+@gpu
+def test_every_tile_and_row_variant_on_gpu():
+    torch.manual_seed(1)
+    for rows_per_block in kernels.ROWS:
+        for tile in kernels.TILES:
+            for vec in (8, 1):
+                if vec == 1 and tile > 32:
+                    continue
+                x, wt, tau, b = _case(3000, [200, 64], 5, 0.5, torch.bfloat16, True, rows_per_block * tile + vec)
+                spec = kernels.launch_spec("bf16", 3000, [200, 64], 5, bias=True, rows_per_block=rows_per_block,
+                                           tile=tile, vec=vec)
+                y = torch.full((5, 264), float("nan"), dtype=torch.bfloat16, device="cuda")
+                kernels.launch(spec, [x.data_ptr(), wt.data_ptr(), tau.data_ptr(), b.data_ptr()], y.data_ptr(),
+                               torch.cuda.current_stream().cuda_stream)
+                torch.cuda.synchronize()
+                _assert_close(y, _ref64(x, wt, tau, b, [200, 64]), torch.bfloat16, spec.name)
+
+
+@pytest.mark.gpu
+@gpu
+def test_op_on_slices_graphs_and_compile():
+    """The torch op on a column slice (a fused member alone), under CUDA graph capture and torch.compile."""
+    x, wt, tau, _ = _case(4096, [1024, 512], 2, 0.5, torch.bfloat16, False, 7)
+    member = wt[:, 1024:]
+    ref = _ref64(x, member, tau[1:], None, [512])
+    _assert_close(kernels.sparse_linear_op(x, member, tau[1], None, [512]), ref, torch.bfloat16, "slice")
+
+    static_x = x.clone()
+    kernels.sparse_linear_op(static_x, wt, tau, None, [1024, 512])  # load before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernels.sparse_linear_op(static_x, wt, tau, None, [1024, 512])
+    x2, *_ = _case(4096, [1024, 512], 2, 0.5, torch.bfloat16, False, 8)
+    static_x.copy_(x2)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    _assert_close(out, _ref64(x2, wt, tau, None, [1024, 512]), torch.bfloat16, "graph replay")
+
+    fn = torch.compile(lambda a: kernels.sparse_linear_op(a, wt, tau, None, [1024, 512]) * 2, fullgraph=True)
+    _assert_close(fn(x2), 2 * _ref64(x2, wt, tau, None, [1024, 512]), torch.bfloat16, "torch.compile")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fuse", [True, False])
+def test_prepared_model_matches_torch_backend(fuse):
+    from wisparse_export.runtime import sparse_linears
+
+    model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.3)
+    ids = torch.randint(0, 64, (2, 1), device="cuda")
+    with torch.no_grad():
+        want = model(input_ids=ids).logits.double()
+        kernels.prepare(model, fuse=fuse)
+        assert all(m.backend == "cuda" for m in sparse_linears(model).values())
+        assert any(getattr(m, "_wsp_group", None) is not None for m in sparse_linears(model).values()) == fuse
+        got = model(input_ids=ids).logits.double()
+        prefill = model(input_ids=torch.randint(0, 64, (2, 9), device="cuda")).logits  # > 8 rows: cuBLAS path
+    assert torch.isfinite(prefill).all()
+    assert (got - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+def test_sparse_linear_module_dispatches_to_kernel():
+    model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"))
+    kernels.prepare(model, fuse=False)
+    lin = model.model.layers[0].mlp.down_proj
+    assert isinstance(lin.dense, nn.Linear) and lin.weight.t().is_contiguous()
+    calls = []
+    orig = kernels.sparse_linear_op
+    kernels.sparse_linear_op = lambda *a: calls.append(1) or orig(*a)
+    try:
+        lin(torch.randn(1, 128, dtype=torch.bfloat16, device="cuda"))
+    finally:
+        kernels.sparse_linear_op = orig
+    assert calls == [1]
+
+
+# ------------------------------------------------------------------ the e2e decoder (bench)
+
+
+def test_bench_decoder_matches_model_forward():
+    """The graph-friendly decode loop computes what the model's own forward computes, token by token."""
+    from wisparse_export.bench import Decoder
+
+    model = _tiny_llama()
+    ids = torch.tensor([[3, 17, 5, 42, 8]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits[0]
+    dec = Decoder(model, batch=1, max_len=8)
+    dec.reset()
+    for i in range(ids.shape[1]):
+        dec.ids.copy_(ids[:, i:i + 1])
+        got = dec.logits()[0, -1]
+        dec.pos.add_(1)
+        assert torch.allclose(got, want[i], atol=1e-4, rtol=1e-4), i
+
+
+def test_bench_run_on_cpu_reports_dense_and_sparse():
+    from wisparse_export.bench import run
+
+    res = run(_tiny_llama(), [0.0, 0.5], steps=4, graphs=False, label="tiny")
+    assert res["dense_tokens_per_s"] > 0 and [r["target"] for r in res["sparse"]] == [0.0, 0.5]
+    assert res["sparse"][0]["realized"] < 0.05 and 0.3 < res["sparse"][1]["realized"] < 0.7

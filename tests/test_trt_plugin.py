@@ -1,0 +1,133 @@
+"""The TensorRT plugin's ahead-of-time body: plain-function checks on CPU, a real driver-API launch on a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+
+import pytest
+import torch
+from wisparse_export.plugins.trt_plugin import TACTIC_ROWS, aot_launch
+
+from wisparse_export import kernels
+
+pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC (cuda-python) is not installed")
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+NO_TRT = "TensorRT is not installed (its libraries cannot be installed on the machines this project has)"
+
+
+class Sym:
+    """A stand-in for TensorRT's symbolic shape expressions: records arithmetic instead of computing it."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __mul__(self, other):
+        return Sym(f"({self.text}*{other.text if isinstance(other, Sym) else other})")
+
+    __rmul__ = __mul__
+
+
+def sym_cdiv(a, b):
+    return Sym(f"cdiv({a.text},{b})")
+
+
+def test_aot_launch_agrees_with_launch_spec():
+    name, ptx, p, args = aot_launch((3, 1, 4096), (4096, 6144), (3, 4096), "bf16", splits=[4096, 1024, 1024],
+                                    tactic=3)
+    spec = kernels.launch_spec("bf16", 4096, [4096, 1024, 1024], 3, rows_per_block=4)
+    assert (name, ptx) == (spec.name, spec.ptx)
+    assert (p["grid_x"], p["grid_y"], p["grid_z"]) == spec.grid and p["block_x"] == 256 and p["shared_mem"] == 0
+    assert args == [3, 4096, 6144, 4096, 1024, 1024]
+
+
+def test_aot_launch_keeps_batch_symbolic():
+    batch, seq = Sym("B"), Sym("S")
+    name, ptx, p, args = aot_launch((batch, seq, 4096), (4096, 14336), (4096,), "f16", bias=True, tactic=4,
+                                    cdiv=sym_cdiv)
+    assert name.endswith("_r8_n64_v8_bias") and "_f16_" in name and f".entry {name}(" in ptx
+    assert p["grid_y"].text == "cdiv((B*S),8)" and p["grid_x"] == 14336 // 64
+    assert args[0].text == "(B*S)" and args[1:] == [4096, 14336, 14336, 0, 0]
+
+
+@pytest.mark.parametrize("shapes,msg", [
+    (((1, 4096), (4096, 4096, 1), (4096,)), "W must be"),
+    (((1, 4000), (4096, 4096), (4096,)), "last dimension"),
+    (((1, 4096), (4096, 4096), (2, 4096)), "tau must be"),
+])
+def test_aot_launch_checks_shapes(shapes, msg):
+    with pytest.raises(ValueError, match=msg):
+        aot_launch(*shapes, "bf16")
+    with pytest.raises(ValueError, match="add up"):
+        aot_launch((1, 64), (64, 64), (2, 64), "bf16", splits=[32, 16])
+
+
+def test_every_tactic_is_a_rows_variant():
+    names = {aot_launch((2, 64), (64, 64), (64,), "bf16", tactic=t)[0] for t in TACTIC_ROWS}
+    assert names == {f"wsp_gemv_bf16_r{r}_n16_v8" for r in (1, 2, 4, 8)}
+
+
+@pytest.mark.skipif(not HAS_TRT, reason=NO_TRT)
+def test_plugins_register_with_tensorrt():
+    import tensorrt as trt
+    from wisparse_export.plugins.trt_plugin import register
+
+    register()
+    names = {c.name for c in trt.get_plugin_registry().all_creators}
+    assert {"SparseLinear", "SparseLinearBias"} <= names
+
+
+def _driver_launch(name: str, ptx: str, p: dict, pointers: list[int], args: list[int], out: int) -> None:
+    """Load PTX and launch it with cuModuleLoadData / cuLaunchKernel only, as a TensorRT runtime would."""
+    from cuda.bindings import driver as cu
+
+    def ok(res):
+        err, *rest = res if isinstance(res, tuple) else (res,)
+        assert err == cu.CUresult.CUDA_SUCCESS, err
+        return rest[0] if rest else None
+
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")  # torch creates and binds the primary context
+    mod = ok(cu.cuModuleLoadData(ptx.encode() + b"\0"))
+    fn = ok(cu.cuModuleGetFunction(mod, name.encode()))
+    vals = [ctypes.c_void_p(v) for v in pointers] + [ctypes.c_int32(a) for a in args] + [ctypes.c_void_p(out)]
+    arr = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+    ok(cu.cuLaunchKernel(fn, p["grid_x"], p["grid_y"], p["grid_z"], p["block_x"], p["block_y"], p["block_z"],
+                         p["shared_mem"], cu.CUstream(torch.cuda.current_stream().cuda_stream),
+                         ctypes.addressof(arr), 0))
+    ok(cu.cuStreamSynchronize(cu.CUstream(torch.cuda.current_stream().cuda_stream)))
+    ok(cu.cuModuleUnload(mod))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tactic", sorted(TACTIC_ROWS))
+@pytest.mark.parametrize("x_shape,in_f,splits,bias", [
+    ((1, 1, 4096), 4096, [4096, 1024, 1024], False),
+    ((2, 3, 2000), 2000, [1000], True),
+    ((5, 1, 14336), 14336, [4096], False),
+])
+def test_aot_ptx_launched_by_driver_matches_float64(dtype, tactic, x_shape, in_f, splits, bias):
+    g = torch.Generator(device="cuda").manual_seed(tactic)
+    out = sum(splits)
+    x = torch.randn(x_shape, device="cuda", generator=g).to(dtype)
+    wt = (torch.randn(in_f, out, device="cuda", generator=g) / in_f**0.5).to(dtype)
+    q = torch.quantile(x.float().abs().flatten(), 0.5).item()
+    tau = (q * (0.8 + 0.4 * torch.rand(len(splits), in_f, device="cuda", generator=g))).squeeze(0).contiguous()
+    b = torch.randn(out, device="cuda", generator=g).to(dtype) if bias else None
+    name, ptx, p, args = aot_launch(x.shape, wt.shape, tau.shape, "bf16" if dtype == torch.bfloat16 else "f16",
+                                    bias=bias, splits=splits, tactic=tactic)
+    y = torch.full(x_shape[:-1] + (out,), float("nan"), dtype=dtype, device="cuda")
+    ptrs = [x.data_ptr(), wt.data_ptr(), tau.data_ptr()] + ([b.data_ptr()] if bias else [])
+    _driver_launch(name, ptx, p, ptrs, args, y.data_ptr())
+
+    taus = tau.reshape(len(splits), in_f)
+    ref, col = [], 0
+    for i, s in enumerate(splits):
+        ref.append((x.double() * (x.float().abs() > taus[i])) @ wt[:, col:col + s].double())
+        col += s
+    ref = torch.cat(ref, -1) + (b.double() if bias else 0)
+    assert torch.isfinite(y).all()
+    eps = 2**-8 if dtype == torch.bfloat16 else 2**-10
+    assert ((y.double() - ref).abs() <= eps * ref.abs() + 1e-3 * ref.abs().max()).all()

@@ -1,0 +1,231 @@
+"""End-to-end decode speed: tokens/s of a Llama-architecture model, dense vs sparse, in one runtime.
+
+The decode step below is a plain gpt-fast style loop over the model's own modules (embedding, norms, rotary,
+q/k/v/o and MLP linears, lm_head) with a static KV cache, so one step is one CUDA graph replay and the dense and
+sparse runs differ only in the linears. Random-weight models (`SHAPES`) measure speed only; their thresholds are
+per-linear quantiles of |x| on random tokens (alpha 0), set for the target sparsity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import WisparseError
+
+SHAPES = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=False),
+}
+
+
+def random_model(shape: str, dtype: torch.dtype, device: str) -> nn.Module:
+    """A LlamaForCausalLM with the named shape and random weights (speed only: its text is noise)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if shape not in SHAPES:
+        raise WisparseError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    cfg = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, **SHAPES[shape])
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval()
+
+
+class Decoder:
+    """One decode step for B sequences over a static KV cache; all state lives in device tensors (graph-safe)."""
+
+    def __init__(self, model: nn.Module, batch: int = 1, max_len: int = 512):
+        cfg = model.config
+        if getattr(cfg, "model_type", None) not in ("llama", "mistral", "qwen2"):
+            raise WisparseError(f"bench decodes Llama-architecture models, not {getattr(cfg, 'model_type', '?')}")
+        self.model, self.batch, self.max_len = model, batch, max_len
+        p = next(model.parameters())
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        shape = (batch, self.kv_heads, max_len, self.head_dim)
+        n = len(model.model.layers)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(n)]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(n)]
+        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=p.device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=p.device)
+        self.slots = torch.arange(max_len, device=p.device)
+
+    def reset(self, ids: torch.Tensor | None = None) -> None:
+        self.pos.zero_()
+        self.ids.copy_(ids if ids is not None else torch.ones_like(self.ids))
+
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        """Logits of the token in self.ids at position self.pos; writes its keys and values into the cache."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        m, b = self.model.model, self.batch
+        h = m.embed_tokens(self.ids)
+        cos, sin = m.rotary_emb(h, self.pos.view(1, 1))
+        mask = (self.slots <= self.pos).view(1, 1, 1, -1)
+        for i, layer in enumerate(m.layers):
+            attn, a = layer.self_attn, layer.input_layernorm(h)
+            q = attn.q_proj(a).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(a).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(a).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.k[i].index_copy_(2, self.pos, k)
+            self.v[i].index_copy_(2, self.pos, v)
+            o = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, enable_gqa=True)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.model.lm_head(m.norm(h))
+
+    def step(self) -> None:
+        """Greedy: the next token becomes the input, the position advances (no host synchronisation)."""
+        self.ids.copy_(self.logits()[:, -1].argmax(-1, keepdim=True))
+        self.pos.add_(1)
+
+
+@dataclass
+class Timing:
+    tokens_per_s: float
+    ms_per_step: float
+    steps: int
+    graphs: bool
+
+
+def time_decode(dec: Decoder, steps: int = 128, graphs: bool = True, warmup: int = 3) -> Timing:
+    """Median-free wall time of `steps` decode steps after warm-up (device-timed with CUDA events on a GPU)."""
+    if steps + warmup + 1 > dec.max_len:
+        raise WisparseError(f"steps + warmup must be below the cache length {dec.max_len}")
+    cuda = dec.ids.is_cuda
+    run = dec.step
+    dec.reset()
+    if cuda:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                dec.step()
+        torch.cuda.current_stream().wait_stream(side)
+        if graphs:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                dec.step()
+            run = graph.replay
+            for _ in range(warmup):
+                run()
+        torch.cuda.synchronize()
+    else:
+        for _ in range(warmup):
+            dec.step()
+    dec.reset()
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            run()
+        end.record()
+        end.synchronize()
+        ms = start.elapsed_time(end)
+    else:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        ms = (time.perf_counter() - t0) * 1e3
+    return Timing(dec.batch * steps / (ms / 1e3), ms / steps, steps, graphs and cuda)
+
+
+@torch.no_grad()
+def activation_samples(model: nn.Module, tokens: int = 256, per_linear: int = 65536, seed: int = 0
+                       ) -> dict[str, torch.Tensor]:
+    """|x| samples at every decoder-block linear's input, from one pass over random tokens."""
+    from .models import find_blocks
+
+    names = [n for b in find_blocks(model) for n in b.linears]
+    mods = {model.get_submodule(n): n for n in names}
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(mod, args):
+        x = args[0].detach().float().abs().flatten()
+        idx = torch.randperm(x.numel(), device=x.device)[:per_linear]
+        out[mods[mod]] = x[idx]
+
+    hooks = [m.register_forward_pre_hook(hook) for m in mods]
+    try:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=g)
+        model(input_ids=ids.to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def uniform_plan(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: float):
+    """A plan giving every linear the same target sparsity (alpha 0: thresholds are |x| quantiles)."""
+    from .models import find_blocks, fingerprint
+    from .plan import LayerPlan, Plan
+
+    layers = {}
+    for name, s in samples.items():
+        lin = model.get_submodule(name)
+        t = float(torch.quantile(s, sparsity)) if sparsity > 0 else 0.0
+        layers[name] = LayerPlan(sparsity, t, 0.0, (lin.out_features, lin.in_features))
+    return Plan(model={"source": "bench", "fingerprint": fingerprint(model)}, method="teal",
+                target_sparsity=sparsity, calibration={"text": "random tokens"}, layers=layers,
+                groups=[g for b in find_blocks(model) for g in b.groups])
+
+
+def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: float) -> None:
+    """Re-threshold the applied linears in place (tau keeps its storage, so captured graphs stay valid)."""
+    from .runtime import sparse_linears
+
+    for name, m in sparse_linears(model).items():
+        t = float(torch.quantile(samples[name], sparsity)) if sparsity > 0 else 0.0
+        m.threshold, m.sparsity = t, sparsity
+        m.tau.fill_(t)
+
+
+def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
+        fuse: bool = True, plan=None, label: str = "") -> dict:
+    """Dense tokens/s, then sparse tokens/s at each sparsity (kernels on CUDA), with realized sparsity."""
+    from . import kernels
+    from .runtime import apply, sparse_linears, track_sparsity
+
+    device = next(model.parameters()).device
+    dec = Decoder(model, batch, max_len=steps + 16)
+    dense = time_decode(dec, steps, graphs)
+    result = {"model": label, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "batch": batch, "steps": steps,
+              "graphs": dense.graphs, "dense_tokens_per_s": dense.tokens_per_s, "dense_ms_per_step": dense.ms_per_step,
+              "sparse": []}
+    samples = None
+    if plan is None:
+        samples = activation_samples(model)
+        plan = uniform_plan(model, samples, sparsities[0])
+    apply(model, plan, check=False)
+    if device.type == "cuda":
+        kernels.prepare(model, fuse=fuse)
+    for s in sparsities if samples is not None else [plan.target_sparsity]:
+        if samples is not None:
+            set_sparsity(model, samples, s)
+        dec.reset()
+        with track_sparsity(model) as realized:
+            for _ in range(4):
+                dec.step()
+            r = realized()
+        t = time_decode(dec, steps, graphs)
+        params = {n: m.in_features * m.out_features for n, m in sparse_linears(model).items()}
+        weighted = sum(r[n] * params[n] for n in r) / max(sum(params[n] for n in r), 1)
+        result["sparse"].append({"target": s, "realized": weighted,
+                                 "tokens_per_s": t.tokens_per_s, "ms_per_step": t.ms_per_step,
+                                 "speedup": t.tokens_per_s / dense.tokens_per_s})
+    return result

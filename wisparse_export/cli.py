@@ -1,0 +1,164 @@
+"""The `wisparse` command: parses arguments, calls the library, prints. Bad input exits 2 in one line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .errors import WisparseError
+
+PROGRESS = click.option("--quiet", is_flag=True, help="No progress bars.")
+MODEL = click.option("--model", "model_src", default=None,
+                     help="Local folder, .gguf file or hub id (default: the embedded SmolLM2-135M).")
+DTYPE = click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+                     help="auto: float32 on CPU, bfloat16 on GPU.")
+DEVICE = click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="wisparse-export")
+def cli() -> None:
+    """Weight-aware activation sparsity for LLMs: calibrate, evaluate, export to ONNX / TensorRT, check."""
+
+
+@cli.command()
+@MODEL
+@DTYPE
+@DEVICE
+@click.option("--sparsity", type=float, required=True, help="Target parameter-weighted sparsity in [0, 1).")
+@click.option("--method", type=click.Choice(["teal", "wina", "wisparse"]), default="wisparse", show_default=True,
+              help="teal: magnitude, uniform; wina: weight-aware, uniform; wisparse: weight-aware + allocation search.")
+@click.option("--calib-text", multiple=True, help="Text file, folder or hf:NAME[:CONFIG] (repeatable; "
+              "default: the embedded corpus's calibration split).")
+@click.option("--calib-tokens", type=int, default=16384, show_default=True)
+@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
+@PROGRESS
+def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, output, quiet):
+    """Calibrate thresholds on text and write a plan file."""
+    from .calibration import calibrate as run
+    from .data import load_text
+    from .files import check_writable
+    from .models import load_model
+    from .plan import save_plan
+
+    if not 0.0 <= sparsity < 1.0:
+        raise WisparseError(f"--sparsity must be in [0, 1), got {sparsity}")
+    check_writable(output)
+    text = load_text(list(calib_text), "calibration")
+    loaded = load_model(model_src, dtype, device)
+    plan = run(loaded, text, sparsity, method, seq_len, calib_tokens, seed, progress=not quiet)
+    save_plan(plan, output)
+    click.echo(f"wrote {output}: {len(plan.layers)} linears, method {method}, budget {plan.budget:.4f}")
+
+
+@cli.command()
+@MODEL
+@DTYPE
+@DEVICE
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--text", multiple=True, help="Evaluation text: file, folder or hf:NAME[:CONFIG] (repeatable; "
+              "default: the embedded corpus's evaluation split).")
+@click.option("--tokens", type=int, default=16384, show_default=True, help="At most this many evaluation tokens.")
+@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
+@PROGRESS
+def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_out, quiet):
+    """Dense vs sparse: perplexity, KL, top-1 agreement, realized sparsity."""
+    from . import data
+    from .evaluate import evaluate as run
+    from .files import check_writable, write_json
+    from .models import load_model
+    from .plan import load_plan
+    from .report import evaluation_table
+
+    plan = load_plan(plan_path)
+    if json_out:
+        check_writable(json_out)
+    evaluation = data.load_text(list(text), "evaluation")
+    calibration_text = data.reload_calibration(plan.calibration)
+    if calibration_text is not None:
+        data.check_disjoint(calibration_text, evaluation)
+    loaded = load_model(model_src or plan.model.get("source"), dtype, device)
+    plan.check_model(loaded.model)
+    seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
+    result = run(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
+    result["text"] = evaluation.description
+    click.echo(evaluation_table(result))
+    if json_out:
+        write_json(json_out, result)
+        click.echo(f"wrote {json_out}")
+
+
+@cli.command()
+@MODEL
+@click.option("--shape", type=click.Choice(["smollm2-135m", "llama3-8b"]), default=None,
+              help="Random weights of this shape instead of a real model (speed only).")
+@DTYPE
+@DEVICE
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
+              help="Plan to apply (default: thresholds for --sparsity from random tokens, speed only).")
+@click.option("--sparsity", type=float, multiple=True, help="Target sparsity (repeatable; default 0.5).")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--steps", type=int, default=128, show_default=True)
+@click.option("--no-graphs", is_flag=True, help="Run eagerly instead of replaying a CUDA graph per step.")
+@click.option("--no-fuse", is_flag=True, help="One launch per linear instead of fused q/k/v and gate/up.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
+def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no_graphs, no_fuse, json_out):
+    """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
+    from . import bench as b
+    from .files import check_writable, write_json
+    from .models import default_device, load_model, resolve_dtype
+    from .plan import load_plan
+
+    sparsities = list(sparsity) or [0.5]
+    if any(not 0.0 <= s < 1.0 for s in sparsities):
+        raise WisparseError("--sparsity must be in [0, 1)")
+    if json_out:
+        check_writable(json_out)
+    device = device or default_device()
+    plan = load_plan(plan_path) if plan_path else None
+    if shape:
+        model, label = b.random_model(shape, resolve_dtype(dtype, device), device), f"{shape} (random weights)"
+    else:
+        loaded = load_model(model_src, dtype, device)
+        model, label = loaded.model, loaded.source
+        if plan is not None:
+            plan.check_model(model)
+    result = b.run(model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse, plan=plan,
+                   label=label)
+    click.echo(f"{label} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
+               f"{'CUDA graphs' if result['graphs'] else 'eager'}")
+    click.echo(f"{'':>10} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}")
+    click.echo(f"{'dense':>10} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
+               f"{result['dense_ms_per_step']:>8.3f} {1.0:>8.2f}")
+    for r in result["sparse"]:
+        click.echo(f"{'sparse':>10} {r['target']:>7.2f} {r['realized']:>9.3f} {r['tokens_per_s']:>10.1f} "
+                   f"{r['ms_per_step']:>8.3f} {r['speedup']:>8.2f}")
+    if json_out:
+        write_json(json_out, result)
+        click.echo(f"wrote {json_out}")
+
+
+def main() -> None:
+    """Entry point: WisparseError -> one line on stderr, exit 2; gate failures are the commands' own exit 1."""
+    try:
+        cli.main(standalone_mode=False)
+    except WisparseError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Accuracy of a sparse model against its dense self: perplexity, KL(dense || sparse), top-1 agreement,
+and the sparsity actually realized per linear and overall (parameter-weighted).
+
+`Metrics` only sees logits, so the ONNX Runtime and TensorRT checks reuse it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .plan import Plan
+from .runtime import apply, dense_mode, track_sparsity
+
+
+class Metrics:
+    """Accumulates next-token statistics over batches of (dense logits, sparse logits, token ids)."""
+
+    def __init__(self) -> None:
+        self.nll_dense = self.nll_sparse = self.kl = 0.0
+        self.agree = self.tokens = 0
+
+    def update(self, dense_logits: torch.Tensor, sparse_logits: torch.Tensor, ids: torch.Tensor) -> None:
+        ld = F.log_softmax(dense_logits[:, :-1].float(), dim=-1)
+        ls = F.log_softmax(sparse_logits[:, :-1].float(), dim=-1)
+        target = ids[:, 1:].to(ld.device).unsqueeze(-1)
+        self.nll_dense -= ld.gather(-1, target).sum().item()
+        self.nll_sparse -= ls.gather(-1, target).sum().item()
+        self.kl += (ld.exp() * (ld - ls)).sum().item()
+        self.agree += (ld.argmax(-1) == ls.argmax(-1)).sum().item()
+        self.tokens += target.numel()
+
+    def result(self) -> dict:
+        n = max(self.tokens, 1)
+        return {
+            "ppl": math.exp(self.nll_sparse / n),
+            "dense_ppl": math.exp(self.nll_dense / n),
+            "kl": self.kl / n,
+            "top1_agreement": self.agree / n,
+            "tokens": self.tokens,
+        }
+
+
+def weighted_sparsity(per_layer: dict[str, float], plan: Plan) -> float:
+    """Parameter-weighted mean over planned linears: the fraction of weight bytes a kernel skips."""
+    total = sum(plan.layers[n].params for n in per_layer)
+    return sum(s * plan.layers[n].params for n, s in per_layer.items()) / max(total, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, plan: Plan, seqs: torch.Tensor, batch_size: int = 4, progress: bool = True,
+             source: str | None = None) -> dict:
+    """Dense vs sparse on the same sequences; the model is left with the plan applied."""
+    apply(model, plan)
+    device = next(model.parameters()).device
+    m = Metrics()
+    with track_sparsity(model) as realized:
+        for i in tqdm(range(0, len(seqs), batch_size), desc="evaluate", unit="batch", disable=not progress):
+            ids = seqs[i: i + batch_size].to(device)
+            with dense_mode(model):
+                dense = model(input_ids=ids, use_cache=False).logits
+            sparse = model(input_ids=ids, use_cache=False).logits
+            m.update(dense, sparse, ids)
+        per_layer = realized()
+    return {
+        "model": source or plan.model.get("source"),
+        "method": plan.method,
+        "target_sparsity": plan.target_sparsity,
+        "realized_sparsity": weighted_sparsity(per_layer, plan),
+        **m.result(),
+        "per_layer_sparsity": per_layer,
+    }
