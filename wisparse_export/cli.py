@@ -49,7 +49,7 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
         raise WisparseError(f"--sparsity must be in [0, 1), got {sparsity}")
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
-    loaded = load_model(model_src, dtype, device)
+    loaded = load_model(model_src, dtype, device, progress=not quiet)
     plan = run(loaded, text, sparsity, method, seq_len, calib_tokens, seed, progress=not quiet)
     save_plan(plan, output)
     click.echo(f"wrote {output}: {len(plan.layers)} linears, method {method}, budget {plan.budget:.4f}")
@@ -82,7 +82,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     calibration_text = data.reload_calibration(plan.calibration)
     if calibration_text is not None:
         data.check_disjoint(calibration_text, evaluation)
-    loaded = load_model(model_src or plan.model.get("source"), dtype, device)
+    loaded = load_model(model_src or plan.model.get("source"), dtype, device, progress=not quiet)
     plan.check_model(loaded.model)
     seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
     result = run(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
@@ -124,7 +124,7 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
     if shape:
         model, label = b.random_model(shape, resolve_dtype(dtype, device), device), f"{shape} (random weights)"
     else:
-        loaded = load_model(model_src, dtype, device)
+        loaded = load_model(model_src, dtype, device, progress=not quiet)
         model, label = loaded.model, loaded.source
         if plan is not None:
             plan.check_model(model)

