@@ -4,6 +4,7 @@ PY ?= python3
 PIP = $(PY) -m pip install -q --disable-pip-version-check
 RUNS ?= runs
 SPARSITY ?= 0.5
+WISPARSE = $(PY) -m wisparse_export   # the `wisparse` command, from the interpreter PY installed into
 
 .PHONY: install demo test test-slow test-gpu lint clean
 
@@ -13,9 +14,9 @@ install:
 
 demo: install
 	mkdir -p $(RUNS)
-	wisparse calibrate --sparsity $(SPARSITY) -o $(RUNS)/plan.json
-	wisparse evaluate --plan $(RUNS)/plan.json --json $(RUNS)/eval.json
-	wisparse plot $(RUNS)/plan.json -o $(RUNS)/allocation.png
+	$(WISPARSE) calibrate --sparsity $(SPARSITY) -o $(RUNS)/plan.json
+	$(WISPARSE) evaluate --plan $(RUNS)/plan.json --json $(RUNS)/eval.json
+	$(WISPARSE) plot $(RUNS)/plan.json -o $(RUNS)/allocation.png
 
 test: install
 	$(PY) -m pytest -q
@@ -27,7 +28,7 @@ test-gpu: install
 	$(PY) -m pytest -q -m gpu
 
 lint: install
-	ruff check .
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(RUNS) build *.egg-info

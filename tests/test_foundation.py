@@ -115,6 +115,9 @@ def test_too_short_and_empty_text(tmp_path):
         load_text([str(tmp_path / "empty.txt")], "calibration")
     with pytest.raises(WisparseError, match="not found"):
         load_text([str(tmp_path / "missing.txt")], "calibration")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(WisparseError, match="no text files"):
+        load_text([str(tmp_path / "folder")], "calibration")
 
 
 # --- calibration --------------------------------------------------------------------------------------------------
