@@ -62,12 +62,26 @@ def median_call_us(calls, n_copies: int, replays: int = 15) -> float:
     return statistics.median(times)
 
 
-def copy_bandwidth() -> float:
-    """Device-to-device copy, bytes read plus written per second (the ceiling every figure is set against)."""
-    src = torch.empty(2**31, dtype=torch.uint8, device="cuda")
+def ceilings() -> tuple[float, float]:
+    """Device-to-device copy (bytes read + written per second) and a plain read (sum), eager, CUDA events."""
+    src = torch.randn(2**29, device="cuda")  # 2 GiB
     dst = torch.empty_like(src)
-    us = median_call_us([lambda: dst.copy_(src)], 1, replays=10)
-    return 2 * src.numel() / (us * 1e-6)
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        ts = []
+        for _ in range(10):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b) * 1e-3)
+        return statistics.median(ts)
+
+    nbytes = src.numel() * 4
+    return 2 * nbytes / timed(lambda: dst.copy_(src)), nbytes / timed(lambda: src.sum())
 
 
 def thresholds(sparsity: float, in_f: int, parts: int) -> torch.Tensor:
@@ -101,15 +115,16 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
                    "sparse_tbps": moved / (ours * 1e-6) / 1e12, "kernel": spec.name, "grid": list(spec.grid)}
             if tiles:
                 row["tiles_us"] = {}
-                for t in kernels.TILES:
-                    sp = kernels.launch_spec(dtype, in_f, splits, b, tile=t)
+                for t, c in [(t, c) for t in (128, 64, 32) for c in kernels.CLUSTERS]:
+                    sp = kernels.launch_spec(dtype, in_f, splits, b, tile=t, cluster=c)
                     y = torch.empty(b, out, dtype=dtype, device="cuda")
 
                     def call(m, sp=sp, y=y, x=x, tau=tau):
                         kernels.launch(sp, [x.data_ptr(), m.data_ptr(), tau.data_ptr()], y.data_ptr(),
                                        torch.cuda.current_stream().cuda_stream)
 
-                    row["tiles_us"][t] = median_call_us([lambda m=m, call=call: call(m) for m in wt], n_copies)
+                    row["tiles_us"][f"{t}x{c}"] = median_call_us([lambda m=m, call=call: call(m) for m in wt],
+                                                                  n_copies)
             rows.append(row)
     del w, wt
     torch.cuda.empty_cache()
@@ -162,27 +177,29 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
-    copy_tbps = copy_bandwidth() / 1e12
+    copy, read = ceilings()
+    copy_tbps, read_tbps = copy / 1e12, read / 1e12
     rows = []
     for dname, dt in DTYPES.items():
         if args.quick and dname != "bf16":
             continue
         for name, (in_f, splits) in SHAPES.items():
             rows += bench_shape(name, in_f, splits, dt, [1] if args.quick else BATCHES, SPARSITIES)
-    # Column-tile sweep (bf16, batch 1, s = 0.5) to check the tile heuristic.
+    # Column tile x cluster sweep (bf16, batch 1, s = 0.5) to check the tiling heuristic.
     sweep = []
     for name, (in_f, splits) in SHAPES.items():
         sweep += bench_shape(name, in_f, splits, torch.bfloat16, [1], [0.5], tiles=True)
     result = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
               "nvrtc": kernels.nvrtc_version(), "driver": kernels.driver_version(), "copy_tbps": copy_tbps,
+              "read_tbps": read_tbps,
               "rows": rows, "tile_sweep": sweep, "seconds": time.time() - t0}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)
-    print("tile sweep (bf16, batch 1, s=0.5): us per column tile")
+    print("tiling sweep (bf16, batch 1, s=0.5): us per column tile x cluster size")
     for r in sweep:
-        print(f"  {r['shape']:<30} chosen {r['kernel']:<28} " + " ".join(f"{t}:{u:.1f}" for t, u in
-                                                                         r["tiles_us"].items()))
-    print(table(rows, copy_tbps))
+        print(f"  {r['shape']:<29} {r['kernel'][9:]:<18}" + " ".join(f"{t}:{u:.0f}" for t, u in
+                                                                  r["tiles_us"].items()))
+    print(table(rows, copy_tbps) + f", plain read (sum): {read_tbps:.2f} TB/s")
     print("\n" + "\n".join(bars(rows)))
 
 

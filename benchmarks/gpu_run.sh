@@ -9,32 +9,44 @@ OUT=${OUT:-/tmp/wisparse-gpu}
 mkdir -p "$OUT"
 export WISPARSE_KERNEL_CACHE=${WISPARSE_KERNEL_CACHE:-$PWD/.kcache}
 { date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv; } \
-  | tee "$OUT/env.log"
-python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/env.log" 2>&1 || echo "pip install failed"
+  | tee "$OUT/run.log"
+python3 -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/run.log" 2>&1 || echo "pip install failed"
 
 # PTX from an NVRTC newer than the driver does not load: fall back to the toolkit's NVRTC if the wheel is newer.
-python3 - <<'EOF' >>"$OUT/env.log" 2>&1
+python3 - <<'EOF' >>"$OUT/run.log" 2>&1
 from wisparse_export import kernels
 print("nvrtc", kernels.nvrtc_version(), "driver", kernels.driver_version())
 EOF
 if ! python3 -c "from wisparse_export import kernels as k; k.check_versions()" 2>/dev/null; then
   for f in /usr/local/cuda/lib64/libnvrtc.so.13 /usr/local/cuda/lib64/libnvrtc.so; do
-    [ -f "$f" ] && export WISPARSE_NVRTC=$f && echo "using $f" | tee -a "$OUT/env.log" && break
+    [ -f "$f" ] && export WISPARSE_NVRTC=$f && echo "using $f" | tee -a "$OUT/run.log" && break
   done
 fi
-cat "$OUT/env.log"
+cat "$OUT/run.log"
 
 echo "== GPU tests"
+ls "$WISPARSE_KERNEL_CACHE" | wc -l
 timeout 240 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plugin.py \
   >"$OUT/gpu_tests.log" 2>&1
 echo "pytest exit $?"; tail -n 25 "$OUT/gpu_tests.log"
 
-echo "== end to end"
+echo "== end to end (CUDA graphs)"
 for shape in smollm2-135m llama3-8b; do
   timeout 200 wisparse bench --shape "$shape" --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
-    --json "$OUT/e2e_$shape.json" 2>&1 | tee -a "$OUT/e2e.log" | grep -v Warning
+    --json "$OUT/e2e_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log"
 done
 
 echo "== kernels"
-timeout 330 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json" ${quick:+--quick} \
-  2>&1 | tee "$OUT/bench_kernels.log" | tail -n 120
+timeout 240 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json" ${quick:+--quick} \
+  >"$OUT/bench_kernels.log" 2>&1
+echo "bench_kernels exit $?"
+
+echo "== end to end (torch.compile + CUDA graphs)"
+for shape in llama3-8b; do
+  timeout 240 wisparse bench --shape "$shape" --compile --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
+    --json "$OUT/e2e_compiled_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log" | tail -n 6
+done
+
+echo "== summary"
+tail -n 75 "$OUT/bench_kernels.log"
+grep -A5 "random weights" "$OUT/run.log"

@@ -1,19 +1,24 @@
 // Sparse decode GEMV: y = W (x * [|x| > tau]) for 1..R rows of x, reading only the weight rows of kept channels.
 //
 // W is stored transposed, [in, out] row-major (row i = all weights of input channel i, contiguous), so a dropped
-// channel costs no weight bytes at all. One launch, no workspace: every block owns TN output columns of one
-// projection and R rows of x, walks all input channels in chunks of KC, and per chunk
+// channel costs no weight bytes at all. One launch, no workspace: a cluster of C blocks owns TN output columns of
+// one projection and R rows of x; each block of the cluster takes 1/C of the input channels (split-K), walks them
+// in chunks of KC, and per chunk
 //   1. computes the keep mask (union over its rows) and compacts the kept channel numbers into shared memory
 //      (ballot + popc, in order: no host sync, no torch.nonzero),
 //   2. streams the kept weight rows' TN-wide segments with 16-byte loads, U loads in flight per thread,
 //      accumulating in fp32; when nearly every channel is kept it walks all rows instead (the dense path),
-//   3. after the last chunk, reduces across warps in shared memory and writes its outputs (+ bias) once.
+//   3. after the last chunk, reduces across warps in shared memory, then across the cluster's blocks through
+//      distributed shared memory (Hopper), and writes its outputs (+ bias) once.
+// Split-K keeps both the per-block mask work and the column tile's row segments large enough (128-256 bytes)
+// while still putting 2-4 blocks on every multiprocessor; the cluster reduction needs no global scratch.
 // Fused groups (q/k/v, gate/up) are one launch over the concatenated W with one tau row per projection; a block's
 // columns never straddle two projections.
 //
 // Configuration comes from -D macros (NVRTC options), so each PTX holds exactly one entry point:
 //   WSP_NAME kernel name, WSP_F16 (0: bfloat16, 1: float16), WSP_R rows per block (1, 2, 4, 8),
-//   WSP_TN output columns per block, WSP_V elements per load (8 or 1), WSP_BIAS (0 or 1).
+//   WSP_TN output columns per block, WSP_V elements per load (8 or 1), WSP_BIAS (0 or 1),
+//   WSP_C blocks per cluster sharing one column tile (1, 2, 4, 8; above 1 needs sm_90).
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
 // No headers: NVRTC compiles this without any include path.
 
@@ -35,6 +40,9 @@ typedef unsigned int u32;
 #ifndef WSP_BIAS
 #define WSP_BIAS 0
 #endif
+#ifndef WSP_C
+#define WSP_C 1
+#endif
 #ifndef WSP_NAME
 #define WSP_NAME wsp_gemv
 #endif
@@ -42,6 +50,7 @@ typedef unsigned int u32;
 constexpr int R = WSP_R;
 constexpr int TN = WSP_TN;
 constexpr int V = WSP_V;
+constexpr int C = WSP_C;
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
 constexpr int TPR = TN / V;            // threads that share one weight row segment
@@ -54,6 +63,26 @@ constexpr int DENSE_NUM = 15, DENSE_DEN = 16;  // dense walk when >= 15/16 of a 
 static_assert(V == 8 || V == 1, "V is 8 (16-byte loads) or 1");
 static_assert(TPR >= 1 && TPR <= 32 && 32 % TPR == 0, "a row segment must fit in one warp");
 static_assert(KW % 32 == 0, "chunk must split evenly over warps");
+static_assert(C == 1 || C == 2 || C == 4 || C == 8, "cluster of 1, 2, 4 or 8 blocks");
+
+#if WSP_C > 1
+// Distributed shared memory: the address of `p` in block `rank` of this cluster, a read, and a cluster barrier.
+__device__ __forceinline__ float ld_cluster(const float* p, u32 rank) {
+    u32 local, remote;
+    float v;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(local) : "l"(p));
+    asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+#define WSP_CLUSTER __cluster_dims__(WSP_C, 1, 1)
+#else
+#define WSP_CLUSTER
+#endif
 
 __device__ __forceinline__ float to_f32(u16 h) {
 #if WSP_F16
@@ -145,7 +174,7 @@ __device__ __forceinline__ void fma_row(const Vec& wv, const float (&xv)[R], flo
         for (int v = 0; v < V; v++) acc[r][v] = fmaf(xv[r], wf[v], acc[r][v]);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
+extern "C" __global__ void __launch_bounds__(THREADS) WSP_CLUSTER WSP_NAME(
     const u16* __restrict__ x,      // [n_rows, in]
     const u16* __restrict__ w,      // [in, ldw], columns 0..out0+out1+out2
     const float* __restrict__ tau,  // [P, in]
@@ -168,9 +197,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int out = out0 + out1 + out2;
 
-    // Which projection and columns this block owns.
+    // Which projection and columns this block's cluster owns, and which slice of the input channels is its own.
     const int t0 = (out0 + TN - 1) / TN, t1 = (out1 + TN - 1) / TN;
-    int t = blockIdx.x, p, off, width;
+    const int rank = blockIdx.x % C;  // clusters are C consecutive blocks along x
+    int t = blockIdx.x / C, p, off, width;
     if (t < t0) {
         p = 0; off = 0; width = out0;
     } else if (t < t0 + t1) {
@@ -186,6 +216,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
     const int row0 = blockIdx.y * R;
     const int rows = min(R, n_rows - row0);
     const u16* xrow = x + (size_t)row0 * in;
+    const int k_per = ((in + C - 1) / C + 31) / 32 * 32;
+    const int k_begin = min(in, rank * k_per), k_end = min(in, k_begin + k_per);
 
     float acc[R][V];
 #pragma unroll
@@ -193,17 +225,19 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
 #pragma unroll
         for (int v = 0; v < V; v++) acc[r][v] = 0.f;
 
-    for (int k0 = 0; k0 < in; k0 += KC) {
-        const int kc = min(KC, in - k0);
+    for (int k0 = k_begin; k0 < k_end; k0 += KC) {
+        const int kc = min(KC, k_end - k0);
 
-        // 1. Mask (union over rows) and masked x; each warp owns KW consecutive channels of the chunk.
+        // 1. Mask (union over rows) and masked x; each warp owns kw consecutive channels of the chunk (kw <= KW:
+        //    a short chunk is still spread over all warps).
+        const int kw = (kc + WARPS * 32 - 1) / (WARPS * 32) * 32;
         u32 masks[KW / 32];
         int mine = 0;
 #pragma unroll
         for (int s = 0; s < KW / 32; s++) {
-            const int c = warp * KW + s * 32 + lane;
+            const int c = warp * kw + s * 32 + lane;
             bool keep = false;
-            if (c < kc) {
+            if (s * 32 < kw && c < kc) {
                 const float th = tau_p[k0 + c];
 #pragma unroll
                 for (int r = 0; r < R; r++) {
@@ -230,7 +264,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
             const u32 below = (1u << lane) - 1u;
 #pragma unroll
             for (int s = 0; s < KW / 32; s++) {
-                if ((masks[s] >> lane) & 1u) list[base + __popc(masks[s] & below)] = (u16)(warp * KW + s * 32 + lane);
+                if ((masks[s] >> lane) & 1u) list[base + __popc(masks[s] & below)] = (u16)(warp * kw + s * 32 + lane);
                 base += __popc(masks[s]);
             }
         }
@@ -275,15 +309,33 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
             for (int v = 0; v < V; v++) red[(warp * R + r) * TN + cl * V + v] = acc[r][v];
     }
     __syncthreads();
+    // Sum over warps in place: entry i of warp 0's slot becomes this block's partial for output i.
     for (int i = tid; i < R * TN; i += THREADS) {
-        const int r = i / TN, c = off + t * TN + i % TN;
-        if (r >= rows || c >= col_end) continue;
         float s = 0.f;
 #pragma unroll
-        for (int wi = 0; wi < WARPS; wi++) s += red[(wi * R + r) * TN + i % TN];
+        for (int wi = 0; wi < WARPS; wi++) s += red[wi * R * TN + i];
+        red[i] = s;
+    }
+#if WSP_C > 1
+    cluster_sync();  // every block's partials are in its shared memory
+#else
+    __syncthreads();
+#endif
+    // Each block of the cluster finishes an interleaved share of the outputs, reading all C partials.
+    for (int i = tid + rank * THREADS; i < R * TN; i += THREADS * C) {
+        const int r = i / TN, c = off + t * TN + i % TN;
+        if (r >= rows || c >= col_end) continue;
+        float s = red[i];
+#if WSP_C > 1
+#pragma unroll
+        for (int j = 1; j < C; j++) s += ld_cluster(red + i, (rank + j) % C);
+#endif
 #if WSP_BIAS
         s += to_f32(bias[c]);
 #endif
         y[(size_t)(row0 + r) * out + c] = from_f32(s);
     }
+#if WSP_C > 1
+    cluster_sync();  // no block leaves while another may still read its shared memory
+#endif
 }

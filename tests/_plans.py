@@ -6,6 +6,7 @@ Kept out of conftest.py so any test file can import them (`from _plans import ..
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -104,6 +105,21 @@ def make_plan(loaded: Loaded, sparsity: float = 0.5, alpha: float = 1.0, seed: i
     return Plan(model=meta, method="wina", target_sparsity=sparsity, layers=layers, groups=groups,
                 calibration={"text": "random token ids (tests)", "tokens": n * seq_len, "seq_len": seq_len,
                              "seed": seed})
+
+
+def run_cli(*args: str) -> int:
+    """`wisparse ARGS` in this process; its exit code (0 when the command returns)."""
+    from wisparse_export import cli
+
+    old = sys.argv
+    sys.argv = ["wisparse", *args]
+    try:
+        cli.main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
 
 
 def write_plan(loaded: Loaded, path: Path, **kwargs) -> Path:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -15,30 +18,35 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 @pytest.fixture(autouse=True, scope="module")
 def _module_cache(tmp_path_factory):
-    """One fresh kernel cache for this module: builds are really exercised, and each variant compiles once."""
+    """A fresh kernel cache for this module (builds are really exercised), unless the caller chose a cache."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("WISPARSE_KERNEL_CACHE", str(tmp_path_factory.mktemp("kcache")))
+    if "WISPARSE_KERNEL_CACHE" not in os.environ:
+        mp.setenv("WISPARSE_KERNEL_CACHE", str(tmp_path_factory.mktemp("kcache")))
     yield
     mp.undo()
 
 
 # ------------------------------------------------------------------ CPU: build and launch specs
 
-VARIANTS = [  # (rows per block, tile, vec, bias, dtype): every template axis is covered at least once
-    (1, 16, 8, False, "bf16"), (1, 32, 8, True, "f16"), (2, 64, 8, False, "bf16"), (4, 128, 8, True, "bf16"),
-    (8, 16, 8, False, "f16"), (8, 128, 8, True, "f16"), (1, 16, 1, False, "bf16"), (8, 32, 1, True, "f16"),
+VARIANTS = [  # (rows per block, tile, vec, cluster, bias, dtype): every template axis is covered at least once
+    (1, 16, 8, 1, False, "bf16"), (1, 32, 8, 2, True, "f16"), (2, 64, 8, 4, False, "bf16"),
+    (4, 128, 8, 8, True, "bf16"), (8, 16, 8, 1, False, "f16"), (8, 128, 8, 8, True, "f16"),
+    (1, 16, 1, 1, False, "bf16"), (8, 32, 1, 4, True, "f16"),
 ]
 
 
 @pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("rows,tile,vec,bias,dtype", VARIANTS)
-def test_source_compiles_to_ptx(arch, rows, tile, vec, bias, dtype):
+@pytest.mark.parametrize("rows,tile,vec,cluster,bias,dtype", VARIANTS)
+def test_source_compiles_to_ptx(arch, rows, tile, vec, cluster, bias, dtype):
+    if arch < 90:
+        cluster = 1  # thread-block clusters are Hopper's
     spec = kernels.launch_spec(dtype, 4096, [4096], rows, bias=bias, rows_per_block=rows, tile=tile, vec=vec,
-                               arch=arch)
+                               cluster=cluster, arch=arch)
     assert f".target sm_{arch}" in spec.ptx
     assert f".entry {spec.name}(" in spec.ptx
     assert spec.ptx.count(".param .u64") == 4 + bias  # x, w, tau, [bias,] y
     assert spec.ptx.count(".param .u32") == 6  # n_rows, in, ldw, out0, out1, out2
+    assert (".explicitcluster" in spec.ptx) == (cluster > 1)
 
 
 @pytest.mark.slow
@@ -51,9 +59,10 @@ def test_every_variant_compiles(arch):
                     if vec == 1 and tile > 32:
                         continue
                     for bias in (False, True):
-                        spec = kernels.launch_spec(dtype, 64, [64], rows, bias=bias, rows_per_block=rows,
-                                                   tile=tile, vec=vec, arch=arch)
-                        assert f".entry {spec.name}(" in spec.ptx
+                        for cluster in kernels.CLUSTERS if arch >= 90 else (1,):
+                            spec = kernels.launch_spec(dtype, 64, [64], rows, bias=bias, rows_per_block=rows,
+                                                       tile=tile, vec=vec, cluster=cluster, arch=arch)
+                            assert f".entry {spec.name}(" in spec.ptx
 
 
 def test_sm90_cubin_has_no_spills():
@@ -77,13 +86,14 @@ def test_ptx_is_cached_on_disk(tmp_path, monkeypatch):
 def test_launch_spec_shapes():
     s = kernels.launch_spec("bfloat16", 4096, [4096, 1024, 1024], 3, sms=132)
     assert s.rows_per_block == 4 and s.block == (256, 1, 1) and s.shared_mem == 0
-    assert s.grid == (sum(-(-o // s.tile) for o in (4096, 1024, 1024)), 1, 1)
+    assert s.grid == (sum(-(-o // s.tile) for o in (4096, 1024, 1024)) * s.cluster, 1, 1)
     assert s.args == (3, 4096, 6144, 4096, 1024, 1024)
     s = kernels.launch_spec(torch.float16, 1000, [999], 13)  # odd width: 2-byte loads, two row blocks of 8
     assert s.vec == 1 and s.tile <= 32 and s.rows_per_block == 8 and s.grid[1] == 2 and "_f16_" in s.name
     wide = kernels.launch_spec("bf16", 4096, [28672], 1, sms=132)
     narrow = kernels.launch_spec("bf16", 14336, [4096], 1, sms=132)
-    assert wide.tile > narrow.tile and narrow.grid[0] >= 132  # narrow outputs still fill the GPU
+    assert narrow.cluster > wide.cluster and narrow.grid[0] >= 1.45 * 132  # split-K fills the GPU for narrow outputs
+    assert 1.45 * 132 <= wide.grid[0] <= 2.6 * 132 and kernels.launch_spec("bf16", 64, [64], 1, arch=80).cluster == 1
 
 
 @pytest.mark.parametrize("kwargs,msg", [
@@ -92,6 +102,7 @@ def test_launch_spec_shapes():
     (dict(dtype="bf16", in_features=64, splits=[12], vec=8), "multiples of 8"),
     (dict(dtype="bf16", in_features=2**20, splits=[4096]), "unsupported weight shape"),
     (dict(dtype="bf16", in_features=64, splits=[64], tile=128, vec=1), "tile"),
+    (dict(dtype="bf16", in_features=64, splits=[64], tile=16, cluster=2, arch=80), "sm_90"),
 ])
 def test_launch_spec_refuses(kwargs, msg):
     with pytest.raises(WisparseError, match=msg):
@@ -106,6 +117,17 @@ def test_versions_are_compared(monkeypatch):
     monkeypatch.setattr(kernels, "driver_version", lambda: (13, 1))
     monkeypatch.setattr(kernels, "nvrtc_version", lambda: (13, 0))
     kernels.check_versions()
+
+
+def test_rows_choose_kernel_or_cublas():
+    m = types.SimpleNamespace(sparsity=0.5, _wsp_group=None)
+    assert kernels.use_kernel(m, 1) and not kernels.use_kernel(m, 2) and not kernels.use_kernel(m, 8)
+    m.sparsity = 0.8
+    assert kernels.use_kernel(m, 2) and not kernels.use_kernel(m, 3)
+    m.sparsity = 0.95
+    assert kernels.use_kernel(m, 4) and not kernels.use_kernel(m, 5)
+    m.sparsity = 0.0
+    assert kernels.use_kernel(m, 1)  # one row: the kernel's own dense walk
 
 
 def _ref64(x, wt, tau, bias, splits):
@@ -233,19 +255,23 @@ def test_kernel_matches_float64(dtype, rows):
 @gpu
 def test_every_tile_and_row_variant_on_gpu():
     torch.manual_seed(1)
-    for rows_per_block in kernels.ROWS:
-        for tile in kernels.TILES:
-            for vec in (8, 1):
-                if vec == 1 and tile > 32:
-                    continue
-                x, wt, tau, b = _case(3000, [200, 64], 5, 0.5, torch.bfloat16, True, rows_per_block * tile + vec)
-                spec = kernels.launch_spec("bf16", 3000, [200, 64], 5, bias=True, rows_per_block=rows_per_block,
-                                           tile=tile, vec=vec)
-                y = torch.full((5, 264), float("nan"), dtype=torch.bfloat16, device="cuda")
-                kernels.launch(spec, [x.data_ptr(), wt.data_ptr(), tau.data_ptr(), b.data_ptr()], y.data_ptr(),
-                               torch.cuda.current_stream().cuda_stream)
-                torch.cuda.synchronize()
-                _assert_close(y, _ref64(x, wt, tau, b, [200, 64]), torch.bfloat16, spec.name)
+    seed = 0
+    for in_f in (3000, 40):  # 40: most blocks of an 8-block cluster get no input channels at all
+        for rows_per_block in kernels.ROWS:
+            for tile in kernels.TILES:
+                for vec in (8, 1):
+                    for cluster in kernels.CLUSTERS:
+                        if vec == 1 and tile > 32:
+                            continue
+                        seed += 1
+                        x, wt, tau, b = _case(in_f, [200, 64], 5, 0.5, torch.bfloat16, True, seed)
+                        spec = kernels.launch_spec("bf16", in_f, [200, 64], 5, bias=True, tile=tile, vec=vec,
+                                                   rows_per_block=rows_per_block, cluster=cluster)
+                        y = torch.full((5, 264), float("nan"), dtype=torch.bfloat16, device="cuda")
+                        kernels.launch(spec, [x.data_ptr(), wt.data_ptr(), tau.data_ptr(), b.data_ptr()],
+                                       y.data_ptr(), torch.cuda.current_stream().cuda_stream)
+                        torch.cuda.synchronize()
+                        _assert_close(y, _ref64(x, wt, tau, b, [200, 64]), torch.bfloat16, f"{spec.name} in={in_f}")
 
 
 @pytest.mark.gpu
@@ -280,7 +306,7 @@ def test_prepared_model_matches_torch_backend(fuse):
     from wisparse_export.runtime import sparse_linears
 
     model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.3)
-    ids = torch.randint(0, 64, (2, 1), device="cuda")
+    ids = torch.randint(0, 64, (1, 1), device="cuda")
     with torch.no_grad():
         want = model(input_ids=ids).logits.double()
         kernels.prepare(model, fuse=fuse)

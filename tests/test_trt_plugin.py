@@ -36,6 +36,7 @@ def test_aot_launch_agrees_with_launch_spec():
     name, ptx, p, args = aot_launch((3, 1, 4096), (4096, 6144), (3, 4096), "bf16", splits=[4096, 1024, 1024],
                                     tactic=3)
     spec = kernels.launch_spec("bf16", 4096, [4096, 1024, 1024], 3, rows_per_block=4)
+    assert spec.cluster > 1  # Hopper: split-K over a cluster
     assert (name, ptx) == (spec.name, spec.ptx)
     assert (p["grid_x"], p["grid_y"], p["grid_z"]) == spec.grid and p["block_x"] == 256 and p["shared_mem"] == 0
     assert args == [3, 4096, 6144, 4096, 1024, 1024]
@@ -45,8 +46,8 @@ def test_aot_launch_keeps_batch_symbolic():
     batch, seq = Sym("B"), Sym("S")
     name, ptx, p, args = aot_launch((batch, seq, 4096), (4096, 14336), (4096,), "f16", bias=True, tactic=4,
                                     cdiv=sym_cdiv)
-    assert name.endswith("_r8_n64_v8_bias") and "_f16_" in name and f".entry {name}(" in ptx
-    assert p["grid_y"].text == "cdiv((B*S),8)" and p["grid_x"] == 14336 // 64
+    assert name.endswith("_r8_n128_v8_c2_bias") and "_f16_" in name and f".entry {name}(" in ptx
+    assert p["grid_y"].text == "cdiv((B*S),8)" and p["grid_x"] == 14336 // 128 * 2
     assert args[0].text == "(B*S)" and args[1:] == [4096, 14336, 14336, 0, 0]
 
 
@@ -64,7 +65,7 @@ def test_aot_launch_checks_shapes(shapes, msg):
 
 def test_every_tactic_is_a_rows_variant():
     names = {aot_launch((2, 64), (64, 64), (64,), "bf16", tactic=t)[0] for t in TACTIC_ROWS}
-    assert names == {f"wsp_gemv_bf16_r{r}_n16_v8" for r in (1, 2, 4, 8)}
+    assert names == {f"wsp_gemv_bf16_r{r}_n16_v8_c1" for r in (1, 2, 4, 8)}
 
 
 @pytest.mark.skipif(not HAS_TRT, reason=NO_TRT)

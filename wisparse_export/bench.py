@@ -60,6 +60,7 @@ class Decoder:
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=p.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=p.device)
         self.slots = torch.arange(max_len, device=p.device)
+        self._logits = self.logits
 
     def reset(self, ids: torch.Tensor | None = None) -> None:
         self.pos.zero_()
@@ -89,8 +90,12 @@ class Decoder:
 
     def step(self) -> None:
         """Greedy: the next token becomes the input, the position advances (no host synchronisation)."""
-        self.ids.copy_(self.logits()[:, -1].argmax(-1, keepdim=True))
+        self.ids.copy_(self._logits()[:, -1].argmax(-1, keepdim=True))
         self.pos.add_(1)
+
+    def compile(self, on: bool = True) -> None:
+        """Run the step's logits through torch.compile (fuses the norms, rotary and MLP glue around the linears)."""
+        self._logits = torch.compile(self.logits) if on else self.logits
 
 
 @dataclass
@@ -195,17 +200,23 @@ def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: f
 
 
 def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
-        fuse: bool = True, plan=None, label: str = "") -> dict:
-    """Dense tokens/s, then sparse tokens/s at each sparsity (kernels on CUDA), with realized sparsity."""
+        fuse: bool = True, plan=None, label: str = "", compile: bool = False) -> dict:
+    """Dense tokens/s, then sparse tokens/s at each sparsity (kernels on CUDA), with realized sparsity.
+
+    With compile=True both runs go through torch.compile (then the fused q/k/v, gate/up launches are off: each
+    linear is its own op in the compiled graph).
+    """
     from . import kernels
     from .runtime import apply, sparse_linears, track_sparsity
 
     device = next(model.parameters()).device
     dec = Decoder(model, batch, max_len=steps + 16)
+    dec.compile(compile)
     dense = time_decode(dec, steps, graphs)
     result = {"model": label, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "batch": batch, "steps": steps,
-              "graphs": dense.graphs, "dense_tokens_per_s": dense.tokens_per_s, "dense_ms_per_step": dense.ms_per_step,
+              "graphs": dense.graphs, "compiled": compile, "dense_tokens_per_s": dense.tokens_per_s,
+              "dense_ms_per_step": dense.ms_per_step,
               "sparse": []}
     samples = None
     if plan is None:
@@ -213,14 +224,16 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
         plan = uniform_plan(model, samples, sparsities[0])
     apply(model, plan, check=False)
     if device.type == "cuda":
-        kernels.prepare(model, fuse=fuse)
+        kernels.prepare(model, fuse=fuse and not compile)
+    dec.compile(compile)  # the linears changed: trace again
     for s in sparsities if samples is not None else [plan.target_sparsity]:
         if samples is not None:
             set_sparsity(model, samples, s)
         dec.reset()
         with track_sparsity(model) as realized:
             for _ in range(4):
-                dec.step()
+                dec.ids.copy_(dec.logits()[:, -1].argmax(-1, keepdim=True))  # eager: counting syncs the host
+                dec.pos.add_(1)
             r = realized()
         t = time_decode(dec, steps, graphs)
         params = {n: m.in_features * m.out_features for n, m in sparse_linears(model).items()}

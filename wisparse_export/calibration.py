@@ -118,7 +118,12 @@ def calibrate(loaded: Loaded, text, sparsity: float, method: str = "wisparse", s
     if method not in METHOD_ALPHA:
         raise WisparseError(f"unknown method {method!r}; choose teal, wina or wisparse")
     seqs = sequences(loaded.tokenizer, text, seq_len, tokens, seed=seed, shuffle=True)
-    alphas = (0.0, 0.5, 1.0) if method == "wisparse" else (METHOD_ALPHA[method],)
+    alphas = (METHOD_ALPHA[method],)
+    if method == "wisparse":  # only the alphas the search may pick: each costs a histogram pass per linear
+        from .search import resolve_settings
+
+        device = next(loaded.model.parameters()).device
+        alphas = tuple(sorted({*map(float, resolve_settings(search_settings, device)["alphas"]), METHOD_ALPHA[method]}))
     stats = collect(loaded.model, loaded.blocks, seqs, alphas, batch_size, progress)
     settings = {"text": text.description, "sources": getattr(text, "sources", None), "tokens": stats.tokens,
                 "seq_len": seq_len, "seed": seed}

@@ -36,8 +36,16 @@ def cli() -> None:
 @click.option("--seq-len", type=int, default=512, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
+@click.option("--search-budget", type=click.Choice(["fast", "default", "thorough"]), default=None,
+              help="wisparse search preset (calibration/search_presets.json; default: 'default' on a GPU, "
+              "'fast' on CPU).")
+@click.option("--search-generations", type=int, default=None, help="Override the preset's generations.")
+@click.option("--search-offspring", type=int, default=None, help="Override the preset's offspring per generation.")
+@click.option("--search-tokens", type=int, default=None,
+              help="Override the preset's re-ranking tokens (offspring are screened on a quarter of them).")
 @PROGRESS
-def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, output, quiet):
+def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, output,
+              search_budget, search_generations, search_offspring, search_tokens, quiet):
     """Calibrate thresholds on text and write a plan file."""
     from .calibration import calibrate as run
     from .data import load_text
@@ -50,7 +58,12 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
     loaded = load_model(model_src, dtype, device, progress=not quiet)
-    plan = run(loaded, text, sparsity, method, seq_len, calib_tokens, seed, progress=not quiet)
+    search = {"budget": search_budget, "generations": search_generations, "offspring": search_offspring,
+              "checkpoint": f"{output}.search.json"}  # an interrupted search resumes from here
+    if search_tokens is not None:
+        search.update(rank_tokens=search_tokens, screen_tokens=max(1, search_tokens // 4))
+    plan = run(loaded, text, sparsity, method, seq_len, calib_tokens, seed, search_settings=search,
+               progress=not quiet)
     save_plan(plan, output)
     click.echo(f"wrote {output}: {len(plan.layers)} linears, method {method}, budget {plan.budget:.4f}")
 
@@ -106,8 +119,11 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 @click.option("--steps", type=int, default=128, show_default=True)
 @click.option("--no-graphs", is_flag=True, help="Run eagerly instead of replaying a CUDA graph per step.")
 @click.option("--no-fuse", is_flag=True, help="One launch per linear instead of fused q/k/v and gate/up.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the decode step (dense and sparse alike).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
-def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no_graphs, no_fuse, json_out):
+@PROGRESS
+def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no_graphs, no_fuse, compile_,
+          json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
     from . import bench as b
     from .files import check_writable, write_json
@@ -129,9 +145,9 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
         if plan is not None:
             plan.check_model(model)
     result = b.run(model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse, plan=plan,
-                   label=label)
+                   label=label, compile=compile_)
     click.echo(f"{label} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
-               f"{'CUDA graphs' if result['graphs'] else 'eager'}")
+               f"{'CUDA graphs' if result['graphs'] else 'eager'}{', torch.compile' if compile_ else ''}")
     click.echo(f"{'':>10} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}")
     click.echo(f"{'dense':>10} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
                f"{result['dense_ms_per_step']:>8.3f} {1.0:>8.2f}")
@@ -141,6 +157,81 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
     if json_out:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}")
+
+
+@cli.command("export")
+@MODEL
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
+              "manifest.json, tokenizer/ (replaced only if an earlier export wrote it).")
+@click.option("--dtype", "export_dtype", default="float32", show_default=True,
+              help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Weights in <file>.onnx.data beside each graph (default: when over 256 MiB).")
+@PROGRESS
+def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet):
+    """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
+    from .export import DTYPES
+    from .export import export as run
+    from .models import load_model
+    from .plan import load_plan
+
+    if export_dtype not in DTYPES:
+        raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
+    plan = load_plan(plan_path)
+    loaded = load_model(model_src or plan.model.get("source"), "float32", "cpu", progress=not quiet)
+    m = run(loaded, plan, output, export_dtype, external_data)
+    click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
+               f"{export_dtype}, opset {m['opset']}, plan {m['plan']['digest']}")
+
+
+@cli.command("check")
+@click.argument("out", type=click.Path())
+@click.option("--text", multiple=True, help="Evaluation text: file, folder or hf:NAME[:CONFIG] (repeatable; "
+              "default: the embedded corpus's evaluation split).")
+@click.option("--tokens", type=int, default=16384, show_default=True, help="At most this many evaluation tokens.")
+@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--max-ppl-increase", type=float, help="Gate: sparse perplexity at most this fraction above dense "
+              "(0.5 = +50%).")
+@click.option("--max-kl", type=float, help="Gate: mean KL(dense || sparse) per token, in nats.")
+@click.option("--min-agreement", type=float, help="Gate: top-1 agreement of sparse with dense, in [0, 1].")
+@click.option("--engine", is_flag=True, help="Check the TensorRT engines (wisparse build) against dense.onnx.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@PROGRESS
+def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine, json_out, quiet):
+    """Run dense.onnx and sparse.onnx (or the engines) on text; exit 1 if a gate fails."""
+    from .check import check as run
+    from .check import summary
+    from .files import check_writable, write_json
+
+    if json_out:
+        check_writable(json_out)
+    report = run(out, list(text), tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine=engine,
+                 progress=not quiet)
+    click.echo(summary(report))
+    if json_out:
+        write_json(json_out, report)
+        click.echo(f"wrote {json_out}")
+    if not report["passed"]:
+        failed = [f"{n} {g['value']:.5g} (threshold {g['threshold']})" for n, g in report["gates"].items()
+                  if g["verdict"] == "fail"]
+        click.echo("gate failed: " + ", ".join(failed), err=True)
+        sys.exit(1)
+
+
+@cli.command("build")
+@click.argument("out", type=click.Path())
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="Builder workspace, GiB.")
+@click.option("--max-batch", type=int, default=1, show_default=True)
+@click.option("--max-prefill", type=int, default=512, show_default=True, help="Longest prompt of the prefill profile.")
+@click.option("--max-context", type=int, default=2048, show_default=True, help="Longest cache of the decode profile.")
+def build_cmd(out, workspace, max_batch, max_prefill, max_context):
+    """Build OUT/dense.engine and OUT/sparse.engine with TensorRT (decode and prefill profiles)."""
+    from .trt import build as run
+
+    info = run(out, workspace, max_batch, max_prefill, max_context)
+    click.echo(f"wrote {', '.join(e['file'] for e in info['engines'].values())} in {out} "
+               f"(TensorRT {info['tensorrt']}, {info['dtype']})")
 
 
 def main() -> None:

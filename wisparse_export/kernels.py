@@ -28,7 +28,7 @@ SOURCE = "sparse_gemv.cu"
 THREADS = 256
 ROWS = (1, 2, 4, 8)        # rows of x per block (template R)
 TILES = (128, 64, 32, 16)  # output columns per block (template TN), widest first
-MAX_ROWS = 8               # decode rows handled by the kernel; more rows (prefill) go to cuBLAS
+CLUSTERS = (1, 2, 4, 8)    # blocks sharing one column tile, splitting the input channels (template C)
 MAX_SPLITS = 3
 DTYPES = {"bf16": "bf16", "bfloat16": "bf16", torch.bfloat16: "bf16",
           "f16": "f16", "fp16": "f16", "float16": "f16", torch.float16: "f16"}
@@ -47,6 +47,7 @@ class LaunchSpec:
     rows_per_block: int
     tile: int
     vec: int
+    cluster: int
     bias: bool
 
 
@@ -54,18 +55,35 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
-def pick_tile(splits: Sequence[int], row_blocks: int = 1, vec: int = 8, sms: int = 132) -> int:
-    """Widest column tile that still gives about 1.5 blocks per multiprocessor (a block walks all of `in`)."""
-    tiles = [t for t in TILES if vec == 8 or t <= 32]
-    for t in tiles:
-        if sum(_cdiv(s, t) for s in splits) * row_blocks >= 1.5 * sms:
-            return t
-    return tiles[-1]
+def pick_tiling(splits: Sequence[int], in_features: int, row_blocks: int = 1, vec: int = 8, sms: int = 132,
+                arch: int = 90) -> tuple[int, int]:
+    """(column tile, cluster size): about 1.5 to 2.5 blocks per multiprocessor, widest row segments first.
+
+    A cluster splits the input channels of one column tile over its blocks (sm_90), so narrow outputs still fill
+    the GPU with 128- or 256-byte row segments, and each block computes only its own slice of the mask.
+    """
+    lo, hi = 1.45 * sms, 2.6 * sms  # measured on an H200 (docs/BENCHMARKS.md: tiling sweep)
+    options = []
+    for t in TILES:
+        if vec != 8 and t > 32:
+            continue
+        tiles = sum(_cdiv(s, t) for s in splits) * row_blocks
+        for c in CLUSTERS if arch >= 90 else (1,):
+            if c > 1 and in_features < 256 * c:
+                break
+            options.append((t, c, tiles * c))
+    inside = [o for o in options if lo <= o[2] <= hi]
+    if inside:  # widest tile, then the fewest blocks per cluster
+        return max(inside, key=lambda o: (o[0], -o[1]))[:2]
+    below = [o for o in options if o[2] < lo]
+    if below:  # too little work to fill the GPU: as many blocks as possible
+        return max(below, key=lambda o: (o[2], o[0]))[:2]
+    return min(options, key=lambda o: (o[2], -o[0]))[:2]
 
 
 def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
                 ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
-                vec: int | None = None, arch: int | None = None, sms: int = 132,
+                cluster: int | None = None, vec: int | None = None, arch: int | None = None, sms: int = 132,
                 cdiv: Callable[[Any, int], Any] = _cdiv) -> LaunchSpec:
     """Kernel name, PTX, grid, block, shared memory and int32 arguments for y = W (x * [|x| > tau]).
 
@@ -93,19 +111,22 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
     if rows_per_block not in ROWS:
         raise WisparseError(f"rows_per_block must be one of {ROWS}")
     row_blocks = cdiv(n_rows, rows_per_block)
-    if tile is None:
-        tile = pick_tile(splits, row_blocks if isinstance(row_blocks, int) else 1, vec, sms)
+    arch = arch or 90
+    if tile is None or cluster is None:
+        t, c = pick_tiling(splits, in_features, row_blocks if isinstance(row_blocks, int) else 1, vec, sms, arch)
+        tile, cluster = tile or t, cluster or c
     if tile not in TILES or (vec == 1 and tile > 32):
         raise WisparseError(f"tile {tile} is not supported with {vec}-element loads")
-    arch = arch or 90
-    name = f"wsp_gemv_{dt}_r{rows_per_block}_n{tile}_v{vec}" + ("_bias" if bias else "")
+    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
+        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+    name = f"wsp_gemv_{dt}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "")
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows_per_block, "WSP_TN": tile,
-               "WSP_V": vec, "WSP_BIAS": int(bias)}
+               "WSP_V": vec, "WSP_C": cluster, "WSP_BIAS": int(bias)}
     ptx = compile_ptx(SOURCE, defines, arch)
     padded = list(splits) + [0] * (MAX_SPLITS - len(splits))
-    grid = (sum(_cdiv(s, tile) for s in splits), row_blocks, 1)
+    grid = (sum(_cdiv(s, tile) for s in splits) * cluster, row_blocks, 1)
     return LaunchSpec(name, ptx, grid, (THREADS, 1, 1), 0, (n_rows, in_features, ldw, *padded),
-                      rows_per_block, tile, vec, bias)
+                      rows_per_block, tile, vec, cluster, bias)
 
 
 # ---------------------------------------------------------------- NVRTC build and on-disk cache
@@ -413,10 +434,27 @@ class _Group:
         return self.ys[index]
 
 
+# Rows -> the largest union keep fraction (1 - s**rows for planned sparsity s) at which the kernel still beat
+# cuBLAS on the H200 (docs/BENCHMARKS.md). The union of several rows' kept channels fills up fast, and the kernel's
+# fp32 FMAs grow with the rows, so past these cuBLAS on masked x is the faster dense path. One row always takes
+# the kernel: at low realized sparsity it walks all rows itself (the in-kernel dense path), without the extra
+# masking kernels.
+KEEP_MAX = {1: 1.0, 2: 0.5, 3: 0.3, 4: 0.3}
+
+
+def use_kernel(module: nn.Module, rows: int) -> bool:
+    """Host-side choice from shapes and the planned sparsity only (no synchronisation, graph- and compile-safe)."""
+    if rows not in KEEP_MAX:
+        return False
+    group = getattr(module, "_wsp_group", None)
+    s = min(m.sparsity for m in group.mods) if group is not None else module.sparsity
+    return 1.0 - s**rows <= KEEP_MAX[rows]
+
+
 def sparse_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """SparseLinear.forward for backend "cuda": the kernel for decode (<= 8 rows), cuBLAS on masked x otherwise."""
+    """SparseLinear.forward for backend "cuda": the kernel for decode rows, cuBLAS on masked x where it is faster."""
     n = x.numel() // max(x.shape[-1], 1)
-    if n > MAX_ROWS or x.dtype not in (torch.bfloat16, torch.float16) or module.weight.dtype != x.dtype:
+    if not use_kernel(module, n) or x.dtype not in (torch.bfloat16, torch.float16) or module.weight.dtype != x.dtype:
         xm = torch.where(module.mask(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
         return module.dense(xm)
     group = getattr(module, "_wsp_group", None)

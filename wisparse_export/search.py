@@ -115,7 +115,7 @@ def greedy_split(curves: list[list[float]], step: float, params: list[int], leve
     """Raise the cheapest member (error added per parameter made sparse) in small steps until the param-weighted
     mean is `level`; members start at `lo` and stop at `hi`. Exact: the last step is cut to fit."""
     s = list(lo)
-    need = level * sum(params) - sum(p * x for p, x in zip(params, s))
+    need = level * sum(params) - sum(p * x for p, x in zip(params, s, strict=True))
     while need > 1e-9 * sum(params):
         best, best_cost, best_d = -1, float("inf"), 0.0
         for u, c in enumerate(curves):
@@ -200,7 +200,7 @@ def split_tables(model: nn.Module, loaded: Loaded, units: list[list[Unit]], stat
             err = unit_errors(model.get_submodule(name), mods, units[b], cached[b], stats, alphas, unit_grid)
             cached[b] = []  # free as we go
             pick = [min(range(len(alphas)), key=lambda a, e=e: sum(e[a])) for e in err]
-            curves = [e[a] for e, a in zip(err, pick)]
+            curves = [e[a] for e, a in zip(err, pick, strict=True)]
             params = [u.params for u in units[b]]
             rows = []
             for level in levels:
@@ -208,7 +208,7 @@ def split_tables(model: nn.Module, loaded: Loaded, units: list[list[Unit]], stat
                 hi = [min(s["unit_cap"], level + s["max_deviation"])] * len(params)
                 rows.append([round(x, 6) for x in greedy_split(curves, s["unit_step"], params, level, lo, hi)])
             # The block's own error at each level (additive estimate): seeds the search across blocks.
-            cost = [sum(interp(c, s["unit_step"], x) for c, x in zip(curves, row)) for row in rows]
+            cost = [sum(interp(c, s["unit_step"], x) for c, x in zip(curves, row, strict=True)) for row in rows]
             tables["blocks"].append({"alphas": [alphas[a] for a in pick], "splits": rows, "error": cost})
     finally:
         for m in mods.values():
@@ -261,7 +261,7 @@ class KLFitness:
         self.set(allocation)
         self.calls += 1
         total, count = 0.0, 0
-        for ids, ld in list(zip(self.batches, self.dense))[:n_batches]:
+        for ids, ld in list(zip(self.batches, self.dense, strict=True))[:n_batches]:
             ls = F.log_softmax(self.model(input_ids=ids, use_cache=False).logits.float(), -1)
             ld = ld.float()
             total += (ld.exp() * (ld - ls)).sum().item()
@@ -343,7 +343,7 @@ def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, se
             seed = greedy_split(curves, step, bparams, target, [0.0] * len(bparams), [max_level] * len(bparams))
             flat = [target] * len(bparams)
             rng = random.Random(int(s["seed"]))
-            starts = [flat, seed, [(a + b) / 2 for a, b in zip(flat, seed)]]
+            starts = [flat, seed, [(a + b) / 2 for a, b in zip(flat, seed, strict=True)]]
             while len(starts) < int(s["population"]):
                 starts.append(mutate(rng.choice(starts[:3]), bparams, rng, max_level))
             starts = starts[: max(int(s["population"]), 1)]
@@ -382,14 +382,14 @@ def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, se
     finally:
         remove(model)
     total = sum(bparams)
-    budget = sum(p * lv for p, lv in zip(bparams, best)) / total
+    budget = sum(p * lv for p, lv in zip(bparams, best, strict=True)) / total
     record = {
         "method": "evolution across blocks (KL on calibration tokens), reconstruction-error split within blocks",
         "settings": s,
         "budget": round(budget, 6),
         "blocks": [{"name": b.name, "level": round(lv, 6), "alphas": t["alphas"]}
                    for b, lv, t in zip([b for b in loaded.blocks if any(n in stats.hist for n in b.linears)],
-                                       best, tables["blocks"])],
+                                       best, tables["blocks"], strict=True)],
         "units": [[u.names for u in us] for us in units],
         "split": "refined" if refined else "uniform within blocks (refined split lost end to end)",
         "fitness": {"best_kl": best_kl, "uniform_split_kl": flat_split_kl, **baselines},

@@ -1,0 +1,213 @@
+"""TensorRT: build `OUT/dense.engine` and `OUT/sparse.engine` from an export, and check them.
+
+TensorRT is imported lazily: where it is absent, `wisparse build` and `wisparse check --engine` stop with one
+line (exit 2). TensorRT 10 with STRONGLY_TYPED, and TensorRT 11 always, take precision from the ONNX types, so
+engines are built from float16 / bfloat16 exports. The sparse graph's SparseLinear nodes carry
+`plugin_namespace` and `plugin_version`, so once `plugins/trt_plugin.py` has registered `wisparse::SparseLinear`
+the ONNX parser maps each node to the plugin instead of importing the function body.
+
+Each engine has two optimization profiles: 0 = decode (one new token after up to max_context - 1 cached ones),
+1 = prefill (up to max_prefill tokens, empty cache). A timing cache in OUT/timing.cache speeds up rebuilds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .check import Decoder, step_ms, verify
+from .errors import WisparseError
+from .evaluate import Metrics
+from .export import read_manifest
+from .files import write_atomic, write_json
+
+DECODE, PREFILL = 0, 1
+ENGINES = "engines.json"
+
+
+def require():
+    """The tensorrt module, or one line saying it is missing."""
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise WisparseError("TensorRT is not installed: `wisparse build` and `check --engine` need the tensorrt "
+                            "Python package (pip install tensorrt) on a machine with an NVIDIA GPU") from e
+    return tensorrt
+
+
+_registered = False
+
+
+def load_plugin() -> None:
+    """Register wisparse::SparseLinear with TensorRT (the kernels' ahead-of-time PTX) before parsing or loading;
+    once per process, as tensorrt.plugin refuses a second definition."""
+    global _registered
+    if _registered:
+        return
+    try:
+        from .plugins import trt_plugin
+
+        trt_plugin.register()
+    except (ImportError, AttributeError) as e:
+        raise WisparseError(f"cannot register the TensorRT plugin wisparse::SparseLinear: {e}") from e
+    _registered = True
+
+
+def profiles(manifest: dict, max_batch: int, max_prefill: int, max_context: int) -> list[dict]:
+    """(min, opt, max) shapes per input for the decode and prefill profiles, in that order."""
+    kv, d = manifest["graph"]["kv_heads"], manifest["graph"]["head_dim"]
+    layers = manifest["graph"]["layers"]
+    if not 1 <= max_prefill <= max_context:
+        raise WisparseError(f"need 1 <= --max-prefill ({max_prefill}) <= --max-context ({max_context})")
+    if max_batch < 1:
+        raise WisparseError(f"--max-batch must be at least 1, got {max_batch}")
+    b = (1, 1, max_batch)
+    half = max(max_context // 2, 1)
+    decode = {"input_ids": [(b[0], 1), (b[1], 1), (b[2], 1)],
+              "position_ids": [(b[0], 1), (b[1], 1), (b[2], 1)],
+              "attention_mask": [(b[0], 1), (b[1], half), (b[2], max_context)],
+              "past": [(b[0], kv, 0, d), (b[1], kv, half - 1, d), (b[2], kv, max_context - 1, d)]}
+    prefill = {"input_ids": [(b[0], 1), (b[1], max_prefill), (b[2], max_prefill)],
+               "position_ids": [(b[0], 1), (b[1], max_prefill), (b[2], max_prefill)],
+               "attention_mask": [(b[0], 1), (b[1], max_prefill), (b[2], max_prefill)],
+               "past": [(b[0], kv, 0, d), (b[1], kv, 0, d), (b[2], kv, 0, d)]}
+    out = []
+    for p in (decode, prefill):
+        shapes = {k: v for k, v in p.items() if k != "past"}
+        for i in range(layers):
+            for kind in ("key", "value"):
+                shapes[f"past_key_values.{i}.{kind}"] = p["past"]
+        out.append(shapes)
+    return out
+
+
+def network_flags(trt) -> int:
+    """STRONGLY_TYPED where the flag still exists (TensorRT 10; 11 is strongly typed always), and prefer the
+    plugin's ahead-of-time implementation when it has both."""
+    flags = 0
+    for name in ("STRONGLY_TYPED", "PREFER_AOT_PYTHON_PLUGINS"):
+        flag = getattr(trt.NetworkDefinitionCreationFlag, name, None)
+        if flag is not None:
+            flags |= 1 << int(flag)
+    return flags
+
+
+def build(out: str | os.PathLike, workspace_gib: float = 4.0, max_batch: int = 1, max_prefill: int = 512,
+          max_context: int = 2048, roles: tuple[str, ...] = ("dense", "sparse")) -> dict:
+    """Build OUT/<role>.engine for each role; returns what was written (also saved as OUT/engines.json)."""
+    trt = require()
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest["dtype"] == "float32":
+        raise WisparseError("TensorRT engines are built from float16 or bfloat16 exports (TensorRT is strongly "
+                            "typed; the plugin runs float16/bfloat16): re-export with --dtype float16")
+    paths = verify(out, manifest, roles)
+    shapes = profiles(manifest, max_batch, max_prefill, max_context)
+    load_plugin()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise WisparseError("TensorRT could not create a builder (no usable NVIDIA GPU?)")
+    cache_path = out / "timing.cache"
+    built = {}
+    for role in roles:
+        network = builder.create_network(network_flags(trt))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(str(paths[role])):
+            first = parser.get_error(0).desc() if parser.num_errors else "unknown error"
+            raise WisparseError(f"TensorRT cannot parse {paths[role]}: {first}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+        config.set_timing_cache(cache, False)
+        for p in shapes:
+            profile = builder.create_optimization_profile()
+            for name, (lo, opt, hi) in p.items():
+                profile.set_shape(name, lo, opt, hi)
+            config.add_optimization_profile(profile)
+        engine = builder.build_serialized_network(network, config)
+        if engine is None:
+            raise WisparseError(f"TensorRT failed to build the {role} engine (its log above says why)")
+        path = write_atomic(out / f"{role}.engine", lambda p, e=engine: p.write_bytes(bytes(e)))
+        write_atomic(cache_path, lambda p, c=cache: p.write_bytes(bytes(c.serialize())))
+        built[role] = {"file": path.name, "bytes": path.stat().st_size}
+    info = {"tensorrt": trt.__version__, "plan": manifest["plan"]["digest"], "dtype": manifest["dtype"],
+            "engines": built, "profiles": {"decode": DECODE, "prefill": PREFILL},
+            "limits": {"max_batch": max_batch, "max_prefill": max_prefill, "max_context": max_context},
+            "workspace_gib": workspace_gib, "timing_cache": cache_path.name}
+    write_json(out / ENGINES, info)
+    return info
+
+
+def compare(reference, runners: list, feeds: list[dict], ids: list[torch.Tensor], progress: bool = True) -> dict:
+    """Run every runner and the reference on the same feeds through Polygraphy's Comparator (streaming, so only
+    one batch of logits is alive at a time); Metrics of each runner against the reference."""
+    from polygraphy.comparator import Comparator
+
+    metrics = {r.name: Metrics() for r in runners}
+    results = Comparator.run([reference, *runners], data_loader=feeds, streaming=True)
+    for batch_ids, result in tqdm(zip(ids, results, strict=False), total=len(ids), desc="check", unit="batch",
+                                  disable=not progress):
+        ref = torch.as_tensor(np.asarray(result[reference.name][0]["logits"]))
+        for r in runners:
+            metrics[r.name].update(ref, torch.as_tensor(np.asarray(result[r.name][0]["logits"])), batch_ids)
+    return {name: m.result() for name, m in metrics.items()}
+
+
+def runner_step(runner, decoder: Decoder):
+    """step(ids, past) for a Polygraphy runner, laid out like Decoder.step (the same input names and cache)."""
+
+    def step(ids: np.ndarray, past: dict | None):
+        outs = runner.infer(decoder.feeds(ids, past))
+        present = {n.replace("present.", "past_key_values."): np.asarray(v) for n, v in outs.items()
+                   if n.startswith("present.")}
+        return np.asarray(outs["logits"]), present
+
+    return step
+
+
+def check_engines(out: Path, manifest: dict, paths: dict[str, Path], seqs: torch.Tensor,
+                  progress: bool = True) -> dict:
+    """Dense and sparse engines against dense.onnx in ONNX Runtime on the evaluation sequences, plus the decode
+    step latency of each engine. Same report fields as the ONNX check."""
+    trt = require()
+    import onnxruntime
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    if manifest["dtype"] == "bfloat16":
+        raise WisparseError("check --engine compares against ONNX Runtime, which Python cannot feed bfloat16 "
+                            "tensors; export and build float16 for the check")
+    engines = {role: out / f"{role}.engine" for role in ("dense", "sparse")}
+    for path in engines.values():
+        if not path.is_file():
+            raise WisparseError(f"{path} is missing: run `wisparse build {out}` first")
+    load_plugin()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in onnxruntime.get_available_providers()]
+    layout = Decoder(paths["dense"], providers)  # names, cache shapes and dtype shared by all four runners
+    reference = OnnxrtRunner(SessionFromOnnx(str(paths["dense"]), providers=providers), name="dense.onnx")
+    prefill = {role: TrtRunner(EngineFromBytes(path.read_bytes()), name=f"{role}.engine",
+                               optimization_profile=PREFILL) for role, path in engines.items()}
+    ids = [seqs[i: i + 1] for i in range(len(seqs))]  # batch 1: the engines' default --max-batch
+    feeds = [layout.feeds(x.numpy()) for x in ids]
+    results = compare(reference, list(prefill.values()), feeds, ids, progress)
+    dense, sparse = results["dense.engine"], results["sparse.engine"]
+    prompt = seqs[:1, : min(64, seqs.shape[1])].numpy()
+    latency = {}
+    for role, path in engines.items():
+        with TrtRunner(EngineFromBytes(path.read_bytes()), optimization_profile=DECODE) as runner:
+            latency[role] = step_ms(runner_step(runner, layout), prompt, token_by_token=True)
+    return {
+        "dense": {"ppl": dense["ppl"], "step_ms": latency["dense"], "reference_ppl": dense["dense_ppl"],
+                  "kl": dense["kl"], "top1_agreement": dense["top1_agreement"]},
+        "sparse": {"ppl": sparse["ppl"], "kl": sparse["kl"], "top1_agreement": sparse["top1_agreement"],
+                   "step_ms": latency["sparse"]},
+        "reference": {"ppl": dense["dense_ppl"], "graph": "dense.onnx", "providers": providers},
+        "tokens": sparse["tokens"],
+        "runtime": f"TensorRT {trt.__version__} engines vs dense.onnx in onnxruntime {onnxruntime.__version__}",
+    }
