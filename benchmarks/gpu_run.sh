@@ -2,7 +2,9 @@
 # One GPU run, start to finish: install, GPU tests (kernels vs float64, the TensorRT plugin's ahead-of-time PTX
 # launched through the driver API), end-to-end decode benchmarks, then the kernel benchmark (its table last).
 # Logs and JSON go to $OUT (the device tool brings them back).
-#   bash benchmarks/gpu_run.sh            # quick=1 in the environment: bf16 batch-1 kernel table only
+#   bash benchmarks/gpu_run.sh
+# Environment knobs: quick=1 (bf16 batch-1 kernel table only), shapes="llama3-8b" (end-to-end models),
+# compiled=0 (skip the torch.compile end-to-end run).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/wisparse-gpu}
@@ -31,7 +33,7 @@ timeout 240 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plu
 echo "pytest exit $?"; tail -n 25 "$OUT/gpu_tests.log"
 
 echo "== end to end (CUDA graphs)"
-for shape in smollm2-135m llama3-8b; do
+for shape in ${shapes:-smollm2-135m llama3-8b}; do
   timeout 200 wisparse bench --shape "$shape" --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
     --json "$OUT/e2e_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log"
 done
@@ -42,7 +44,7 @@ timeout 240 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json"
 echo "bench_kernels exit $?"
 
 echo "== end to end (torch.compile + CUDA graphs)"
-for shape in llama3-8b; do
+[ "${compiled:-1}" = 0 ] || for shape in llama3-8b; do
   timeout 240 wisparse bench --shape "$shape" --compile --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
     --json "$OUT/e2e_compiled_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log" | tail -n 6
 done

@@ -66,11 +66,15 @@ def test_every_variant_compiles(arch):
 
 
 def test_sm90_cubin_has_no_spills():
-    """Register arrays must stay in registers (a run-time index would put them in local memory)."""
+    """Register arrays stay in registers, and one decode row fits 64 registers (4 blocks per multiprocessor)."""
+    import re
+
     for rows in (1, 8):
-        defines = {"WSP_NAME": "k", "WSP_R": rows, "WSP_TN": 128, "WSP_V": 8, "WSP_BIAS": 1}
+        defines = {"WSP_NAME": "k", "WSP_R": rows, "WSP_TN": 128, "WSP_V": 8, "WSP_BIAS": 1, "WSP_C": 8}
         _, log = kernels.compile_ptx(kernels.SOURCE, defines, 90, cubin=True, extra=["--ptxas-options=-v"])
         assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, log
+        regs = int(re.search(r"Used (\d+) registers", log).group(1))
+        assert regs <= (64 if rows == 1 else 128), log
 
 
 def test_ptx_is_cached_on_disk(tmp_path, monkeypatch):

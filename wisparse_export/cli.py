@@ -234,6 +234,20 @@ def build_cmd(out, workspace, max_batch, max_prefill, max_context):
                f"(TensorRT {info['tensorrt']}, {info['dtype']})")
 
 
+@cli.command()
+@click.argument("plan_path", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Image to write (.png, .svg).")
+def plot(plan_path, output):
+    """Draw a plan's per-block and per-projection sparsity."""
+    from .files import check_writable
+    from .plan import load_plan
+    from .report import plot_allocation
+
+    check_writable(output)
+    plot_allocation(load_plan(plan_path).to_dict(), output)
+    click.echo(f"wrote {output}")
+
+
 def main() -> None:
     """Entry point: WisparseError -> one line on stderr, exit 2; gate failures are the commands' own exit 1."""
     try:

@@ -105,7 +105,7 @@ def describe(model: torch.nn.Module) -> Arch:
             if kind in ("dynamic", "longrope"):
                 raise WisparseError(f"the ONNX exporter does not support {kind!r} RoPE scaling (it depends on the "
                                     "sequence length)")
-            inv = getattr(rotary, f"{key}_inv_freq" if key != "default" else "original_inv_freq")
+            inv = getattr(rotary, f"{key}_inv_freq" if key != "default" else "inv_freq")
             scale = getattr(rotary, f"{key}_attention_scaling" if key != "default" else "attention_scaling")
             if 2 * inv.numel() != head_dim:
                 raise WisparseError("the ONNX exporter does not support partial rotary embeddings")
@@ -442,7 +442,16 @@ def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "flo
                        "dense_linear_nodes_in_dense": counts["dense"]["dense_linear"]},
         }
         write_json(tmp / MANIFEST, manifest)
+        readable(tmp)
     return manifest
+
+
+def readable(folder: Path) -> None:
+    """Temporary files and folders are private (0600/0700); give the published export the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def read_manifest(out: str | os.PathLike) -> dict:

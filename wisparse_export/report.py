@@ -24,3 +24,45 @@ def evaluation_table(r: dict) -> str:
     ]
     head = f"{r['model']}  target sparsity {r['target_sparsity']}  on {r['tokens']} tokens of {r.get('text', 'text')}"
     return head + "\n" + table(["model", "sparsity", "ppl", "kl", "top1_agree"], rows)
+
+
+def plot_allocation(plan: dict, path: str) -> str:
+    """Per-block sparsity (param-weighted) and each projection's sparsity per block, from a plan dictionary:
+    shows where the allocation put the budget, which a table of 200 linears does not."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import write_atomic
+    from .models import projection
+
+    blocks: dict[int, dict[str, tuple[float, int]]] = {}
+    for name, lp in plan["layers"].items():
+        m = re.search(r"\.(\d+)\.", name)
+        b = int(m.group(1)) if m else 0
+        blocks.setdefault(b, {})[projection(name)] = (lp["sparsity"], lp["shape"][0] * lp["shape"][1])
+    idx = sorted(blocks)
+    level = [sum(s * p for s, p in blocks[b].values()) / sum(p for _, p in blocks[b].values()) for b in idx]
+    projs = list(dict.fromkeys(k for b in idx for k in blocks[b]))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    ax1.bar(idx, level, color="tab:blue")
+    ax1.axhline(plan.get("budget", plan["target_sparsity"]), color="k", ls="--", lw=1,
+                label=f"budget {plan.get('budget', plan['target_sparsity']):.3f}")
+    ax1.set_ylabel("block sparsity\n(param-weighted)")
+    ax1.set_ylim(0, 1)
+    ax1.legend(loc="upper right")
+    ax1.set_title(f"{plan['model'].get('source', '')}: {plan['method']} at target {plan['target_sparsity']}")
+    for k in projs:
+        ax2.plot(idx, [blocks[b].get(k, (float("nan"), 0))[0] for b in idx], marker="o", ms=3, label=k)
+    ax2.set_ylabel("projection sparsity")
+    ax2.set_xlabel("block")
+    ax2.set_ylim(0, 1)
+    ax2.legend(ncol=len(projs), fontsize=8, loc="lower right")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png",
+                                               dpi=110))
+    plt.close(fig)
+    return path

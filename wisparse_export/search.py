@@ -19,6 +19,7 @@ and the split for a level between two table rows interpolates them, so both stay
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib.resources
 import json
@@ -102,15 +103,14 @@ def search_sequences(seqs: torch.Tensor, seq_len: int, bos: int | None, seed: in
     return seqs[torch.randperm(len(seqs), generator=torch.Generator().manual_seed(seed))]
 
 
-def interp(curve: list[float], step: float, s: float) -> float:
-    """Piecewise-linear read of a curve sampled at 0, step, 2 step, ...; flat beyond its end."""
-    x = s / step
-    k = min(int(x), len(curve) - 2)
-    w = min(x - k, 1.0)
+def interp(curve: list[float], xs: list[float], s: float) -> float:
+    """Piecewise-linear read of a curve sampled at xs (ascending); flat beyond its ends."""
+    k = min(max(bisect.bisect_right(xs, s) - 1, 0), len(xs) - 2)
+    w = min(max((s - xs[k]) / (xs[k + 1] - xs[k]), 0.0), 1.0)
     return curve[k] * (1 - w) + curve[k + 1] * w
 
 
-def greedy_split(curves: list[list[float]], step: float, params: list[int], level: float, lo: list[float],
+def greedy_split(curves: list[list[float]], xs: list[float], params: list[int], level: float, lo: list[float],
                  hi: list[float], inc: float = 0.01) -> list[float]:
     """Raise the cheapest member (error added per parameter made sparse) in small steps until the param-weighted
     mean is `level`; members start at `lo` and stop at `hi`. Exact: the last step is cut to fit."""
@@ -122,7 +122,7 @@ def greedy_split(curves: list[list[float]], step: float, params: list[int], leve
             d = min(inc, hi[u] - s[u], need / params[u])
             if d <= 1e-12:
                 continue
-            cost = (interp(c, step, s[u] + d) - interp(c, step, s[u])) / (params[u] * d)
+            cost = (interp(c, xs, s[u] + d) - interp(c, xs, s[u])) / (params[u] * d)
             if cost < best_cost:
                 best, best_cost, best_d = u, cost, d
         if best < 0:
@@ -206,9 +206,9 @@ def split_tables(model: nn.Module, loaded: Loaded, units: list[list[Unit]], stat
             for level in levels:
                 lo = [max(0.0, level - s["max_deviation"])] * len(params)
                 hi = [min(s["unit_cap"], level + s["max_deviation"])] * len(params)
-                rows.append([round(x, 6) for x in greedy_split(curves, s["unit_step"], params, level, lo, hi)])
+                rows.append([round(x, 6) for x in greedy_split(curves, unit_grid, params, level, lo, hi)])
             # The block's own error at each level (additive estimate): seeds the search across blocks.
-            cost = [sum(interp(c, s["unit_step"], x) for c, x in zip(curves, row, strict=True)) for row in rows]
+            cost = [sum(interp(c, unit_grid, x) for c, x in zip(curves, row, strict=True)) for row in rows]
             tables["blocks"].append({"alphas": [alphas[a] for a in pick], "splits": rows, "error": cost})
     finally:
         for m in mods.values():
@@ -217,9 +217,9 @@ def split_tables(model: nn.Module, loaded: Loaded, units: list[list[Unit]], stat
 
 
 def _grid(top: float, step: float) -> list[float]:
-    n = int(round(top / step))
-    return [round(i * step, 6) for i in range(n + 1)] if abs(n * step - top) < 1e-9 else \
-        [round(i * step, 6) for i in range(n + 1)] + [round(top, 6)]
+    """0, step, 2 step, ... and `top` itself as the last point."""
+    xs = [round(i * step, 6) for i in range(int(top / step + 1e-9) + 1)]
+    return xs if top - xs[-1] < 1e-9 else [*xs, round(top, 6)]
 
 
 def realize(levels: list[float], tables: dict, units: list[list[Unit]], refined: bool = True
@@ -312,7 +312,8 @@ def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, se
     t0 = time.perf_counter()
     bos = loaded.tokenizer.bos_token_id if adds_bos(loaded.tokenizer) else None
     short = search_sequences(seqs, int(s["seq_len"]), bos, int(s["seed"]))
-    per_batch = max(1, 2048 // short.shape[1])  # about 2k tokens a forward: logits stay ~400 MB
+    # At most 2k tokens a forward (logits stay ~400 MB), and no more than screening needs.
+    per_batch = max(1, min(2048, int(s["screen_tokens"])) // short.shape[1])
     n_rank = max(1, min(len(short), int(s["rank_tokens"]) // short.shape[1]))
     n_intra = max(1, min(len(short), int(s["intra_tokens"]) // short.shape[1]))
     batch = lambda x: [x[i: i + per_batch].to(device) for i in range(0, len(x), per_batch)]
@@ -339,8 +340,7 @@ def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, se
         if state is None:
             grid = tables["levels"]
             curves = [t["error"] for t in tables["blocks"]]
-            step = grid[1] - grid[0]
-            seed = greedy_split(curves, step, bparams, target, [0.0] * len(bparams), [max_level] * len(bparams))
+            seed = greedy_split(curves, grid, bparams, target, [0.0] * len(bparams), [max_level] * len(bparams))
             flat = [target] * len(bparams)
             rng = random.Random(int(s["seed"]))
             starts = [flat, seed, [(a + b) / 2 for a, b in zip(flat, seed, strict=True)]]

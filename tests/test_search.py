@@ -1,0 +1,121 @@
+"""The allocation search on a tiny random Llama: budget exact, deterministic, resumable, CLI and plot."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from _plans import run_cli, save_tiny, tiny_model, tokenizer
+
+from wisparse_export import search
+from wisparse_export.calibration import collect
+from wisparse_export.models import Loaded, find_blocks
+
+TINY = {"budget": "fast", "seq_len": 32, "intra_tokens": 64, "screen_tokens": 64, "rank_tokens": 128,
+        "population": 3, "generations": 2, "offspring": 3, "survivors": 1, "unit_step": 0.25, "level_step": 0.1}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_model("llama")
+    loaded = Loaded(model=model, tokenizer=tokenizer(), source="tiny-llama", blocks=find_blocks(model))
+    seqs = torch.randint(4, 260, (8, 64), generator=torch.Generator().manual_seed(0))
+    seqs[:, 0] = 1
+    stats = collect(model, loaded.blocks, seqs, (0.0, 1.0), progress=False)
+    return loaded, stats, seqs
+
+
+def budget(loaded, stats, allocation) -> float:
+    p = {n: stats.shapes[n][0] * stats.shapes[n][1] for n in allocation}
+    return sum(allocation[n][0] * p[n] for n in p) / sum(p.values())
+
+
+def test_greedy_split_meets_level_within_bounds():
+    curves = [[0, 1, 4, 9], [0, 0.1, 0.2, 5], [0, 2, 3, 4]]
+    s = search.greedy_split(curves, [0, 0.3, 0.6, 0.9], [10, 30, 20], 0.4, [0.1] * 3, [0.7] * 3)
+    assert sum(x * p for x, p in zip(s, [10, 30, 20], strict=True)) / 60 == pytest.approx(0.4, abs=1e-9)
+    assert all(0.1 - 1e-12 <= x <= 0.7 + 1e-12 for x in s)
+    assert s[1] == max(s)  # the cheapest member takes the most
+
+
+def test_mutation_keeps_budget():
+    rng = random.Random(0)
+    params = [3, 1, 2, 5]
+    levels = [0.5, 0.2, 0.7, 0.4]
+    for _ in range(200):
+        levels = search.mutate(levels, params, rng, 0.9)
+        assert all(-1e-12 <= x <= 0.9 + 1e-12 for x in levels)
+    assert sum(x * p for x, p in zip(levels, params, strict=True)) == pytest.approx((1.5 + 0.2 + 1.4 + 2.0), abs=1e-9)
+
+
+def test_presets_and_overrides():
+    s = search.resolve_settings({"budget": "default", "generations": 3})
+    assert s["generations"] == 3 and s["budget"] == "default"
+    assert search.resolve_settings({})["budget"] == "fast"  # CPU
+    with pytest.raises(Exception, match="unknown search budget"):
+        search.resolve_settings({"budget": "huge"})
+
+
+def test_allocate_budget_exact_grouped_deterministic(tiny, tmp_path):
+    loaded, stats, seqs = tiny
+    a1, rec = search.allocate(loaded, stats, seqs, 0.5, {**TINY, "alphas": [0.0, 1.0]}, progress=False)
+    a2, _ = search.allocate(loaded, stats, seqs, 0.5, {**TINY, "alphas": [0.0, 1.0]}, progress=False)
+    assert a1 == a2
+    assert set(a1) == set(stats.hist)
+    assert budget(loaded, stats, a1) == pytest.approx(0.5, abs=1e-6)
+    assert rec["budget"] == pytest.approx(0.5, abs=1e-6)
+    for block in loaded.blocks:  # linears that share an input share a sparsity
+        for g in block.groups:
+            assert len({a1[n] for n in g}) == 1
+    assert [t["generation"] for t in rec["trace"]] == [0, 1, 2]
+    assert all(abs(a1[n][0] - lvl["level"]) <= 0.25 + 1e-6 for lvl, b in zip(rec["blocks"], loaded.blocks,
+                                                                              strict=True) for n in b.linears)
+
+
+def test_checkpoint_resumes(tiny, tmp_path):
+    loaded, stats, seqs = tiny
+    ckpt = tmp_path / "ckpt.json"
+    full, _ = search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=3), progress=False)
+    # An interrupted run: stopped after generation 1 leaves its checkpoint behind.
+    search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=1, checkpoint=str(ckpt)), progress=False)
+    assert not ckpt.exists()  # finished runs clean up
+    state = {}
+
+    def stop(path, obj):
+        state.update(obj)
+        path.write_text(json.dumps(obj))
+        if obj["generation"] == 1:
+            raise KeyboardInterrupt
+
+    orig = search.write_json
+    search.write_json = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=3, checkpoint=str(ckpt)),
+                            progress=False)
+    finally:
+        search.write_json = orig
+    assert json.loads(ckpt.read_text())["generation"] == 1
+    resumed, rec = search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=3, checkpoint=str(ckpt)),
+                                   progress=False)
+    assert resumed == full
+    assert [t["generation"] for t in rec["trace"]] == [0, 1, 2, 3]
+
+
+def test_cli_calibrate_wisparse_and_plot(tmp_path):
+    folder = save_tiny("llama", tmp_path / "tiny")
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"word{i} and some text about item {i}." for i in range(400)))
+    plan = tmp_path / "plan.json"
+    rc = run_cli("calibrate", "--model", str(folder), "--sparsity", "0.5", "--calib-text", str(text),
+                 "--calib-tokens", "512", "--seq-len", "64", "--search-budget", "fast", "--search-generations", "1",
+                 "--search-offspring", "2", "--search-tokens", "256", "-o", str(plan), "--quiet")
+    assert rc == 0
+    d = json.loads(plan.read_text())
+    assert d["method"] == "wisparse" and abs(d["budget"] - 0.5) < 1e-4
+    assert d["search"]["settings"]["generations"] == 1 and d["search"]["trace"]
+    png = tmp_path / "alloc.png"
+    assert run_cli("plot", str(plan), "-o", str(png)) == 0
+    assert png.stat().st_size > 1000
