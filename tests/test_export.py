@@ -277,6 +277,15 @@ def test_default_model_sparse_ppl_matches_evaluate(default):
     assert abs(ort["sparse"]["ppl"] / sdpa["ppl"] - 1) <= 2 * spread + 2e-3, (ort, sdpa["ppl"], eager["ppl"])
 
 
+@pytest.mark.slow
+def test_default_model_cli_check(default, tmp_path):
+    _, _, out = default
+    report = tmp_path / "r.json"
+    assert run_cli("check", str(out), "--tokens", "2048", "--max-kl", "10", "--quiet", "--json", str(report)) == 0
+    r = json.loads(report.read_text())
+    assert r["passed"] and r["dense"]["ppl"] < r["sparse"]["ppl"] and r["tokens"] == 4 * 511
+
+
 def test_export_leaves_shared_state_alone(tiny):
     """Exporting reads the model: no SparseLinear left behind, parameters untouched."""
     loaded, plan, _ = tiny("llama")

@@ -107,7 +107,7 @@ class Timing:
 
 
 def time_decode(dec: Decoder, steps: int = 128, graphs: bool = True, warmup: int = 3) -> Timing:
-    """Median-free wall time of `steps` decode steps after warm-up (device-timed with CUDA events on a GPU)."""
+    """Time of `steps` decode steps after warm-up: CUDA events around the replays on a GPU, a wall clock on CPU."""
     if steps + warmup + 1 > dec.max_len:
         raise WisparseError(f"steps + warmup must be below the cache length {dec.max_len}")
     cuda = dec.ids.is_cuda

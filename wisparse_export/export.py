@@ -145,15 +145,13 @@ class Graph:
         self.consts: dict[tuple, str] = {}
         self.count = 0
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, out: str | None = None, name: str | None = None,
-           domain: str = "", doc: str | None = None, **attrs):
+    def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, domain: str = "",
+           doc: str | None = None, **attrs) -> str:
         self.count += 1
-        base = out or f"{op_type}_{self.count}"
-        outs = [base] if outputs == 1 else [f"{base}_{i}" for i in range(outputs)]
-        node = helper.make_node(op_type, list(inputs), outs, name=name or f"{op_type}_{self.count}", domain=domain,
-                                doc_string=doc, **attrs)
-        self.nodes.append(node)
-        return outs[0] if outputs == 1 else outs
+        out = out or f"{op_type}_{self.count}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name or f"{op_type}_{self.count}",
+                                           domain=domain, doc_string=doc, **attrs))
+        return out
 
     def init(self, name: str, t: torch.Tensor) -> str:
         self.inits.append(tensor_proto(name, t))
@@ -184,11 +182,10 @@ def sparse_linear_function() -> onnx.FunctionProto:
         helper.make_node("MatMul", ["xm", "W"], ["Y"]),
     ]
     defaults = [helper.make_attribute(k, v) for k, v in PLUGIN_ATTRS.items()]
-    fn = helper.make_function(DOMAIN, OP_TYPE, ["X", "W", "tau"], ["Y"], nodes,
-                              [helper.make_opsetid("", OPSET)], attributes=["splits"], attribute_protos=defaults,
-                              doc_string="Activation-sparse linear: input channel i is kept iff float32(|x_i|) > "
-                                         "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
-    return fn
+    return helper.make_function(DOMAIN, OP_TYPE, ["X", "W", "tau"], ["Y"], nodes, [helper.make_opsetid("", OPSET)],
+                                attributes=["splits"], attribute_protos=defaults,
+                                doc_string="Activation-sparse linear: input channel i is kept iff float32(|x_i|) > "
+                                           "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
 
 
 def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
