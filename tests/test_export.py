@@ -250,31 +250,34 @@ def test_default_model_matches_pytorch_and_decodes_greedily(default):
 
 @pytest.mark.slow
 def test_default_model_sparse_ppl_matches_evaluate(default):
-    """ONNX Runtime's sparse perplexity against `evaluate` (PyTorch) on the same sequences.
+    """ONNX Runtime's sparse perplexity against PyTorch's (what `evaluate` computes) on the same sequences.
 
-    Dense agrees to ~1e-7. The sparse model is a discontinuous function of its activations: a channel within
-    float32 rounding of its threshold flips between runtimes, and one flip changes every later token of the
-    sequence (see docs/EXPORT.md). So the figure is compared with the spread PyTorch itself shows between two of
-    its own attention kernels (sdpa and eager) on the same plan and text, plus a small floor.
+    The dense graph agrees to ~1e-8 in perplexity. The sparse model is a discontinuous function of its
+    activations: a channel within float32 rounding of its threshold flips between runtimes, and one flip changes
+    every later token of its sequence (docs/EXPORT.md). So the two runtimes' sparse perplexities differ by noise
+    (measured: 1.6e-3 relative on 24576 tokens, PyTorch's own sdpa vs eager kernels 0.6e-3), and the test asks for
+    no bias: the mean per-sequence NLL difference within 4 standard errors of zero (sequences are independent).
     """
+    import torch.nn.functional as F
+
     from wisparse_export import data
-    from wisparse_export.check import onnx_metrics, verify
-    from wisparse_export.evaluate import evaluate
 
     loaded, plan, out = default
     seqs = data.sequences(loaded.tokenizer, data.load_text(None, "evaluation"), 512, 4096)
-    ort = onnx_metrics(verify(out, read_manifest(out)), seqs, progress=False)
-    sdpa = evaluate(loaded.model, plan, seqs, progress=False)
-    remove(loaded.model)
-    loaded.model.set_attn_implementation("eager")
-    try:
-        eager = evaluate(loaded.model, plan, seqs, progress=False)
-    finally:
-        remove(loaded.model)
-        loaded.model.set_attn_implementation("sdpa")
-    assert math.isclose(ort["dense"]["ppl"], sdpa["dense_ppl"], rel_tol=1e-4)
-    spread = abs(eager["ppl"] / sdpa["ppl"] - 1)
-    assert abs(ort["sparse"]["ppl"] / sdpa["ppl"] - 1) <= 2 * spread + 2e-3, (ort, sdpa["ppl"], eager["ppl"])
+
+    def nll(logits, ids):  # mean next-token NLL per sequence
+        lp = F.log_softmax(torch.as_tensor(logits)[:, :-1].float(), -1)
+        return -lp.gather(-1, ids[:, 1:, None]).squeeze(-1).mean(-1)
+
+    diffs, dense_diffs = [], []
+    for role, p, out_diffs in (("dense", None, dense_diffs), ("sparse", plan, diffs)):
+        dec = Decoder(out / f"{role}.onnx")
+        for i in range(0, len(seqs), 4):
+            ids = seqs[i: i + 4]
+            out_diffs.append(nll(dec.step(ids.numpy())[0], ids) - nll(torch_logits(loaded.model, ids, p), ids))
+    dense_d, d = torch.cat(dense_diffs).double(), torch.cat(diffs).double()
+    assert dense_d.abs().max() <= 1e-5
+    assert abs(d.mean()) <= 4 * d.std() / math.sqrt(len(d)) + 1e-4, d.tolist()
 
 
 @pytest.mark.slow

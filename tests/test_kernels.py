@@ -165,10 +165,9 @@ def _tiny_llama(dtype=torch.float32, device="cpu"):
     return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
 
 
-def _apply_uniform(model, threshold=0.5):
+def _uniform_plan(model, threshold=0.5):
     from wisparse_export.models import find_blocks
     from wisparse_export.plan import LayerPlan, Plan
-    from wisparse_export.runtime import apply
 
     blocks = find_blocks(model)
     layers = {}
@@ -176,9 +175,14 @@ def _apply_uniform(model, threshold=0.5):
         for n in b.linears:
             lin = model.get_submodule(n)
             layers[n] = LayerPlan(0.5, threshold, 0.0, (lin.out_features, lin.in_features))
-    plan = Plan(model={"fingerprint": "x"}, method="teal", target_sparsity=0.5, calibration={}, layers=layers,
+    return Plan(model={"fingerprint": "x"}, method="teal", target_sparsity=0.5, calibration={}, layers=layers,
                 groups=[g for b in blocks for g in b.groups])
-    return apply(model, plan, check=False)
+
+
+def _apply_uniform(model, threshold=0.5):
+    from wisparse_export.runtime import apply
+
+    return apply(model, _uniform_plan(model, threshold), check=False, kernels=False)  # tests call prepare themselves
 
 
 def test_shared_input_groups_find_qkv_and_gate_up():
@@ -365,3 +369,21 @@ def test_bench_run_on_cpu_reports_dense_and_sparse():
     res = run(_tiny_llama(), [0.0, 0.5], steps=4, graphs=False, label="tiny")
     assert res["dense_tokens_per_s"] > 0 and [r["target"] for r in res["sparse"]] == [0.0, 0.5]
     assert res["sparse"][0]["realized"] < 0.05 and 0.3 < res["sparse"][1]["realized"] < 0.7
+
+
+@pytest.mark.gpu
+@gpu
+def test_apply_on_a_cuda_model_uses_the_kernels():
+    """`wisparse_export.apply` alone switches a bf16 CUDA model to the kernels, matching the PyTorch path."""
+    from wisparse_export.runtime import apply, sparse_linears
+
+    torch_path = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.3)
+    model = _tiny_llama(torch.bfloat16, "cuda")
+    apply(model, _uniform_plan(model, threshold=0.3), check=False)
+    assert all(m.backend == "cuda" for m in sparse_linears(model).values())
+    assert any(getattr(m, "_wsp_group", None) is not None for m in sparse_linears(model).values())
+    ids = torch.randint(0, 64, (1, 1), device="cuda")
+    with torch.no_grad():
+        want = torch_path(input_ids=ids).logits.double()
+        got = model(input_ids=ids).logits.double()
+    assert (got - want).norm() / want.norm() < 2e-2

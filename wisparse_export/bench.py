@@ -222,7 +222,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     if plan is None:
         samples = activation_samples(model)
         plan = uniform_plan(model, samples, sparsities[0])
-    apply(model, plan, check=False)
+    apply(model, plan, check=False, kernels=False)  # prepared below, unfused under torch.compile
     if device.type == "cuda":
         kernels.prepare(model, fuse=fuse and not compile)
     dec.compile(compile)  # the linears changed: trace again

@@ -500,7 +500,7 @@ def prepare(model: nn.Module, fuse: bool = True, groups: list[list[str]] | None 
 
     mods = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
     eligible = {n: m for n, m in mods.items()
-                if m.weight.is_cuda and m.weight.dtype in (torch.bfloat16, torch.float16)}
+                if m.backend != "cuda" and m.weight.is_cuda and m.weight.dtype in (torch.bfloat16, torch.float16)}
     if not eligible:
         return model
     if fuse and groups is None:

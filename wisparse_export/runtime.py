@@ -70,8 +70,12 @@ class SparseLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, sparsity={self.sparsity:.3f}, alpha={self.alpha}"
 
 
-def apply(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
-    """Make `model` sparse as `plan` says, in place; returns the model. Re-applying replaces the last plan."""
+def apply(model: nn.Module, plan: Plan, check: bool = True, kernels: bool = True) -> nn.Module:
+    """Make `model` sparse as `plan` says, in place; returns the model. Re-applying replaces the last plan.
+
+    A model on a CUDA device in bfloat16/float16 switches to our sparse kernels (weights converted once to the
+    kernel layout, q/k/v and gate/up fused); kernels=False keeps the pure-PyTorch path everywhere.
+    """
     if check:
         plan.check_model(model)
     remove(model)
@@ -80,6 +84,10 @@ def apply(model: nn.Module, plan: Plan, check: bool = True) -> nn.Module:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, SparseLinear(dense, lp.threshold, lp.alpha, lp.sparsity))
+    if kernels and any(p.is_cuda for p in model.parameters()):
+        from .kernels import prepare
+
+        prepare(model, groups=plan.groups or None)
     return model
 
 
