@@ -202,10 +202,12 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
         result = onnx_metrics(paths, seqs, batch_size, progress)
         runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
     reference = result.get("reference", result["dense"])  # the engine check measures against dense.onnx
+    verdicts = gates(reference["ppl"], result["sparse"], max_ppl_increase, max_kl, min_agreement)
     report = {
         "dense": result["dense"],
         "sparse": result["sparse"],
-        "gates": gates(reference["ppl"], result["sparse"], max_ppl_increase, max_kl, min_agreement),
+        "gates": verdicts,
+        "passed": all(g["verdict"] == "pass" for g in verdicts.values()),
         "tokens": result["tokens"],
         "text": description,
         "runtime": runtime,
@@ -215,7 +217,6 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
     }
     if "reference" in result:
         report["reference"] = result["reference"]
-    report["passed"] = all(g["verdict"] == "pass" for g in report["gates"].values())
     return report
 
 

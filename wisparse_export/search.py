@@ -286,7 +286,9 @@ def mutate(levels: list[float], params: list[int], rng: random.Random, max_level
 
 
 def _key(loaded: Loaded, stats: Stats, target: float, s: dict) -> str:
-    blob = json.dumps([fingerprint(loaded.model), stats.tokens, target, {k: s[k] for k in KNOBS}], sort_keys=True)
+    """What a checkpoint must match to be resumed; not the generation count, so a search can be extended."""
+    knobs = {k: s[k] for k in KNOBS if k != "generations"}
+    blob = json.dumps([fingerprint(loaded.model), stats.tokens, target, knobs], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
