@@ -14,7 +14,7 @@ from wisparse_export.calibration import collect
 from wisparse_export.models import Loaded, find_blocks
 
 TINY = {"budget": "fast", "seq_len": 32, "intra_tokens": 64, "screen_tokens": 64, "rank_tokens": 128,
-        "population": 3, "generations": 2, "offspring": 3, "survivors": 1, "unit_step": 0.25, "level_step": 0.1}
+        "population": 3, "generations": 2, "offspring": 3, "survivors": 1, "unit_step": 0.5, "level_step": 0.1}
 
 
 @pytest.fixture(scope="module")
