@@ -13,14 +13,19 @@ from pathlib import Path
 from .errors import WisparseError
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early (before minutes of work) if the output's folder cannot take a new file."""
-    path = Path(path)
+def _writable_parent(path: Path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise WisparseError(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise WisparseError(f"cannot write {path}: folder {parent} is not writable")
+    return parent
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early (before minutes of work) if the output's folder cannot take a new file."""
+    path = Path(path)
+    _writable_parent(path)
     if path.is_dir():
         raise WisparseError(f"cannot write {path}: it is a folder")
     return path
@@ -52,11 +57,7 @@ def atomic_dir(path: str | os.PathLike):
     An existing `path` is replaced as a whole at the end, so a failed run leaves the old folder untouched.
     """
     path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise WisparseError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise WisparseError(f"cannot write {path}: folder {parent} is not writable")
+    parent = _writable_parent(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
