@@ -207,6 +207,18 @@ def test_apply_follows_the_plan_contract_and_remove_undoes_it(loaded, plan):
     assert all(model.get_submodule(n) is m for n, m in originals.items())
 
 
+def test_apply_twice_replaces_the_plan(loaded, plan):
+    from wisparse_export.models import fingerprint
+
+    before = fingerprint(loaded.model)
+    apply(loaded.model, plan)
+    assert fingerprint(loaded.model) == before  # the wrapped weights hash under their original names
+    apply(loaded.model, plan)  # passes the plan's model check again
+    assert len(sparse_linears(loaded.model)) == len(plan.layers)
+    assert all(isinstance(m.dense, torch.nn.Linear) for m in sparse_linears(loaded.model).values())
+    remove(loaded.model)
+
+
 def test_sparse_linear_with_zero_threshold_is_dense():
     lin = torch.nn.Linear(16, 8)
     x = torch.randn(4, 16)
