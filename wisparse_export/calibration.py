@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .errors import WisparseError
 from .models import Block, Loaded, fingerprint, get_linear
-from .plan import Plan
+from .plan import LayerPlan, Plan
 from .scores import column_norms
 
 LOG_LO, LOG_HI, BINS = math.log(1e-8), math.log(1e4), 8192
@@ -93,8 +93,6 @@ def uniform(stats: Stats, sparsity: float, alpha: float) -> dict[str, tuple[floa
 def make_plan(loaded: Loaded, stats: Stats, allocation: dict[str, tuple[float, float]], method: str,
               target: float, calibration: dict, search: dict | None = None) -> Plan:
     """Turn per-linear (sparsity, alpha) into a plan with thresholds read off the calibration histograms."""
-    from .plan import LayerPlan
-
     layers = {}
     for name, (s, a) in allocation.items():
         if a not in stats.alphas:
@@ -125,7 +123,7 @@ def calibrate(loaded: Loaded, text, sparsity: float, method: str = "wisparse", s
         device = next(loaded.model.parameters()).device
         alphas = tuple(sorted({*map(float, resolve_settings(search_settings, device)["alphas"]), METHOD_ALPHA[method]}))
     stats = collect(loaded.model, loaded.blocks, seqs, alphas, batch_size, progress)
-    settings = {"text": text.description, "sources": getattr(text, "sources", None), "tokens": stats.tokens,
+    settings = {"text": text.description, "sources": text.sources, "tokens": stats.tokens,
                 "seq_len": seq_len, "seed": seed}
     search = None
     if method == "wisparse":

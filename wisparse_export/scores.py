@@ -21,10 +21,7 @@ def channel_scores(x: torch.Tensor, norms: torch.Tensor, alpha: float) -> torch.
 
 def tau(threshold: float, norms: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per-channel magnitude threshold t / n_i**alpha (inf for a zero column: that channel never matters)."""
-    if not alpha:
+    if not alpha or threshold == 0:  # threshold 0 keeps every nonzero channel, whatever the column norm
         return torch.full_like(norms, float(threshold))
     scale = norms.double().pow(alpha)
-    out = torch.where(scale > 0, threshold / scale, torch.full_like(scale, float("inf")))
-    if threshold == 0:
-        out = torch.zeros_like(scale)
-    return out.float()
+    return torch.where(scale > 0, threshold / scale, torch.full_like(scale, float("inf"))).float()
