@@ -4,7 +4,7 @@
 # Logs and JSON go to $OUT (the device tool brings them back).
 #   bash benchmarks/gpu_run.sh
 # Environment knobs: quick=1 (bf16 batch-1 kernel table only), shapes="llama3-8b" (end-to-end models),
-# compiled=0 (skip the torch.compile end-to-end run).
+# compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/wisparse-gpu}
@@ -26,29 +26,36 @@ if ! python3 -c "from wisparse_export import kernels as k; k.check_versions()" 2
 fi
 cat "$OUT/run.log"
 
-echo "== GPU tests"
-ls "$WISPARSE_KERNEL_CACHE" | wc -l
-timeout 240 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plugin.py \
-  >"$OUT/gpu_tests.log" 2>&1
-echo "pytest exit $?"; tail -n 25 "$OUT/gpu_tests.log"
+parts=${parts:-tests e2e kernels}
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-echo "== end to end (CUDA graphs)"
-for shape in ${shapes:-smollm2-135m llama3-8b}; do
-  timeout 200 wisparse bench --shape "$shape" --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
-    --json "$OUT/e2e_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log"
-done
+if want tests; then
+  echo "== GPU tests"
+  timeout 240 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plugin.py >"$OUT/gpu_tests.log" 2>&1
+  echo "pytest exit $?"; tail -n 25 "$OUT/gpu_tests.log"
+fi
 
-echo "== kernels"
-timeout 240 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json" ${quick:+--quick} \
-  >"$OUT/bench_kernels.log" 2>&1
-echo "bench_kernels exit $?"
+if want e2e; then
+  echo "== end to end (CUDA graphs)"
+  for shape in ${shapes:-smollm2-135m llama3-8b}; do
+    timeout 200 wisparse bench --shape "$shape" --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
+      --json "$OUT/e2e_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log"
+  done
+fi
 
-echo "== end to end (torch.compile + CUDA graphs)"
-[ "${compiled:-1}" = 0 ] || for shape in llama3-8b; do
-  timeout 240 wisparse bench --shape "$shape" --compile --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
-    --json "$OUT/e2e_compiled_$shape.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log" | tail -n 6
-done
+if want kernels; then
+  echo "== kernels"
+  timeout 400 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json" ${quick:+--quick} \
+    >"$OUT/bench_kernels.log" 2>&1
+  echo "bench_kernels exit $?"
+fi
+
+if want e2e && [ "${compiled:-1}" != 0 ]; then
+  echo "== end to end (torch.compile + CUDA graphs)"
+  timeout 240 wisparse bench --shape llama3-8b --compile --sparsity 0 --sparsity 0.5 --sparsity 0.75 --steps 128 \
+    --json "$OUT/e2e_compiled_llama3-8b.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log" | tail -n 6
+fi
 
 echo "== summary"
-tail -n 75 "$OUT/bench_kernels.log"
+want kernels && tail -n 80 "$OUT/bench_kernels.log"
 grep -A5 "random weights" "$OUT/run.log"

@@ -4,10 +4,12 @@
 // channel costs no weight bytes at all. One launch, no workspace: a cluster of C blocks owns TN output columns of
 // one projection and R rows of x; each block of the cluster takes 1/C of the input channels (split-K), walks them
 // in chunks of KC, and per chunk
-//   1. computes the keep mask (union over its rows) and compacts the kept channel numbers into shared memory
-//      (ballot + popc, in order: no host sync, no torch.nonzero),
-//   2. streams the kept weight rows' TN-wide segments with 16-byte loads, U loads in flight per thread,
-//      accumulating in fp32; when nearly every channel is kept it walks all rows instead (the dense path),
+//   1. every thread tests 8 consecutive channels per pass (16-byte loads of x and tau), and one block-wide prefix sum of the per-thread counts compacts the kept channel numbers and their
+//      masked x values into shared memory, in channel order (no host sync, no torch.nonzero; the union over the
+//      block's rows);
+//   2. streams the kept weight rows' TN-wide segments with 16-byte loads, the next batch of U loads issued before
+//      the current one is consumed (2U in flight per thread), accumulating in fp32. When nearly every channel is
+//      kept this is a dense GEMV through the same streaming loop;
 //   3. after the last chunk, reduces across warps in shared memory, then across the cluster's blocks through
 //      distributed shared memory (Hopper), and writes its outputs (+ bias) once.
 // Split-K keeps both the per-block mask work and the column tile's row segments large enough (128-256 bytes)
@@ -55,14 +57,26 @@ constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
 constexpr int TPR = TN / V;            // threads that share one weight row segment
 constexpr int RL = THREADS / TPR;      // weight rows read at once by the block
-constexpr int KC = 8192 / R;           // input channels per chunk: xs stays 16 KB for every R
-constexpr int KW = KC / WARPS;         // channels per warp in the mask pass
-constexpr int U = R <= 2 ? 8 : 4;      // independent weight loads in flight per thread
-constexpr int DENSE_NUM = 15, DENSE_DEN = 16;  // dense walk when >= 15/16 of a chunk is kept
+constexpr int CPT = 8;                 // channels each thread tests per pass (one 16-byte load of x per row)
+constexpr int PASS = THREADS * CPT;    // channels per mask pass
+// Load depth and blocks per multiprocessor, from the H200 sweep in docs/BENCHMARKS.md: long walks (one or two
+// blocks per column tile) want 8 loads per batch; split-K over 4 or 8 blocks wants 4 and a third block per SM.
+#ifndef WSP_NPASS
+#define WSP_NPASS (R <= 2 ? 2 : 1)
+#endif
+#ifndef WSP_U
+#define WSP_U (R <= 2 && C <= 2 ? 8 : 4)
+#endif
+#ifndef WSP_MINB
+#define WSP_MINB (R > 2 ? 1 : C <= 2 ? 2 : 3)
+#endif
+constexpr int NPASS = WSP_NPASS;       // mask passes per chunk: a chunk's x stays in registers
+constexpr int KC = PASS * NPASS;       // input channels per chunk
+constexpr int U = WSP_U;               // weight loads per batch and thread (two batches in flight)
 
 static_assert(V == 8 || V == 1, "V is 8 (16-byte loads) or 1");
 static_assert(TPR >= 1 && TPR <= 32 && 32 % TPR == 0, "a row segment must fit in one warp");
-static_assert(KW % 32 == 0, "chunk must split evenly over warps");
+static_assert(NPASS * CPT <= 32, "a thread's keep bits fit one word");
 static_assert(C == 1 || C == 2 || C == 4 || C == 8, "cluster of 1, 2, 4 or 8 blocks");
 
 #if WSP_C > 1
@@ -139,9 +153,9 @@ __device__ __forceinline__ void zero(Vec& v) {
     for (int j = 0; j < (V == 8 ? 4 : 1); j++) v.w[j] = 0u;
 }
 
-// The R masked x values of one channel, from shared memory (R halves, contiguous).
-__device__ __forceinline__ void load_x(const u16* xs, int ch, float (&xv)[R]) {
-    const u16* p = xs + ch * R;
+// The R masked x values of kept entry e, from shared memory (R halves, contiguous).
+__device__ __forceinline__ void load_x(const u16* xc, int e, float (&xv)[R]) {
+    const u16* p = xc + e * R;
     if constexpr (R == 1) {
         xv[0] = to_f32(p[0]);
     } else if constexpr (R == 2) {
@@ -174,7 +188,7 @@ __device__ __forceinline__ void fma_row(const Vec& wv, const float (&xv)[R], flo
         for (int v = 0; v < V; v++) acc[r][v] = fmaf(xv[r], wf[v], acc[r][v]);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) WSP_CLUSTER WSP_NAME(
+extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_NAME(
     const u16* __restrict__ x,      // [n_rows, in]
     const u16* __restrict__ w,      // [in, ldw], columns 0..out0+out1+out2
     const float* __restrict__ tau,  // [P, in]
@@ -184,14 +198,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_CLUSTER WSP_NAME(
     int n_rows, int in, int ldw, int out0, int out1, int out2,
     u16* __restrict__ y)            // [n_rows, out0 + out1 + out2]
 {
-    // xs (masked x of the chunk) and the final cross-warp reduction never live at the same time.
-    constexpr int XS_BYTES = KC * R * 2;
+    // xc (kept entries' masked x) and the final cross-warp reduction never live at the same time.
+    constexpr int XC_BYTES = KC * R * 2;
     constexpr int RED_BYTES = WARPS * R * TN * 4;
-    constexpr int POOL = XS_BYTES > RED_BYTES ? XS_BYTES : RED_BYTES;
+    constexpr int POOL = XC_BYTES > RED_BYTES ? XC_BYTES : RED_BYTES;
     __shared__ __align__(16) unsigned char pool[POOL];
-    __shared__ u16 list[KC];
-    __shared__ int warp_count[WARPS];
-    u16* xs = reinterpret_cast<u16*>(pool);
+    __shared__ u16 list[KC];  // kept channels of the chunk, relative to its start
+    __shared__ int warp_sum[WARPS];
+    u16* xc = reinterpret_cast<u16*>(pool);
     float* red = reinterpret_cast<float*>(pool);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -218,7 +232,25 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_CLUSTER WSP_NAME(
     const u16* xrow = x + (size_t)row0 * in;
     const int k_per = ((in + C - 1) / C + 31) / 32 * 32;
     const int k_begin = min(in, rank * k_per), k_end = min(in, k_begin + k_per);
+    // 16-byte loads of x and tau need 8-aligned rows and aligned bases; otherwise one element at a time.
+    const bool vec_x = (in & 7) == 0 && ((size_t)x & 15) == 0 && ((size_t)tau & 15) == 0;
 
+    float th[NPASS][CPT];
+    auto load_tau = [&](int k0, int kc) {
+#pragma unroll
+        for (int q = 0; q < NPASS; q++) {
+            const int c = q * PASS + tid * CPT;
+            if (vec_x && c < kc) {
+                const float4 a = *reinterpret_cast<const float4*>(tau_p + k0 + c);
+                const float4 b = *reinterpret_cast<const float4*>(tau_p + k0 + c + 4);
+                th[q][0] = a.x; th[q][1] = a.y; th[q][2] = a.z; th[q][3] = a.w;
+                th[q][4] = b.x; th[q][5] = b.y; th[q][6] = b.z; th[q][7] = b.w;
+            } else {
+#pragma unroll
+                for (int j = 0; j < CPT; j++) th[q][j] = c + j < kc ? tau_p[k0 + c + j] : 0.f;
+            }
+        }
+    };
     float acc[R][V];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -227,72 +259,109 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_CLUSTER WSP_NAME(
 
     for (int k0 = k_begin; k0 < k_end; k0 += KC) {
         const int kc = min(KC, k_end - k0);
+        load_tau(k0, kc);
 
-        // 1. Mask (union over rows) and masked x; each warp owns KW consecutive channels of the chunk.
-        //    (Spreading a short chunk over all warps with a run-time width was tried: it doubled the registers,
-        //    halved occupancy and ran slower on the H200.)
-        u32 masks[KW / 32];
-        int mine = 0;
+        // 1. Keep bits for this thread's channels (q * PASS + tid * CPT + j), masked x packed two halves a word.
+        u32 xr[NPASS][R][CPT / 2];
+        u32 bits = 0;
 #pragma unroll
-        for (int s = 0; s < KW / 32; s++) {
-            const int c = warp * KW + s * 32 + lane;
-            bool keep = false;
-            if (c < kc) {
-                const float th = tau_p[k0 + c];
+        for (int q = 0; q < NPASS; q++) {
+            const int c = q * PASS + tid * CPT;
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    u16 h = r < rows ? xrow[(size_t)r * in + k0 + c] : (u16)0;
-                    const bool kr = fabsf(to_f32(h)) > th;
-                    keep |= kr;
-                    xs[c * R + r] = kr ? h : (u16)0;
+            for (int r = 0; r < R; r++) {
+                const u16* px = xrow + (size_t)r * in + k0 + c;
+                if (r < rows && vec_x && c < kc) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(px);
+                    xr[q][r][0] = v.x; xr[q][r][1] = v.y; xr[q][r][2] = v.z; xr[q][r][3] = v.w;
+                } else {
+#pragma unroll
+                    for (int j = 0; j < CPT / 2; j++) {
+                        const u32 lo = r < rows && c + 2 * j < kc ? px[2 * j] : 0u;
+                        const u32 hi = r < rows && c + 2 * j + 1 < kc ? px[2 * j + 1] : 0u;
+                        xr[q][r][j] = lo | (hi << 16);
+                    }
                 }
             }
-            masks[s] = __ballot_sync(0xffffffffu, keep);
-            mine += __popc(masks[s]);
-        }
-        if (lane == 0) warp_count[warp] = mine;
-        __syncthreads();
-        int base = 0, total = 0;
 #pragma unroll
-        for (int i = 0; i < WARPS; i++) {
-            const int c = warp_count[i];
-            base += i < warp ? c : 0;
-            total += c;
-        }
-        const bool dense = total * DENSE_DEN >= kc * DENSE_NUM;
-        if (!dense) {
-            const u32 below = (1u << lane) - 1u;
+            for (int j = 0; j < CPT; j++) {
+                bool keep = false;
 #pragma unroll
-            for (int s = 0; s < KW / 32; s++) {
-                if ((masks[s] >> lane) & 1u) list[base + __popc(masks[s] & below)] = (u16)(warp * KW + s * 32 + lane);
-                base += __popc(masks[s]);
+                for (int r = 0; r < R; r++) {
+                    const u32 half = (j & 1) ? xr[q][r][j / 2] >> 16 : xr[q][r][j / 2] & 0xffffu;
+                    const bool kr = fabsf(to_f32((u16)half)) > th[q][j];
+                    keep |= kr;
+                    if (!kr) xr[q][r][j / 2] &= (j & 1) ? 0x0000ffffu : 0xffff0000u;
+                }
+                if (keep && c + j < kc) bits |= 1u << (q * CPT + j);
             }
         }
+
+        // Block-wide exclusive prefix sum of the counts: where this thread's kept entries go, in channel order.
+        const int count = __popc(bits);
+        int incl = count;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int v = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += v;
+        }
+        if (lane == 31) warp_sum[warp] = incl;
+        __syncthreads();
+        int pos = incl - count, total = 0;
+#pragma unroll
+        for (int i = 0; i < WARPS; i++) {
+            const int s = warp_sum[i];
+            pos += i < warp ? s : 0;
+            total += s;
+        }
+#pragma unroll
+        for (int q = 0; q < NPASS; q++)
+#pragma unroll
+            for (int j = 0; j < CPT; j++) {
+                if ((bits >> (q * CPT + j)) & 1u) {
+                    list[pos] = (u16)(q * PASS + tid * CPT + j);
+#pragma unroll
+                    for (int r = 0; r < R; r++)
+                        xc[pos * R + r] = (u16)((j & 1) ? xr[q][r][j / 2] >> 16 : xr[q][r][j / 2] & 0xffffu);
+                    pos++;
+                }
+            }
         __syncthreads();
 
-        // 2. Stream the kept rows' segments: row e of the walk is list[e] (or e itself on the dense path).
-        const int n_walk = dense ? kc : total;
+        // 2. Stream the kept rows' segments: entry e of the walk is channel list[e]. Batch b + 1 is issued before
+        //    batch b is consumed, so each thread keeps up to 2U loads in flight.
         const u16* wk = w + (size_t)k0 * ldw + col;
-        for (int e0 = rl; e0 < n_walk; e0 += RL * U) {
-            Vec wv[U];
-            int ch[U];
+        auto issue = [&](int e0, Vec (&wv)[U], int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int e = e0 + u * RL;
-                ch[u] = e < n_walk ? (dense ? e : (int)list[e]) : -1;
-                if (ch[u] >= 0 && col_ok) wv[u] = load_w(wk + (size_t)ch[u] * ldw);
+                ent[u] = e < total ? e : -1;
+                if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + (size_t)list[e] * ldw);
                 else zero(wv[u]);
             }
+        };
+        auto consume = [&](const Vec (&wv)[U], const int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                if (ch[u] >= 0) {
+                if (ent[u] >= 0) {
                     float xv[R];
-                    load_x(xs, ch[u], xv);
+                    load_x(xc, ent[u], xv);
                     fma_row(wv[u], xv, acc);
                 }
             }
+        };
+        Vec cur[U], nxt[U];
+        int ecur[U], enxt[U];
+        issue(rl, cur, ecur);
+        for (int e0 = rl; e0 < total; e0 += RL * U) {
+            issue(e0 + RL * U, nxt, enxt);
+            consume(cur, ecur);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                cur[u] = nxt[u];
+                ecur[u] = enxt[u];
+            }
         }
-        __syncthreads();  // xs and list are rewritten by the next chunk
+        __syncthreads();  // xc and list are rewritten by the next chunk
     }
 
     // 3. Reduce over the RL row lanes: first inside each warp (lanes cl, cl + TPR, ...), then across warps.
