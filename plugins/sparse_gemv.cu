@@ -4,9 +4,9 @@
 // channel costs no weight bytes at all. One launch, no workspace: a cluster of C blocks owns TN output columns of
 // one projection and R rows of x; each block of the cluster takes 1/C of the input channels (split-K), walks them
 // in chunks of KC, and per chunk
-//   1. every thread tests 8 consecutive channels per pass (16-byte loads of x and tau), and one block-wide prefix sum of the per-thread counts compacts the kept channel numbers and their
-//      masked x values into shared memory, in channel order (no host sync, no torch.nonzero; the union over the
-//      block's rows);
+//   1. every thread tests 8 consecutive channels per pass (16-byte loads of x and tau), and one block-wide prefix
+//      sum of the per-thread counts compacts the kept channel numbers and their masked x values into shared
+//      memory, in channel order (no host sync, no torch.nonzero; the union over the block's rows);
 //   2. streams the kept weight rows' TN-wide segments with 16-byte loads, the next batch of U loads issued before
 //      the current one is consumed (2U in flight per thread), accumulating in fp32. When nearly every channel is
 //      kept this is a dense GEMV through the same streaming loop;
@@ -21,6 +21,8 @@
 //   WSP_NAME kernel name, WSP_F16 (0: bfloat16, 1: float16), WSP_R rows per block (1, 2, 4, 8),
 //   WSP_TN output columns per block, WSP_V elements per load (8 or 1), WSP_BIAS (0 or 1),
 //   WSP_C blocks per cluster sharing one column tile (1, 2, 4, 8; above 1 needs sm_90).
+// Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
+//   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
 // No headers: NVRTC compiles this without any include path.
 
