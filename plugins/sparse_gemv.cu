@@ -21,6 +21,7 @@
 //   WSP_NAME kernel name, WSP_F16 (0: bfloat16, 1: float16), WSP_R rows per block (1, 2, 4, 8),
 //   WSP_TN output columns per block, WSP_V elements per load (8 or 1), WSP_BIAS (0 or 1),
 //   WSP_C blocks per cluster sharing one column tile (1, 2, 4, 8; above 1 needs sm_90).
+// WSP_MASK=1 compiles the masking kernel of the cuBLAS path instead (same source, so the helpers are shared).
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -49,6 +50,9 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_NAME
 #define WSP_NAME wsp_gemv
+#endif
+#ifndef WSP_MASK
+#define WSP_MASK 0
 #endif
 
 constexpr int R = WSP_R;
@@ -190,6 +194,23 @@ __device__ __forceinline__ void fma_row(const Vec& wv, const float (&xv)[R], flo
         for (int v = 0; v < V; v++) acc[r][v] = fmaf(xv[r], wf[v], acc[r][v]);
 }
 
+#if WSP_MASK
+// y = x * [|x| > tau] for rows of x: the masking step in front of cuBLAS when several decode rows (or a prefill)
+// make the sparse GEMV slower than a dense one. One launch replaces the abs / compare / where kernels PyTorch would
+// run for it, which at batch 8 cost more than the matmul they feed.
+extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
+    const u16* __restrict__ x,      // [n_rows, in]
+    const float* __restrict__ tau,  // [in]
+    int n_rows, int in,
+    u16* __restrict__ y)            // [n_rows, in]
+{
+    const long long n = (long long)n_rows * in;
+    for (long long i = blockIdx.x * (long long)THREADS + threadIdx.x; i < n; i += (long long)gridDim.x * THREADS) {
+        const u16 h = x[i];
+        y[i] = fabsf(to_f32(h)) > tau[i % in] ? h : (u16)0;
+    }
+}
+#else
 extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_NAME(
     const u16* __restrict__ x,      // [n_rows, in]
     const u16* __restrict__ w,      // [in, ldw], columns 0..out0+out1+out2
@@ -410,3 +431,4 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
     cluster_sync();  // no block leaves while another may still read its shared memory
 #endif
 }
+#endif  // WSP_MASK

@@ -130,9 +130,9 @@ def test_rows_choose_kernel_or_cublas():
     m = types.SimpleNamespace(sparsity=0.4, _wsp_group=None)
     assert kernels.use_kernel(m, 1) and not kernels.use_kernel(m, 2) and not kernels.use_kernel(m, 8)
     m.sparsity = 0.5
-    assert kernels.use_kernel(m, 2) and not kernels.use_kernel(m, 3)
-    m.sparsity = 0.8
-    assert kernels.use_kernel(m, 2) and not kernels.use_kernel(m, 3)
+    assert kernels.use_kernel(m, 2) and kernels.use_kernel(m, 4) and not kernels.use_kernel(m, 5)
+    m.sparsity = 0.3
+    assert not kernels.use_kernel(m, 3) and not kernels.use_kernel(m, 4)
     m.sparsity = 0.95
     assert kernels.use_kernel(m, 4) and not kernels.use_kernel(m, 5)
     m.sparsity = 0.0
@@ -310,6 +310,39 @@ def test_op_on_slices_graphs_and_compile():
 
     fn = torch.compile(lambda a: kernels.sparse_linear_op(a, wt, tau, None, [1024, 512]) * 2, fullgraph=True)
     _assert_close(fn(x2), 2 * _ref64(x2, wt, tau, None, [1024, 512]), torch.bfloat16, "torch.compile")
+
+
+def test_mask_kernel_compiles_and_cpu_op_masks():
+    for arch in (80, 90):
+        for dt in ("bf16", "f16"):
+            spec = kernels.mask_spec(dt, 100, 3, arch=arch)
+            assert f".entry {spec.name}(" in spec.ptx and spec.args == (3, 100)
+    x = torch.tensor([[0.5, -2.0, 0.1, -0.0]], dtype=torch.bfloat16)
+    tau = torch.tensor([0.5, 1.0, 0.05, 0.0])
+    assert kernels.mask_op(x, tau).tolist() == [[0.0, -2.0, x[0, 2].item(), 0.0]]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mask_kernel_matches_reference_and_replays(dtype):
+    """Exact (it only selects), on sizes that fill no block evenly, and inside a CUDA graph."""
+    torch.manual_seed(3)
+    for rows, k in ((1, 7), (5, 4099), (8, 14336), (33, 576)):
+        x = torch.randn(rows, k, device="cuda").to(dtype)
+        tau = torch.rand(k, device="cuda")
+        ref = torch.where(x.abs().float() > tau, x, torch.zeros((), dtype=dtype, device="cuda"))
+        assert torch.equal(kernels.mask_op(x, tau), ref), (rows, k)
+    static = x.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernels.mask_op(static, tau)
+    x2 = torch.randn_like(x)
+    static.copy_(x2)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, torch.where(x2.abs().float() > tau, x2, torch.zeros((), dtype=dtype, device="cuda")))
 
 
 @pytest.mark.gpu

@@ -129,6 +129,17 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
                       rows_per_block, tile, vec, cluster, bias)
 
 
+def mask_spec(dtype: Any, in_features: int, n_rows: int, arch: int | None = None, sms: int = 132) -> LaunchSpec:
+    """The masking kernel (WSP_MASK in `plugins/sparse_gemv.cu`) for x [n_rows, in]: y = x * [|x| > tau]."""
+    dt = DTYPES.get(dtype)
+    if dt is None:
+        raise WisparseError(f"the mask kernel takes bfloat16 or float16, not {dtype}")
+    name = f"wsp_mask_{dt}"
+    ptx = compile_ptx(SOURCE, {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_MASK": 1}, arch or 90)
+    blocks = max(1, min(_cdiv(n_rows * in_features, THREADS), 8 * sms))
+    return LaunchSpec(name, ptx, (blocks, 1, 1), (THREADS, 1, 1), 0, (n_rows, in_features), 1, 0, 1, 1, False)
+
+
 # ---------------------------------------------------------------- NVRTC build and on-disk cache
 
 
@@ -369,6 +380,34 @@ def _sparse_linear_fake(x, wt, tau, bias, splits):
     return x.new_empty(x.shape[:-1] + (sum(splits),))
 
 
+@torch.library.custom_op("wisparse::mask", mutates_args=())
+def mask_op(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """x * [|x| > tau] (tau float32 [in]); one kernel on CUDA instead of PyTorch's abs / compare / where."""
+    return torch.where(x.abs().float() > tau, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+@mask_op.register_kernel("cuda")
+def _mask_cuda(x, tau):
+    x2 = x.contiguous()
+    y = torch.empty_like(x2)
+    k = x.shape[-1]
+    n = x2.numel() // max(k, 1)
+    if n == 0 or k == 0:
+        return y
+    key = ("mask", x.dtype, k, n, x.device)
+    spec = _specs.get(key)
+    if spec is None:
+        spec = _specs[key] = mask_spec(x.dtype, k, n, arch=_arch(x.device), sms=_sm_count(x.device))
+    launch(spec, [x2.data_ptr(), tau.contiguous().data_ptr()], y.data_ptr(),
+           torch.cuda.current_stream(x.device).cuda_stream, x.device.index or 0)
+    return y
+
+
+@mask_op.register_fake
+def _mask_fake(x, tau):
+    return torch.empty_like(x)
+
+
 _props: dict[int, tuple[int, int]] = {}
 
 
@@ -434,12 +473,12 @@ class _Group:
         return self.ys[index]
 
 
-# Rows -> the largest union keep fraction (1 - s**rows for planned sparsity s) at which the kernel still beat
-# cuBLAS on the H200 (docs/BENCHMARKS.md). The union of several rows' kept channels fills up fast, and the kernel's
-# fp32 FMAs grow with the rows, so past these cuBLAS on masked x is the faster dense path. Two rows at s = 0.5 (union
-# 0.75) ran at 0.98-1.17x of cuBLAS alone, before cuBLAS's extra masking kernel: the kernel takes them. One row
-# always takes the kernel: at low realized sparsity it walks all rows itself, without the extra masking kernel.
-KEEP_MAX = {1: 1.0, 2: 0.75, 3: 0.3, 4: 0.3}
+# Rows -> the largest union keep fraction (1 - s**rows for planned sparsity s) at which the kernel beat the cuBLAS
+# path (one masking kernel, then cuBLAS) end to end on the H200 (docs/BENCHMARKS.md, 8B-shaped decode). The union
+# of several rows' kept channels fills up fast, and the kernel's fp32 FMAs grow with the rows: 2 rows take the
+# kernel from s = 0.5 (1.36x vs 0.95x), 3-4 rows from s = 0.5 too (4 rows: 1.04x vs 0.95x; at s = 0.25 0.94x vs
+# 0.95x), 5+ rows never. One row always takes the kernel: at low sparsity it walks all rows itself.
+KEEP_MAX = {1: 1.0, 2: 0.75, 3: 0.94, 4: 0.94}
 
 
 def use_kernel(module: nn.Module, rows: int) -> bool:
@@ -454,9 +493,10 @@ def use_kernel(module: nn.Module, rows: int) -> bool:
 def sparse_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SparseLinear.forward for backend "cuda": the kernel for decode rows, cuBLAS on masked x where it is faster."""
     n = x.numel() // max(x.shape[-1], 1)
-    if not use_kernel(module, n) or x.dtype not in (torch.bfloat16, torch.float16) or module.weight.dtype != x.dtype:
-        xm = torch.where(module.mask(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
-        return module.dense(xm)
+    if x.dtype not in (torch.bfloat16, torch.float16) or module.weight.dtype != x.dtype:
+        return module.dense(torch.where(module.mask(x), x, torch.zeros((), dtype=x.dtype, device=x.device)))
+    if not use_kernel(module, n):
+        return module.dense(mask_op(x, module.tau))
     group = getattr(module, "_wsp_group", None)
     if group is not None and not torch.compiler.is_compiling():
         return group(module._wsp_index, x)
@@ -522,6 +562,9 @@ def prepare(model: nn.Module, fuse: bool = True, groups: list[list[str]] | None 
             m.dense.weight = nn.Parameter(wt.t(), requires_grad=False)
             m._wsp_group = None
         m.backend = "cuda"
+    for dtype in {m.weight.dtype for m in eligible.values()}:  # the masking kernel of the cuBLAS path
+        dev = next(iter(eligible.values())).weight.device
+        function(mask_spec(dtype, 8, 1, arch=_arch(dev), sms=_sm_count(dev)), dev.index or 0)
     for m in eligible.values():  # compile and load every decode-row variant now
         g = m._wsp_group
         splits, ldw = (g.splits, g.wt.stride(0)) if g is not None else ([m.out_features], m.out_features)
