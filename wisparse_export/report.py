@@ -55,12 +55,17 @@ def plot_allocation(plan: dict, path: str) -> str:
     ax1.set_ylim(0, 1)
     ax1.legend(loc="upper right")
     ax1.set_title(f"{plan['model'].get('source', '')}: {plan['method']} at target {plan['target_sparsity']}")
+    # Projections with the same sparsity in every block (a shared input's q/k/v, gate/up) are one line, "q/k/v":
+    # drawn separately they would hide each other.
+    series: dict[tuple[float, ...], list[str]] = {}
     for k in projs:
-        ax2.plot(idx, [blocks[b].get(k, (float("nan"), 0))[0] for b in idx], marker="o", ms=3, label=k)
+        series.setdefault(tuple(blocks[b].get(k, (float("nan"), 0))[0] for b in idx), []).append(k)
+    for values, names in series.items():
+        ax2.plot(idx, values, marker="o", ms=3, label="/".join(names))
     ax2.set_ylabel("projection sparsity")
     ax2.set_xlabel("block")
     ax2.set_ylim(0, 1)
-    ax2.legend(ncol=len(projs), fontsize=8, loc="lower right")
+    ax2.legend(ncol=len(series), fontsize=8, loc="lower right")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png",
                                                dpi=110))
