@@ -119,3 +119,22 @@ def test_cli_calibrate_wisparse_and_plot(tmp_path):
     png = tmp_path / "alloc.png"
     assert run_cli("plot", str(plan), "-o", str(png)) == 0
     assert png.stat().st_size > 1000
+
+
+def test_plot_draws_shared_sparsities_as_one_line(tmp_path, monkeypatch):
+    """q/k/v with one sparsity per block become one "q/k/v" line; o, differing, keeps its own."""
+    from matplotlib.axes import Axes
+
+    from wisparse_export.report import plot_allocation
+
+    layers = {}
+    for b, (s_qkv, s_o) in enumerate([(0.4, 0.6), (0.5, 0.5), (0.3, 0.7)]):
+        for p in ("q_proj", "k_proj", "v_proj"):
+            layers[f"model.layers.{b}.self_attn.{p}"] = {"sparsity": s_qkv, "shape": [8, 8]}
+        layers[f"model.layers.{b}.self_attn.o_proj"] = {"sparsity": s_o, "shape": [8, 8]}
+    plan = {"layers": layers, "budget": 0.5, "target_sparsity": 0.5, "model": {"source": "tiny"}, "method": "wisparse"}
+    labels = []
+    real = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: labels.append(k.get("label")) or real(self, *a, **k))
+    plot_allocation(plan, str(tmp_path / "a.png"))
+    assert labels == ["q/k/v", "o"] and (tmp_path / "a.png").stat().st_size > 1000
