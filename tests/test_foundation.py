@@ -163,6 +163,27 @@ def test_plan_round_trip(plan, tmp_path):
     assert d["calibration"]["seq_len"] == 64 and d["model"]["fingerprint"].startswith("sha256:")
 
 
+def test_written_artifacts_get_the_umask_modes_not_the_temp_files_private_ones(plan, tmp_path):
+    """Files and folders are built under private temporary names; the published ones are readable as usual."""
+    import os
+    import stat
+
+    from wisparse_export.files import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        path = save_plan(plan, tmp_path / "p.json")
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "f.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(path) == 0o644
+    assert mode(tmp_path / "out") == mode(tmp_path / "out" / "sub") == 0o755
+    assert mode(tmp_path / "out" / "sub" / "f.txt") == 0o644
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.update(format="other"), "not a wisparse plan"),
     (lambda d: d.update(version=2), "newer than this tool"),

@@ -439,16 +439,7 @@ def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "flo
                        "dense_linear_nodes_in_dense": counts["dense"]["dense_linear"]},
         }
         write_json(tmp / MANIFEST, manifest)
-        readable(tmp)
     return manifest
-
-
-def readable(folder: Path) -> None:
-    """Temporary files and folders are private (0600/0700); give the published export the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [folder, *folder.rglob("*")]:
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def read_manifest(out: str | os.PathLike) -> dict:

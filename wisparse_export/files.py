@@ -31,6 +31,14 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def _publish_modes(root: Path) -> None:
+    """mkstemp / mkdtemp make private entries (0600 / 0700); what we publish gets the modes the umask gives."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path onto path; remove the temporary file on any failure."""
     path = check_writable(path)
@@ -39,6 +47,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(tmp)
     try:
         write(tmp)
+        _publish_modes(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -61,6 +70,7 @@ def atomic_dir(path: str | os.PathLike):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     try:
         yield tmp
+        _publish_modes(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
             os.replace(path, old / "x")
