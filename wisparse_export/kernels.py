@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import WisparseError
+from .scores import masked
 
 SOURCE = "sparse_gemv.cu"
 THREADS = 256
@@ -332,8 +333,7 @@ def reference(x: torch.Tensor, wt: torch.Tensor, tau: torch.Tensor, bias: torch.
     taus = tau.reshape(len(splits), -1)
     ys, col = [], 0
     for p, s in enumerate(splits):
-        xm = torch.where(x.abs().float() > taus[p], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        ys.append(xm @ wt[:, col:col + s])
+        ys.append(masked(x, taus[p]) @ wt[:, col:col + s])
         col += s
     y = torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
     return y + bias if bias is not None else y
@@ -383,7 +383,7 @@ def _sparse_linear_fake(x, wt, tau, bias, splits):
 @torch.library.custom_op("wisparse::mask", mutates_args=())
 def mask_op(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     """x * [|x| > tau] (tau float32 [in]); one kernel on CUDA instead of PyTorch's abs / compare / where."""
-    return torch.where(x.abs().float() > tau, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return masked(x, tau)
 
 
 @mask_op.register_kernel("cuda")
@@ -494,7 +494,7 @@ def sparse_linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SparseLinear.forward for backend "cuda": the kernel for decode rows, cuBLAS on masked x where it is faster."""
     n = x.numel() // max(x.shape[-1], 1)
     if x.dtype not in (torch.bfloat16, torch.float16) or module.weight.dtype != x.dtype:
-        return module.dense(torch.where(module.mask(x), x, torch.zeros((), dtype=x.dtype, device=x.device)))
+        return module.dense(masked(x, module.tau))
     if not use_kernel(module, n):
         return module.dense(mask_op(x, module.tau))
     group = getattr(module, "_wsp_group", None)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .models import get_linear
 from .plan import Plan
-from .scores import column_norms, tau
+from .scores import column_norms, keep, masked, tau
 
 
 class SparseLinear(nn.Module):
@@ -51,7 +51,7 @@ class SparseLinear(nn.Module):
         return self.dense.out_features
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
-        return x.abs().float() > self.tau  # compared in float32, as the kernels do
+        return keep(x, self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -64,7 +64,7 @@ class SparseLinear(nn.Module):
             from . import kernels
 
             return kernels.sparse_linear(self, x)
-        return self.dense(torch.where(self.mask(x), x, torch.zeros((), dtype=x.dtype, device=x.device)))
+        return self.dense(masked(x, self.tau))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, sparsity={self.sparsity:.3f}, alpha={self.alpha}"

@@ -25,3 +25,13 @@ def tau(threshold: float, norms: torch.Tensor, alpha: float) -> torch.Tensor:
         return torch.full_like(norms, float(threshold))
     scale = norms.double().pow(alpha)
     return torch.where(scale > 0, threshold / scale, torch.full_like(scale, float("inf"))).float()
+
+
+def keep(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Which channels of x [..., in] survive: float32(|x|) > tau, the comparison every runtime makes."""
+    return x.abs().float() > tau
+
+
+def masked(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """x with its dropped channels set to zero, in x's dtype."""
+    return torch.where(keep(x, tau), x, torch.zeros((), dtype=x.dtype, device=x.device))
