@@ -562,17 +562,21 @@ def prepare(model: nn.Module, fuse: bool = True, groups: list[list[str]] | None 
             m.dense.weight = nn.Parameter(wt.t(), requires_grad=False)
             m._wsp_group = None
         m.backend = "cuda"
-    for dtype in {m.weight.dtype for m in eligible.values()}:  # the masking kernel of the cuBLAS path
-        dev = next(iter(eligible.values())).weight.device
-        function(mask_spec(dtype, 8, 1, arch=_arch(dev), sms=_sm_count(dev)), dev.index or 0)
-    for m in eligible.values():  # compile and load every decode-row variant now
+    # Compile and load now, outside any graph capture: the masking kernel of the cuBLAS path and every decode-row
+    # variant, once per distinct configuration (a model repeats a handful of shapes across its layers).
+    needed = set()
+    for m in eligible.values():
         g = m._wsp_group
-        splits, ldw = (g.splits, g.wt.stride(0)) if g is not None else ([m.out_features], m.out_features)
+        splits, ldw = (tuple(g.splits), g.wt.stride(0)) if g is not None else ((m.out_features,), m.out_features)
+        for sp in {splits, (m.out_features,)}:
+            needed.add((m.weight.dtype, m.weight.device, m.in_features, sp, ldw, m.bias is not None))
+    for dtype, dev in {(d, dev) for d, dev, *_ in needed}:
+        function(mask_spec(dtype, 8, 1, arch=_arch(dev), sms=_sm_count(dev)), dev.index or 0)
+    for dtype, dev, in_features, sp, ldw, bias in needed:
         for rows in ROWS:
-            for sp, ld in ((splits, ldw), ([m.out_features], ldw)):
-                spec = launch_spec(m.weight.dtype, m.in_features, sp, rows, bias=m.bias is not None, ldw=ld,
-                                   sms=_sm_count(m.weight.device), arch=_arch(m.weight.device))
-                function(spec, m.weight.device.index or 0)
+            spec = launch_spec(dtype, in_features, list(sp), rows, bias=bias, ldw=ldw, sms=_sm_count(dev),
+                               arch=_arch(dev))
+            function(spec, dev.index or 0)
     return model
 
 
