@@ -12,7 +12,6 @@ move (kept weight rows of the union mask, x, tau, y) and is set against a device
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -130,29 +129,20 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
     return rows
 
 
-def variant_spec(dtype, in_f, splits, rows, tile, cluster, **extra) -> kernels.LaunchSpec:
-    """A launch spec with a tiling or tuning macro (WSP_U, WSP_NPASS) that launch_spec does not choose itself."""
-    base = kernels.launch_spec(dtype, in_f, splits, rows, tile=min(tile, 128), cluster=cluster)
-    name = f"{base.name}_t{tile}" + "".join(f"_{k[4:].lower()}{v}" for k, v in sorted(extra.items()))
-    defines = {"WSP_NAME": name, "WSP_F16": int(dtype == torch.float16), "WSP_R": base.rows_per_block,
-               "WSP_TN": tile, "WSP_V": base.vec, "WSP_C": cluster, "WSP_BIAS": 0, **extra}
-    grid = (sum(kernels._cdiv(s, tile) for s in splits) * cluster, base.grid[1], 1)
-    return dataclasses.replace(base, name=name, ptx=kernels.compile_ptx(kernels.SOURCE, defines), grid=grid,
-                               tile=tile)
-
-
 def variants(dtype, in_f, splits, rows, spec):
     """(label, spec): the chosen kernel, then other tilings (tile x cluster) and load depths / blocks per SM."""
+    def variant_spec(tile, cluster, **tune):
+        return kernels.launch_spec(dtype, in_f, splits, rows, tile=tile, cluster=cluster, tune=tune)
+
     out = [("chosen", spec)]
     for t, c in [(t, c) for t in (256, 128, 64, 32) for c in kernels.CLUSTERS]:
         if in_f >= 256 * c and (t, c) != (spec.tile, spec.cluster):
-            out.append((f"{t}x{c}", variant_spec(dtype, in_f, splits, rows, t, c)))
+            out.append((f"{t}x{c}", variant_spec(t, c)))
     tuned = [(spec.tile, spec.cluster, u, p, b) for u, p, b in ((4, 1, 2), (8, 1, 2), (6, 2, 2), (4, 1, 3), (4, 2, 3),
                                                                (2, 1, 4))]
     tuned += [(t, c, 4, 1, 3) for t, c in ((128, 4), (64, 2), (128, 2), (64, 4)) if (t, c) != (spec.tile, spec.cluster)]
     for t, c, u, p, b in tuned:
-        out.append((f"{t}x{c}u{u}p{p}b{b}", variant_spec(dtype, in_f, splits, rows, t, c, WSP_U=u, WSP_NPASS=p,
-                                                         WSP_MINB=b)))
+        out.append((f"{t}x{c}u{u}p{p}b{b}", variant_spec(t, c, WSP_U=u, WSP_NPASS=p, WSP_MINB=b)))
     return out
 
 

@@ -80,6 +80,14 @@ def test_sm90_cubin_has_no_spills():
             assert regs <= min(255, 65536 // (kernels.THREADS * blocks)), log
 
 
+def test_tuning_overrides_reach_the_kernel_and_stay_out_of_the_heuristics():
+    spec = kernels.launch_spec("bf16", 4096, [14336], 1, tile=256, cluster=2, tune={"WSP_U": 4, "WSP_MINB": 3})
+    assert spec.name == "wsp_gemv_bf16_r1_n256_v8_c2_minb3_u4" and spec.grid == (112, 1, 1)
+    assert ".maxntid 256, 1, 1" in spec.ptx and ".minnctapersm 3" in spec.ptx
+    with pytest.raises(WisparseError, match="tile 256"):
+        kernels.launch_spec("bf16", 4096, [14336], 1, tile=256, cluster=2)
+
+
 def test_ptx_is_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("WISPARSE_KERNEL_CACHE", str(tmp_path / "kcache"))
     a = kernels.launch_spec("bf16", 4096, [4096], 1)

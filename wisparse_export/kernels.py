@@ -85,11 +85,13 @@ def pick_tiling(splits: Sequence[int], in_features: int, row_blocks: int = 1, ve
 def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
                 ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
                 cluster: int | None = None, vec: int | None = None, arch: int | None = None, sms: int = 132,
-                cdiv: Callable[[Any, int], Any] = _cdiv) -> LaunchSpec:
+                cdiv: Callable[[Any, int], Any] = _cdiv, tune: dict[str, int] | None = None) -> LaunchSpec:
     """Kernel name, PTX, grid, block, shared memory and int32 arguments for y = W (x * [|x| > tau]).
 
     `splits` are the output widths of the fused projections (one entry for a plain linear). `n_rows` may be an
     int or, for TensorRT, a symbolic expression: then `rows_per_block` must be given and `cdiv` must handle it.
+    `tune` overrides the kernel's tuning macros (WSP_U, WSP_NPASS, WSP_MINB) and `tile` may then also be 256:
+    for benchmark sweeps, never chosen by the heuristics.
     """
     dt = DTYPES.get(dtype)
     if dt is None:
@@ -116,13 +118,14 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
     if tile is None or cluster is None:
         t, c = pick_tiling(splits, in_features, row_blocks if isinstance(row_blocks, int) else 1, vec, sms, arch)
         tile, cluster = tile or t, cluster or c
-    if tile not in TILES or (vec == 1 and tile > 32):
+    if tile not in (TILES + (256,) if tune is not None else TILES) or (vec == 1 and tile > 32):
         raise WisparseError(f"tile {tile} is not supported with {vec}-element loads")
     if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
         raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
     name = f"wsp_gemv_{dt}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "")
+    name += "".join(f"_{k[4:].lower()}{v}" for k, v in sorted((tune or {}).items()))
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows_per_block, "WSP_TN": tile,
-               "WSP_V": vec, "WSP_C": cluster, "WSP_BIAS": int(bias)}
+               "WSP_V": vec, "WSP_C": cluster, "WSP_BIAS": int(bias), **(tune or {})}
     ptx = compile_ptx(SOURCE, defines, arch)
     padded = list(splits) + [0] * (MAX_SPLITS - len(splits))
     grid = (sum(_cdiv(s, tile) for s in splits) * cluster, row_blocks, 1)
