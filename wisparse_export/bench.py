@@ -207,7 +207,8 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     linear is its own op in the compiled graph).
     """
     from . import kernels
-    from .runtime import apply, sparse_linears, track_sparsity
+    from .evaluate import weighted_sparsity
+    from .runtime import apply, track_sparsity
 
     device = next(model.parameters()).device
     dec = Decoder(model, batch, max_len=steps + 16)
@@ -236,9 +237,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
                 dec.pos.add_(1)
             r = realized()
         t = time_decode(dec, steps, graphs)
-        params = {n: m.in_features * m.out_features for n, m in sparse_linears(model).items()}
-        weighted = sum(r[n] * params[n] for n in r) / max(sum(params[n] for n in r), 1)
-        result["sparse"].append({"target": s, "realized": weighted,
+        result["sparse"].append({"target": s, "realized": weighted_sparsity(r, plan),
                                  "tokens_per_s": t.tokens_per_s, "ms_per_step": t.ms_per_step,
                                  "speedup": t.tokens_per_s / dense.tokens_per_s})
     return result
