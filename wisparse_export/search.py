@@ -229,10 +229,8 @@ def realize(levels: list[float], tables: dict, units: list[list[Unit]], refined:
     out = {}
     for b, level in enumerate(levels):
         t = tables["blocks"][b]
-        k = max(0, min(len(grid) - 2, next((i for i in range(len(grid) - 1) if level <= grid[i + 1]), len(grid) - 2)))
-        w = (level - grid[k]) / (grid[k + 1] - grid[k])
         for u, unit in enumerate(units[b]):
-            x = (1 - w) * t["splits"][k][u] + w * t["splits"][k + 1][u] if refined else level
+            x = interp([row[u] for row in t["splits"]], grid, level) if refined else level
             for n in unit.names:
                 out[n] = (min(max(x, 0.0), 1.0), t["alphas"][u])
     return out
