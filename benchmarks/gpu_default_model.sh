@@ -7,6 +7,7 @@
 # first (M unset and /tmp/m/gguf.part.aa present), with gguf's wheel and gensim's two text files beside it.
 set -o pipefail
 export PYTHONUNBUFFERED=1
+[ -z "${PLAN:-}" ] || [ -f "$PLAN" ] || { echo "error: PLAN=$PLAN is not a file" >&2; exit 2; }
 OUT=${OUT:-/tmp/wisparse-gpu}
 mkdir -p "$OUT"
 if [ -z "${M:-}" ] && [ -f /tmp/m/gguf.part.aa ] && [ -f .carry2/gguf.part.ab ]; then

@@ -7,6 +7,11 @@
 # compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels).
 set -o pipefail
 export PYTHONUNBUFFERED=1
+parts=${parts:-tests e2e kernels}
+for p in $parts; do
+  case $p in tests | e2e | kernels) ;; *) echo "error: unknown part '$p' (choose from: tests e2e kernels)" >&2; exit 2 ;; esac
+done
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 OUT=${OUT:-/tmp/wisparse-gpu}
 mkdir -p "$OUT"
 export WISPARSE_KERNEL_CACHE=${WISPARSE_KERNEL_CACHE:-$PWD/.kcache}
@@ -26,8 +31,6 @@ if ! python3 -c "from wisparse_export import kernels as k; k.check_versions()" 2
 fi
 cat "$OUT/run.log"
 
-parts=${parts:-tests e2e kernels}
-want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if want tests; then
   echo "== GPU tests"
