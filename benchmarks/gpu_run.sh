@@ -4,12 +4,15 @@
 # Logs and JSON go to $OUT (the device tool brings them back).
 #   bash benchmarks/gpu_run.sh
 # Environment knobs: quick=1 (bf16 batch-1 kernel table only), shapes="llama3-8b" (end-to-end models),
-# compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels).
+# compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile;
+# profile = benchmarks/profile_kernel.py, not in the default set).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 parts=${parts:-tests e2e kernels}
 for p in $parts; do
-  case $p in tests | e2e | kernels) ;; *) echo "error: unknown part '$p' (choose from: tests e2e kernels)" >&2; exit 2 ;; esac
+  case $p in tests | e2e | kernels | profile) ;;
+    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile)" >&2; exit 2 ;;
+  esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 OUT=${OUT:-/tmp/wisparse-gpu}
@@ -51,6 +54,13 @@ if want kernels; then
   timeout 400 python3 benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json" ${quick:+--quick} \
     >"$OUT/bench_kernels.log" 2>&1
   echo "bench_kernels exit $?"
+fi
+
+if want profile; then
+  echo "== profile (phases, tile-major layout, dense path)"
+  timeout 500 python3 benchmarks/profile_kernel.py --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1
+  echo "profile_kernel exit $?"
+  tail -n 60 "$OUT/profile.log"
 fi
 
 if want e2e && [ "${compiled:-1}" != 0 ]; then

@@ -54,6 +54,15 @@ typedef unsigned int u32;
 #ifndef WSP_MASK
 #define WSP_MASK 0
 #endif
+// Benchmark-only builds (benchmarks/profile_kernel.py), never shipped: WSP_PROF=1 appends a pointer after y and
+// records %globaltimer at six points per block; WSP_TILED=1 reads W tile-major ([out / TN][in][TN], every split a
+// multiple of TN), so a column tile's kept rows lie in one contiguous region instead of 2 * ldw bytes apart.
+#ifndef WSP_PROF
+#define WSP_PROF 0
+#endif
+#ifndef WSP_TILED
+#define WSP_TILED 0
+#endif
 
 constexpr int R = WSP_R;
 constexpr int TN = WSP_TN;
@@ -219,8 +228,27 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
     const u16* __restrict__ bias,   // [out0 + out1 + out2]
 #endif
     int n_rows, int in, int ldw, int out0, int out1, int out2,
-    u16* __restrict__ y)            // [n_rows, out0 + out1 + out2]
+    u16* __restrict__ y             // [n_rows, out0 + out1 + out2]
+#if WSP_PROF
+    , unsigned long long* __restrict__ prof  // [blocks, 16]: %globaltimer at 0..6, clock64 at 8..14
+#endif
+    )
 {
+#if WSP_PROF
+    unsigned long long* stamp = prof + (size_t)(blockIdx.y * gridDim.x + blockIdx.x) * 16;
+    auto mark = [&](int i) {
+        if (threadIdx.x == 0) {
+            unsigned long long t, c;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+            stamp[i] = t;
+            stamp[8 + i] = c;
+        }
+    };
+    mark(0);
+#else
+    auto mark = [](int) {};
+#endif
     // xc (kept entries' masked x) and the final cross-warp reduction never live at the same time.
     constexpr int XC_BYTES = KC * R * 2;
     constexpr int RED_BYTES = WARPS * R * TN * 4;
@@ -349,16 +377,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
                 }
             }
         __syncthreads();
+        if (k0 == k_begin) mark(1);
 
         // 2. Stream the kept rows' segments: entry e of the walk is channel list[e]. Batch b + 1 is issued before
         //    batch b is consumed, so each thread keeps up to 2U loads in flight.
+#if WSP_TILED
+        const size_t rs = TN;
+        const u16* wk = w + ((size_t)(blockIdx.x / C) * in + k0) * TN + cl * V;
+#else
+        const size_t rs = ldw;
         const u16* wk = w + (size_t)k0 * ldw + col;
+#endif
         auto issue = [&](int e0, Vec (&wv)[U], int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int e = e0 + u * RL;
                 ent[u] = e < total ? e : -1;
-                if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + (size_t)list[e] * ldw);
+                if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + list[e] * rs);
                 else zero(wv[u]);
             }
         };
@@ -386,6 +421,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         }
         __syncthreads();  // xc and list are rewritten by the next chunk
     }
+    mark(2);
 
     // 3. Reduce over the RL row lanes: first inside each warp (lanes cl, cl + TPR, ...), then across warps.
 #pragma unroll
@@ -408,11 +444,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         for (int wi = 0; wi < WARPS; wi++) s += red[wi * R * TN + i];
         red[i] = s;
     }
+    mark(3);
 #if WSP_C > 1
     cluster_sync();  // every block's partials are in its shared memory
 #else
     __syncthreads();
 #endif
+    mark(4);
     // Each block of the cluster finishes an interleaved share of the outputs, reading all C partials.
     for (int i = tid + rank * THREADS; i < R * TN; i += THREADS * C) {
         const int r = i / TN, c = off + t * TN + i % TN;
@@ -427,8 +465,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 #endif
         y[(size_t)(row0 + r) * out + c] = from_f32(s);
     }
+    mark(5);
 #if WSP_C > 1
     cluster_sync();  // no block leaves while another may still read its shared memory
 #endif
+    mark(6);
 }
 #endif  // WSP_MASK

@@ -315,13 +315,17 @@ def function(spec: LaunchSpec, device: int = 0):
     return _functions[key]
 
 
-def launch(spec: LaunchSpec, pointers: Sequence[int], out: int, stream: int, device: int = 0) -> None:
-    """Launch with device pointers (inputs in ABI order), the spec's int32 arguments and the output pointer."""
+def launch(spec: LaunchSpec, pointers: Sequence[int], out: int, stream: int, device: int = 0,
+           trailing: Sequence[int] = ()) -> None:
+    """Launch with device pointers (inputs in ABI order), the spec's int32 arguments and the output pointer.
+
+    `trailing` pointers follow the output: only the benchmark's profiling build (WSP_PROF) takes one.
+    """
     from cuda.bindings import driver as cu
 
     fn = function(spec, device)
     values = [ctypes.c_void_p(p) for p in pointers] + [ctypes.c_int32(int(a)) for a in spec.args]
-    values.append(ctypes.c_void_p(out))
+    values += [ctypes.c_void_p(p) for p in (out, *trailing)]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
     _cu(cu.cuLaunchKernel(fn, *(int(g) for g in spec.grid), *spec.block, spec.shared_mem, cu.CUstream(stream),
                           ctypes.addressof(params), 0), f"launching {spec.name}")
