@@ -1,12 +1,12 @@
-"""Where a sparse GEMV call's time goes, and what a tile-major weight layout or the dense path would change.
+"""Where a sparse GEMV call's time goes, what tuning variants change, and where the dense path wins.
 
 One GPU run, three parts, JSON with every figure and a summary printed last:
 1. phases: the profiling build (WSP_PROF in plugins/sparse_gemv.cu) stamps %globaltimer at six points in every
    block (entry, mask + compaction done, weight stream done, block reduction done, cluster reduction done, stored,
    exit) for every call of a CUDA graph of back-to-back calls; per call: the spread of block entries, the median
    and slowest block per phase, the span from the first entry to the last exit, and the gap to the next call.
-2. layout: the kernel reading W tile-major ([out / TN][in][TN], WSP_TILED) against the shipped [in, out] layout,
-   same configuration, and tile-major at other tilings; outputs checked equal.
+2. variants: the shipped build against tuning macros on the same tiling (cluster reduction by push or pull,
+   L2 prefetch of the first kept rows before the compaction), outputs compared with the shipped build's.
 3. dense path: at low sparsity, the kernel against masking + cuBLAS and against plain cuBLAS (what a layer planned
    at sparsity 0 needs), to place the batch-1 crossover.
 
@@ -33,11 +33,6 @@ PHASES = ["mask", "stream", "block_red", "cluster_red", "store", "exit"]
 def run(spec, x, w, tau, y, prof=None):
     kernels.launch(spec, [x.data_ptr(), w.data_ptr(), tau.data_ptr()], y.data_ptr(),
                    torch.cuda.current_stream().cuda_stream, trailing=() if prof is None else (prof.data_ptr(),))
-
-
-def tile_major(wt: torch.Tensor, tile: int) -> torch.Tensor:
-    k, n = wt.shape
-    return wt.reshape(k, n // tile, tile).permute(1, 0, 2).contiguous()
 
 
 def phases(spec, x, w, tau, calls: int = 24) -> dict:
@@ -75,46 +70,49 @@ def phases(spec, x, w, tau, calls: int = 24) -> dict:
     return out
 
 
-def layout_and_phases(name, in_f, splits, sparsities):
+VARIANTS = {  # label: tuning macros over the shipped configuration (tile x cluster from launch_spec)
+    "pull": {"WSP_PUSH": 0},
+    "push": {"WSP_PUSH": 1},
+    "push+pf128": {"WSP_PUSH": 1, "WSP_PF": 128},
+    "push+pf256": {"WSP_PUSH": 1, "WSP_PF": 256},
+    "push+pf512": {"WSP_PUSH": 1, "WSP_PF": 512},
+    "push+pf1024": {"WSP_PUSH": 1, "WSP_PF": 1024},
+}
+
+
+def variants_and_phases(name, in_f, splits, sparsities):
+    """Per-call time of each variant (same tiling), outputs against the shipped build, and the phase stamps."""
     out_f = sum(splits)
     dt = torch.bfloat16
-    nbytes = in_f * out_f * 2
-    n_copies = max(2, math.ceil(3 * L2_BYTES / nbytes))
+    n_copies = max(2, math.ceil(3 * L2_BYTES / (in_f * out_f * 2)))
     wt = [torch.randn(in_f, out_f, device="cuda").div_(in_f**0.5).to(dt) for _ in range(n_copies)]
     x = torch.randn(1, in_f, device="cuda").to(dt)
     chosen = kernels.launch_spec(dt, in_f, splits, 1)
-    configs = [(chosen.tile, chosen.cluster)] + [(t, c) for t, c in ((128, 1), (128, 2), (128, 4), (128, 8),
-                                                                     (256, 1), (256, 2), (64, 2), (64, 4))
-                                                 if (t, c) != (chosen.tile, chosen.cluster)]
-    configs = [(t, c) for t, c in configs if all(s % t == 0 for s in splits) and in_f >= 256 * c]
-    tiled = {t: [tile_major(m, t) for m in wt] for t in {t for t, _ in configs}}
+    cfg = {"tile": chosen.tile, "cluster": chosen.cluster}
     rows = []
     for s in sparsities:
         tau = thresholds(s, in_f, len(splits))
-        keep = (x.float().abs() > tau[0]).float().mean().item()
         y = torch.empty(1, out_f, dtype=dt, device="cuda")
         dense = median_call_us([lambda m=m: torch.matmul(x, m) for m in wt], n_copies)
-        row = {"shape": name, "sparsity": s, "keep": keep, "dense_us": dense,
-               "chosen": f"{chosen.tile}x{chosen.cluster}", "us": {}}
+        row = {"shape": name, "sparsity": s, "dense_us": dense, "chosen": f"{chosen.tile}x{chosen.cluster}",
+               "us": {}, "max_diff": {}}
         row["us"]["shipped"] = median_call_us([lambda m=m, t=tau, y=y: run(chosen, x, m, t, y) for m in wt], n_copies)
-        ref = y.clone()
-        for t, c in configs:
-            spec = kernels.launch_spec(dt, in_f, splits, 1, tile=t, cluster=c, tune={"WSP_TILED": 1})
-            row["us"][f"tiled {t}x{c}"] = median_call_us([lambda m=m, sp=spec, tau=tau, y=y: run(sp, x, m, tau, y)
-                                                         for m in tiled[t]], n_copies)
-            if (t, c) == (chosen.tile, chosen.cluster):
-                row["tiled_max_diff"] = (y.float() - ref.float()).abs().max().item()
-        prof = kernels.launch_spec(dt, in_f, splits, 1, tile=chosen.tile, cluster=chosen.cluster,
-                                   tune={"WSP_PROF": 1})
-        row["phases"] = phases(prof, x, wt[0], tau)
-        best = min(configs, key=lambda tc: row["us"][f"tiled {tc[0]}x{tc[1]}"])
-        prof_t = kernels.launch_spec(dt, in_f, splits, 1, tile=best[0], cluster=best[1],
-                                     tune={"WSP_PROF": 1, "WSP_TILED": 1})
-        row["phases_tiled_best"] = {"config": f"{best[0]}x{best[1]}", **phases(prof_t, x, tiled[best[0]][0], tau)}
+        ref = y.float().clone()
+        row["max_abs_y"] = ref.abs().max().item()
+        for label, tune in VARIANTS.items():
+            spec = kernels.launch_spec(dt, in_f, splits, 1, **cfg, tune=tune)
+            row["us"][label] = median_call_us([lambda m=m, sp=spec, t=tau, y=y: run(sp, x, m, t, y) for m in wt],
+                                              n_copies)
+            row["max_diff"][label] = (y.float() - ref).abs().max().item()
+        best = min(VARIANTS, key=lambda k: row["us"][k])
+        row["phases"] = {}
+        for label in dict.fromkeys(["pull", "push", best]):
+            prof = kernels.launch_spec(dt, in_f, splits, 1, **cfg, tune={**VARIANTS[label], "WSP_PROF": 1})
+            row["phases"][label] = phases(prof, x, wt[0], tau)
         rows.append(row)
-        print(f"{name:<29} s={s:<5} dense {dense:6.1f}  " + "  ".join(f"{k}:{v:.1f}" for k, v in row["us"].items()),
+        print(f"{name:<29} s={s:<5} dense {dense:6.1f}  " + "  ".join(f"{k}:{v:.2f}" for k, v in row["us"].items()),
               flush=True)
-    del wt, tiled
+    del wt
     torch.cuda.empty_cache()
     return rows
 
@@ -148,11 +146,11 @@ def main() -> None:
     tiny = torch.zeros(1, device="cuda")
     floor = median_call_us([tiny.zero_], 1)
     res = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "tiny_kernel_us": floor,
-           "layout": [], "dense_path": []}
+           "variants": [], "dense_path": []}
     for name in ("8B gate/up 4096->14336", "8B down 14336->4096", "8B q/o 4096->4096", "8B gate+up fused 4096->28672",
                  "70B gate/up 8192->28672", "70B down 28672->8192"):
         in_f, splits = SHAPES[name]
-        res["layout"] += layout_and_phases(name, in_f, splits, [0.0, 0.5, 0.75, 0.98])
+        res["variants"] += variants_and_phases(name, in_f, splits, [0.0, 0.5, 0.75, 0.98])
     for name in ("8B gate/up 4096->14336", "8B down 14336->4096", "8B q/o 4096->4096"):
         in_f, splits = SHAPES[name]
         res["dense_path"] += dense_path(name, in_f, splits, [0.0, 0.02, 0.05, 0.1, 0.15, 0.25])
@@ -160,20 +158,17 @@ def main() -> None:
     with open(args.json, "w") as f:
         json.dump(res, f, indent=1)
     print(f"\none-element kernel in a graph: {floor:.2f} us")
-    print("phases (shipped kernel, us; median block / slowest block):")
-    for r in res["layout"]:
-        p = r["phases"]
-        print(f"  {r['shape']:<29} s={r['sparsity']:<5} span {p['span']:.2f} gap {p['gap']:.2f} "
-              f"entry-spread {p['entry_spread']:.2f} exit-spread {p['exit_spread']:.2f} | "
-              + " ".join(f"{k} {p[k + '_med']:.2f}/{p[k + '_max']:.2f}" for k in PHASES)
-              + f" (timer step {p['timer_step_us']:.3f})")
-    print("tile-major best vs shipped (us):")
-    for r in res["layout"]:
-        t = {k: v for k, v in r["us"].items() if k.startswith("tiled")}
-        k = min(t, key=t.get)
-        print(f"  {r['shape']:<29} s={r['sparsity']:<5} dense {r['dense_us']:.1f} shipped {r['us']['shipped']:.1f} "
-              f"{k} {t[k]:.1f} (same config: {r['us'].get('tiled ' + r['chosen'], float('nan')):.1f}, "
-              f"max diff {r.get('tiled_max_diff', float('nan'))})")
+    print("phases (us; median block / slowest block):")
+    for r in res["variants"]:
+        for label, p in r["phases"].items():
+            print(f"  {r['shape']:<29} s={r['sparsity']:<5} {label:<12} span {p['span']:.2f} gap {p['gap']:.2f} "
+                  f"entry-spread {p['entry_spread']:.2f} exit-spread {p['exit_spread']:.2f} | "
+                  + " ".join(f"{k} {p[k + '_med']:.2f}/{p[k + '_max']:.2f}" for k in PHASES))
+    print("variants (us per call, same tiling; max |y - shipped|):")
+    for r in res["variants"]:
+        print(f"  {r['shape']:<29} s={r['sparsity']:<5} {r['chosen']:<6} dense {r['dense_us']:.1f} "
+              + " ".join(f"{k} {v:.2f}" for k, v in r["us"].items())
+              + f" | diff {max(r['max_diff'].values()):.2g} of {r['max_abs_y']:.2g}")
 
 
 if __name__ == "__main__":

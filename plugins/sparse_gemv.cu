@@ -54,14 +54,10 @@ typedef unsigned int u32;
 #ifndef WSP_MASK
 #define WSP_MASK 0
 #endif
-// Benchmark-only builds (benchmarks/profile_kernel.py), never shipped: WSP_PROF=1 appends a pointer after y and
-// records %globaltimer at six points per block; WSP_TILED=1 reads W tile-major ([out / TN][in][TN], every split a
-// multiple of TN), so a column tile's kept rows lie in one contiguous region instead of 2 * ldw bytes apart.
+// Benchmark-only build (benchmarks/profile_kernel.py), never shipped: WSP_PROF=1 appends a pointer after y and
+// records %globaltimer and clock64 at seven points per block.
 #ifndef WSP_PROF
 #define WSP_PROF 0
-#endif
-#ifndef WSP_TILED
-#define WSP_TILED 0
 #endif
 
 constexpr int R = WSP_R;
@@ -85,6 +81,17 @@ constexpr int PASS = THREADS * CPT;    // channels per mask pass
 #ifndef WSP_MINB
 #define WSP_MINB (R > 2 ? 1 : C <= 2 ? 2 : 3)
 #endif
+// Cluster reduction: 1 = push (each block stores its partials straight into the shared memory of the block that
+// finishes each output, then one cluster barrier), 0 = pull (partials stay home, owners read them after a barrier,
+// and a second barrier keeps every block alive until the reads are done).
+#ifndef WSP_PUSH
+#define WSP_PUSH 1
+#endif
+// Channels at the start of the first chunk whose kept weight row segments are prefetched into L2 before the
+// compaction, so that the first HBM round trip overlaps it (0: none).
+#ifndef WSP_PF
+#define WSP_PF 0
+#endif
 constexpr int NPASS = WSP_NPASS;       // mask passes per chunk: a chunk's x stays in registers
 constexpr int KC = PASS * NPASS;       // input channels per chunk
 constexpr int U = WSP_U;               // weight loads per batch and thread (two batches in flight)
@@ -96,13 +103,21 @@ static_assert(C == 1 || C == 2 || C == 4 || C == 8, "cluster of 1, 2, 4 or 8 blo
 
 #if WSP_C > 1
 // Distributed shared memory: the address of `p` in block `rank` of this cluster, a read, and a cluster barrier.
-__device__ __forceinline__ float ld_cluster(const float* p, u32 rank) {
+__device__ __forceinline__ u32 cluster_addr(const float* p, u32 rank) {
     u32 local, remote;
-    float v;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(local) : "l"(p));
     asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return remote;
+}
+
+__device__ __forceinline__ float ld_cluster(const float* p, u32 rank) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(cluster_addr(p, rank)) : "memory");
     return v;
+}
+
+__device__ __forceinline__ void st_cluster(float* p, u32 rank, float v) {
+    asm volatile("st.shared::cluster.f32 [%0], %1;" :: "r"(cluster_addr(p, rank)), "f"(v) : "memory");
 }
 
 __device__ __forceinline__ void cluster_sync() {
@@ -256,6 +271,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
     __shared__ __align__(16) unsigned char pool[POOL];
     __shared__ u16 list[KC];  // kept channels of the chunk, relative to its start
     __shared__ int warp_sum[WARPS];
+#if WSP_C > 1 && WSP_PUSH
+    constexpr int NSLOT = (R * TN + C - 1) / C;  // outputs each block of the cluster finishes (i % C == rank)
+    __shared__ float slot[C][NSLOT];              // [sender's rank][i / C], written by the whole cluster
+    // Arrive now, wait before the first push: no block writes into another block's shared memory before that
+    // block has started (the wait is long satisfied by then).
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
     u16* xc = reinterpret_cast<u16*>(pool);
     float* red = reinterpret_cast<float*>(pool);
 
@@ -347,6 +369,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
             }
         }
 
+#if WSP_PF > 0
+        // The chunk's first kept rows are the first the stream reads: start their HBM round trip now.
+        if (k0 == k_begin && tid * CPT < WSP_PF) {
+            const u16* seg = w + (size_t)(k0 + tid * CPT) * ldw + off + t * TN;
+            const int seg_len = min(TN, col_end - off - t * TN);
+#pragma unroll 1
+            for (u32 m = bits & ((1u << CPT) - 1u); m; m &= m - 1u) {  // this thread's kept channels of pass 0
+                const u16* row = seg + (size_t)(__ffs(m) - 1) * ldw;
+#pragma unroll 1
+                for (int b = 0; b < seg_len; b += 64)  // 128-byte lines of the row segment
+                    asm volatile("prefetch.global.L2 [%0];" :: "l"(row + b));
+            }
+        }
+#endif
+
         // Block-wide exclusive prefix sum of the counts: where this thread's kept entries go, in channel order.
         const int count = __popc(bits);
         int incl = count;
@@ -381,19 +418,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 
         // 2. Stream the kept rows' segments: entry e of the walk is channel list[e]. Batch b + 1 is issued before
         //    batch b is consumed, so each thread keeps up to 2U loads in flight.
-#if WSP_TILED
-        const size_t rs = TN;
-        const u16* wk = w + ((size_t)(blockIdx.x / C) * in + k0) * TN + cl * V;
-#else
-        const size_t rs = ldw;
         const u16* wk = w + (size_t)k0 * ldw + col;
-#endif
         auto issue = [&](int e0, Vec (&wv)[U], int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int e = e0 + u * RL;
                 ent[u] = e < total ? e : -1;
-                if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + list[e] * rs);
+                if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + (size_t)list[e] * ldw);
                 else zero(wv[u]);
             }
         };
@@ -437,6 +468,33 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
             for (int v = 0; v < V; v++) red[(warp * R + r) * TN + cl * V + v] = acc[r][v];
     }
     __syncthreads();
+#if WSP_C > 1 && WSP_PUSH
+    // Sum over warps and send: output i is finished by block i % C of the cluster.
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");  // phase 0: every block has started
+    for (int i = tid; i < R * TN; i += THREADS) {
+        float s = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < WARPS; wi++) s += red[wi * R * TN + i];
+        st_cluster(&slot[rank][i / C], i % C, s);
+    }
+    mark(3);
+    cluster_sync();  // every partial has arrived where it is summed
+    mark(4);
+    for (int j = tid; j < NSLOT; j += THREADS) {
+        const int i = j * C + rank;
+        const int r = i / TN, c = off + t * TN + i % TN;
+        if (i >= R * TN || r >= rows || c >= col_end) continue;
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < C; k++) s += slot[k][j];
+#if WSP_BIAS
+        s += to_f32(bias[c]);
+#endif
+        y[(size_t)(row0 + r) * out + c] = from_f32(s);
+    }
+    mark(5);
+    mark(6);  // no second barrier: nothing reads another block's shared memory any more
+#else
     // Sum over warps in place: entry i of warp 0's slot becomes this block's partial for output i.
     for (int i = tid; i < R * TN; i += THREADS) {
         float s = 0.f;
@@ -470,5 +528,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
     cluster_sync();  // no block leaves while another may still read its shared memory
 #endif
     mark(6);
+#endif  // WSP_PUSH
 }
 #endif  // WSP_MASK

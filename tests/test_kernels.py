@@ -224,6 +224,41 @@ def test_fused_group_matches_members_on_cpu():
     assert torch.all(group.tau[0] == 9.0)
 
 
+
+def test_threshold_zero_takes_the_plain_dense_matmul(monkeypatch):
+    """A layer planned at sparsity 0 runs cuBLAS on x itself (no mask launch, no kernel), alone or as a fused group
+    (one matmul over the concatenated weight); re-thresholding switches the path on the next call."""
+    from wisparse_export.runtime import sparse_linears
+
+    model = _apply_uniform(_tiny_llama(torch.bfloat16), threshold=0.0)
+    mods = sparse_linears(model)
+    calls = []
+    for name in ("sparse_linear_op", "mask_op"):
+        orig = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _n=name, _o=orig: calls.append(_n) or _o(*a))
+    down = mods["model.layers.0.mlp.down_proj"]
+    x = torch.randn(1, 1, 128, dtype=torch.bfloat16)
+    for rows in (1, 8):
+        xr = x.expand(1, rows, 128).contiguous()
+        assert torch.equal(kernels.sparse_linear(down, xr), down.dense(xr)) and calls == []
+    down.set(0.3, 0.0, 0.5)
+    kernels.sparse_linear(down, x)
+    kernels.sparse_linear(down, x.expand(1, 8, 128).contiguous())
+    assert calls == ["sparse_linear_op", "mask_op"]  # one row: the kernel; eight rows: mask + cuBLAS
+
+    calls.clear()
+    names = [n for n in mods if ".0.self_attn." in n and n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")]
+    group = kernels._Group([mods[n] for n in names])
+    h = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    ys = [kernels.sparse_linear(mods[n], h) for n in names]
+    assert calls == [] and group.dense
+    assert torch.allclose(torch.cat(ys, -1).float(), (h @ group.wt).float(), atol=1e-2)
+    mods[names[1]].set(0.3, 0.0, 0.5)
+    assert not group.dense
+    kernels.sparse_linear(mods[names[0]], h)
+    assert calls == ["sparse_linear_op"]
+
+
 # ------------------------------------------------------------------ GPU: correctness against float64
 
 SHAPES = [  # (in, splits): block-size multiples and not, several chunks, fused groups
@@ -370,6 +405,19 @@ def test_prepared_model_matches_torch_backend(fuse):
         prefill = model(input_ids=torch.randint(0, 64, (2, 9), device="cuda")).logits  # > 8 rows: cuBLAS path
     assert torch.isfinite(prefill).all()
     assert (got - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+def test_threshold_zero_on_gpu_is_the_dense_model():
+    """Planned at sparsity 0, the prepared model (fused groups, graph-free decode and prefill) is the dense model."""
+    dense = _tiny_llama(torch.bfloat16, "cuda")
+    model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.0)
+    kernels.prepare(model)
+    for ids in (torch.randint(0, 64, (1, 1), device="cuda"), torch.randint(0, 64, (2, 9), device="cuda")):
+        with torch.no_grad():
+            want, got = dense(input_ids=ids).logits.double(), model(input_ids=ids).logits.double()
+        assert (got - want).norm() / want.norm() < 1e-2
 
 
 @pytest.mark.gpu
