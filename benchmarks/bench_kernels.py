@@ -1,13 +1,14 @@
 """Sparse decode kernel vs torch.matmul (cuBLAS), one GPU run: JSON with every figure, a short table printed last.
 
 Every time is the median over graph replays of per-call device time (CUDA events around a CUDA graph of many
-calls), with the weights rotated over enough copies to exceed the L2 cache. The dense reference is the faster of
-torch.matmul on nn.Linear's [out, in] layout and on the kernel's [in, out] layout, measured in the same run; a fused
-group's dense reference is one matmul over the concatenated weight. Bandwidth counts the bytes the kernel must
-move (kept weight rows of the union mask, x, tau, y) and is set against a device-to-device copy measured here.
-Single linears are also timed as a model runs them (`runtime_us`: SparseLinear after kernels.prepare, which takes the
-kernel, or cuBLAS where its rules send it, e.g. the plain dense matmul for a layer planned at sparsity 0); the bars
-are read from that figure, with the op alone beside it.
+calls), with the weights rotated over enough copies that 3x the L2 cache is read between two reads of the same
+bytes: counted in kept bytes for the sparse calls (the same x keeps the same rows), in all bytes for the dense ones.
+The dense reference is the faster of torch.matmul on nn.Linear's [out, in] layout and on the kernel's [in, out]
+layout, measured in the same run; a fused group's dense reference is one matmul over the concatenated weight.
+Bandwidth counts the bytes the kernel must move (kept weight rows of the union mask, x, tau, y) and is set against
+a device-to-device copy measured here. Single linears are also timed as a model runs them (`runtime_us`:
+SparseLinear after kernels.prepare, which takes the kernel, or cuBLAS where its rules send it, e.g. the plain dense
+matmul for a layer planned at sparsity 0); the bars are read from that figure, with the op alone beside it.
 
     python benchmarks/bench_kernels.py --json OUT.json [--quick]
 """
@@ -40,6 +41,12 @@ SPARSITIES = [0.0, 0.25, 0.5, 0.75, 0.9]
 BATCHES = [1, 2, 4, 8]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 L2_BYTES = 60 * 2**20
+
+
+def copies(read_bytes: float) -> int:
+    """Weight copies to rotate so that 3x the L2 is read between two reads of the same bytes (kept rows included:
+    the same x keeps the same rows every call)."""
+    return max(2, math.ceil(3 * L2_BYTES / max(read_bytes, 1.0)))
 
 
 def median_call_us(calls, n_copies: int, replays: int = 15) -> float:
@@ -98,39 +105,43 @@ def thresholds(sparsity: float, in_f: int, parts: int) -> torch.Tensor:
 def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
     out = sum(splits)
     nbytes = in_f * out * 2
-    n_copies = max(2, math.ceil(3 * L2_BYTES / nbytes))
-    w = [torch.randn(out, in_f, device="cuda").div_(in_f**0.5).to(dtype) for _ in range(n_copies)]  # [out, in]
-    wt = [m.t().contiguous() for m in w]  # [in, out], the kernel's layout
+    n_dense = copies(nbytes)
+    n_max = copies(nbytes * (1 - max(sparsities)))  # the fewest kept bytes: batch 1 at the highest sparsity
+    wt = [torch.randn(in_f, out, device="cuda").div_(in_f**0.5).to(dtype) for _ in range(n_max)]  # kernel layout
+    w = [m.t().contiguous() for m in wt[:n_dense]]  # [out, in], nn.Linear's layout: dense reference only
     # What a user's model runs: SparseLinear modules after kernels.prepare (single linears only; a fused group's
     # members share one input and one launch, which the op rows already time).
     mods = None
     if len(splits) == 1:
         mods = nn.ModuleList()
-        for m in w:
-            lin = nn.Linear(in_f, out, bias=False, device="cuda", dtype=dtype)
-            lin.weight = nn.Parameter(m, requires_grad=False)
+        for m in wt:
+            lin = nn.Linear(in_f, out, bias=False, device="meta", dtype=dtype)
+            lin.weight = nn.Parameter(m.t(), requires_grad=False)
             mods.append(SparseLinear(lin, 0.0, 0.0))
-        kernels.prepare(mods, fuse=False)
+        kernels.prepare(mods, fuse=False)  # the weight already has the kernel layout: no copy
+        assert all(mod.weight.data_ptr() == m.data_ptr() for mod, m in zip(mods, wt, strict=True))
     rows = []
     for b in batches:
         x = torch.randn(b, in_f, device="cuda").to(dtype)
-        dense_nat = median_call_us([lambda m=m, x=x: torch.matmul(x, m.t()) for m in w], n_copies)
-        dense_t = median_call_us([lambda m=m, x=x: torch.matmul(x, m) for m in wt], n_copies)
+        dense_nat = median_call_us([lambda m=m, x=x: torch.matmul(x, m.t()) for m in w], n_dense)
+        dense_t = median_call_us([lambda m=m, x=x: torch.matmul(x, m) for m in wt[:n_dense]], n_dense)
         dense = min(dense_nat, dense_t)
         for s in sparsities:
             tau = thresholds(s, in_f, len(splits))
             keep = (x.float().abs() > tau[0]).any(0).float().mean().item()  # union over the batch's rows
-            ours = median_call_us([lambda m=m, x=x, t=tau: op(x, m, t, None, splits) for m in wt], n_copies)
+            n = min(n_max, copies(keep * nbytes))
+            ours = median_call_us([lambda m=m, x=x, t=tau: op(x, m, t, None, splits) for m in wt[:n]], n)
             runtime = None
             if mods is not None:
                 for mod in mods:  # alpha 0: tau = threshold, the op rows' thresholds; s: the planned sparsity
                     mod.set(tau[0, 0].item(), 0.0, s)
-                runtime = median_call_us([lambda mod=mod, x=x: mod(x) for mod in mods], n_copies)
+                runtime = median_call_us([lambda mod=mod, x=x: mod(x) for mod in mods[:n]], n)
             moved = kernels.bytes_moved(in_f, out, b, keep)
             spec = kernels.launch_spec(dtype, in_f, splits, b)
             row = {"shape": name, "in": in_f, "splits": splits, "dtype": str(dtype).replace("torch.", ""),
-                   "batch": b, "sparsity": s, "union_keep": keep, "dense_us": dense, "dense_nat_us": dense_nat,
-                   "dense_t_us": dense_t, "sparse_us": ours, "speedup": dense / ours, "runtime_us": runtime,
+                   "batch": b, "sparsity": s, "union_keep": keep, "copies": n, "dense_us": dense,
+                   "dense_nat_us": dense_nat, "dense_t_us": dense_t, "sparse_us": ours, "speedup": dense / ours,
+                   "runtime_us": runtime,
                    "runtime_speedup": dense / runtime if runtime else None,
                    "dense_tbps": (nbytes + b * (in_f + out) * 2) / (dense * 1e-6) / 1e12,
                    "sparse_tbps": moved / (ours * 1e-6) / 1e12, "kernel": spec.name, "grid": list(spec.grid)}
@@ -143,7 +154,7 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
                         kernels.launch(sp, [x.data_ptr(), m.data_ptr(), tau.data_ptr()], y.data_ptr(),
                                        torch.cuda.current_stream().cuda_stream)
 
-                    row["tiles_us"][label] = median_call_us([lambda m=m, call=call: call(m) for m in wt], n_copies)
+                    row["tiles_us"][label] = median_call_us([lambda m=m, call=call: call(m) for m in wt[:n]], n)
             rows.append(row)
     del w, wt, mods
     torch.cuda.empty_cache()

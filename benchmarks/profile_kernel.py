@@ -5,8 +5,8 @@ One GPU run, three parts, JSON with every figure and a summary printed last:
    block (entry, mask + compaction done, weight stream done, block reduction done, cluster reduction done, stored,
    exit) for every call of a CUDA graph of back-to-back calls; per call: the spread of block entries, the median
    and slowest block per phase, the span from the first entry to the last exit, and the gap to the next call.
-2. variants: the shipped build against tuning macros on the same tiling (cluster reduction by push or pull,
-   L2 prefetch of the first kept rows before the compaction), outputs compared with the shipped build's.
+2. variants: the shipped build against tuning macros on the same tiling (here: the cluster reduction by push or
+   by pull), outputs compared with the shipped build's.
 3. dense path: at low sparsity, the kernel against masking + cuBLAS and against plain cuBLAS (what a layer planned
    at sparsity 0 needs), to place the batch-1 crossover.
 
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import time
 
 import torch
-from bench_kernels import L2_BYTES, SHAPES, median_call_us, thresholds
+from bench_kernels import SHAPES, copies, median_call_us, thresholds
 
 from wisparse_export import kernels
 from wisparse_export.kernels import sparse_linear_op as op
@@ -35,16 +34,20 @@ def run(spec, x, w, tau, y, prof=None):
                    torch.cuda.current_stream().cuda_stream, trailing=() if prof is None else (prof.data_ptr(),))
 
 
-def phases(spec, x, w, tau, calls: int = 24) -> dict:
-    """Per-phase times (us) from the profiling build, over the middle half of `calls` back-to-back graph calls."""
+def phases(spec, x, ws, tau) -> dict:
+    """Per-phase times (us) from the profiling build, over the middle half of back-to-back calls in one graph.
+
+    Call i reads weight copy i % len(ws), as the timed runs do, so the kept rows come from HBM, not from L2.
+    """
+    calls = max(24, len(ws))
     blocks = spec.grid[0] * spec.grid[1]
     prof = torch.zeros(calls, blocks, 16, dtype=torch.int64, device="cuda")
     y = torch.empty(x.shape[0], sum(spec.args[3:]), dtype=x.dtype, device="cuda")
-    run(spec, x, w, tau, y, prof[0])
+    run(spec, x, ws[0], tau, y, prof[0])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for i in range(calls):
-            run(spec, x, w, tau, y, prof[i])
+            run(spec, x, ws[i % len(ws)], tau, y, prof[i])
     graph.replay()
     torch.cuda.synchronize()
     prof = prof.cpu()
@@ -73,10 +76,6 @@ def phases(spec, x, w, tau, calls: int = 24) -> dict:
 VARIANTS = {  # label: tuning macros over the shipped configuration (tile x cluster from launch_spec)
     "pull": {"WSP_PUSH": 0},
     "push": {"WSP_PUSH": 1},
-    "push+pf128": {"WSP_PUSH": 1, "WSP_PF": 128},
-    "push+pf256": {"WSP_PUSH": 1, "WSP_PF": 256},
-    "push+pf512": {"WSP_PUSH": 1, "WSP_PF": 512},
-    "push+pf1024": {"WSP_PUSH": 1, "WSP_PF": 1024},
 }
 
 
@@ -84,31 +83,35 @@ def variants_and_phases(name, in_f, splits, sparsities):
     """Per-call time of each variant (same tiling), outputs against the shipped build, and the phase stamps."""
     out_f = sum(splits)
     dt = torch.bfloat16
-    n_copies = max(2, math.ceil(3 * L2_BYTES / (in_f * out_f * 2)))
-    wt = [torch.randn(in_f, out_f, device="cuda").div_(in_f**0.5).to(dt) for _ in range(n_copies)]
+    nbytes = in_f * out_f * 2
+    n_dense = copies(nbytes)
+    wt = [torch.randn(in_f, out_f, device="cuda").div_(in_f**0.5).to(dt)
+          for _ in range(copies(nbytes * (1 - max(sparsities))))]
     x = torch.randn(1, in_f, device="cuda").to(dt)
     chosen = kernels.launch_spec(dt, in_f, splits, 1)
     cfg = {"tile": chosen.tile, "cluster": chosen.cluster}
     rows = []
     for s in sparsities:
         tau = thresholds(s, in_f, len(splits))
+        n_copies = min(len(wt), copies(nbytes * (x.float().abs() > tau[0]).float().mean().item()))
         y = torch.empty(1, out_f, dtype=dt, device="cuda")
-        dense = median_call_us([lambda m=m: torch.matmul(x, m) for m in wt], n_copies)
+        dense = median_call_us([lambda m=m: torch.matmul(x, m) for m in wt[:n_dense]], n_dense)
         row = {"shape": name, "sparsity": s, "dense_us": dense, "chosen": f"{chosen.tile}x{chosen.cluster}",
                "us": {}, "max_diff": {}}
-        row["us"]["shipped"] = median_call_us([lambda m=m, t=tau, y=y: run(chosen, x, m, t, y) for m in wt], n_copies)
+        row["us"]["shipped"] = median_call_us([lambda m=m, t=tau, y=y: run(chosen, x, m, t, y) for m in wt[:n_copies]],
+                                              n_copies)
         ref = y.float().clone()
         row["max_abs_y"] = ref.abs().max().item()
         for label, tune in VARIANTS.items():
             spec = kernels.launch_spec(dt, in_f, splits, 1, **cfg, tune=tune)
-            row["us"][label] = median_call_us([lambda m=m, sp=spec, t=tau, y=y: run(sp, x, m, t, y) for m in wt],
-                                              n_copies)
+            row["us"][label] = median_call_us([lambda m=m, sp=spec, t=tau, y=y: run(sp, x, m, t, y)
+                                               for m in wt[:n_copies]], n_copies)
             row["max_diff"][label] = (y.float() - ref).abs().max().item()
         best = min(VARIANTS, key=lambda k: row["us"][k])
         row["phases"] = {}
         for label in dict.fromkeys(["pull", "push", best]):
             prof = kernels.launch_spec(dt, in_f, splits, 1, **cfg, tune={**VARIANTS[label], "WSP_PROF": 1})
-            row["phases"][label] = phases(prof, x, wt[0], tau)
+            row["phases"][label] = phases(prof, x, wt[:n_copies], tau)
         rows.append(row)
         print(f"{name:<29} s={s:<5} dense {dense:6.1f}  " + "  ".join(f"{k}:{v:.2f}" for k, v in row["us"].items()),
               flush=True)
@@ -120,7 +123,7 @@ def variants_and_phases(name, in_f, splits, sparsities):
 def dense_path(name, in_f, splits, sparsities):
     out_f = sum(splits)
     dt = torch.bfloat16
-    n_copies = max(2, math.ceil(3 * L2_BYTES / (in_f * out_f * 2)))
+    n_copies = copies(in_f * out_f * 2 * (1 - max(sparsities)))  # dense_path's sparsities are low: few copies
     w = [torch.randn(out_f, in_f, device="cuda").div_(in_f**0.5).to(dt) for _ in range(n_copies)]
     wt = [m.t().contiguous() for m in w]
     x = torch.randn(1, in_f, device="cuda").to(dt)

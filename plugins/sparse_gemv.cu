@@ -11,7 +11,8 @@
 //      the current one is consumed (2U in flight per thread), accumulating in fp32. When nearly every channel is
 //      kept this is a dense GEMV through the same streaming loop;
 //   3. after the last chunk, reduces across warps in shared memory, then across the cluster's blocks through
-//      distributed shared memory (Hopper), and writes its outputs (+ bias) once.
+//      distributed shared memory (Hopper): every block stores each partial sum straight into the shared memory of
+//      the block that finishes that output, one cluster barrier, and each block writes its share (+ bias) once.
 // Split-K keeps both the per-block mask work and the column tile's row segments large enough (128-256 bytes)
 // while still putting 2-4 blocks on every multiprocessor; the cluster reduction needs no global scratch.
 // Fused groups (q/k/v, gate/up) are one launch over the concatenated W with one tau row per projection; a block's
@@ -86,11 +87,6 @@ constexpr int PASS = THREADS * CPT;    // channels per mask pass
 // and a second barrier keeps every block alive until the reads are done).
 #ifndef WSP_PUSH
 #define WSP_PUSH 1
-#endif
-// Channels at the start of the first chunk whose kept weight row segments are prefetched into L2 before the
-// compaction, so that the first HBM round trip overlaps it (0: none).
-#ifndef WSP_PF
-#define WSP_PF 0
 #endif
 constexpr int NPASS = WSP_NPASS;       // mask passes per chunk: a chunk's x stays in registers
 constexpr int KC = PASS * NPASS;       // input channels per chunk
@@ -368,21 +364,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
                 if (keep && c + j < kc) bits |= 1u << (q * CPT + j);
             }
         }
-
-#if WSP_PF > 0
-        // The chunk's first kept rows are the first the stream reads: start their HBM round trip now.
-        if (k0 == k_begin && tid * CPT < WSP_PF) {
-            const u16* seg = w + (size_t)(k0 + tid * CPT) * ldw + off + t * TN;
-            const int seg_len = min(TN, col_end - off - t * TN);
-#pragma unroll 1
-            for (u32 m = bits & ((1u << CPT) - 1u); m; m &= m - 1u) {  // this thread's kept channels of pass 0
-                const u16* row = seg + (size_t)(__ffs(m) - 1) * ldw;
-#pragma unroll 1
-                for (int b = 0; b < seg_len; b += 64)  // 128-byte lines of the row segment
-                    asm volatile("prefetch.global.L2 [%0];" :: "l"(row + b));
-            }
-        }
-#endif
 
         // Block-wide exclusive prefix sum of the counts: where this thread's kept entries go, in channel order.
         const int count = __popc(bits);
