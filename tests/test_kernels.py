@@ -170,12 +170,10 @@ def test_cpu_op_is_the_reference():
 
 
 def _tiny_llama(dtype=torch.float32, device="cpu"):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """`_plans.tiny_model("llama")` (weights large enough that every linear's input has a real spread)."""
+    from _plans import tiny_model
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+    return tiny_model("llama").to(device=device, dtype=dtype)
 
 
 def _uniform_plan(model, threshold=0.5):
