@@ -491,8 +491,9 @@ class _Group:
 # Rows -> the largest union keep fraction (1 - s**rows for planned sparsity s) at which the kernel beat the cuBLAS
 # path (one masking kernel, then cuBLAS) end to end on the H200 (docs/BENCHMARKS.md, 8B-shaped decode). The union
 # of several rows' kept channels fills up fast, and the kernel's fp32 FMAs grow with the rows: 2 rows take the
-# kernel from s = 0.5 (1.36x vs 0.95x), 3-4 rows from s = 0.5 too (4 rows: 1.04x vs 0.95x; at s = 0.25 0.94x vs
-# 0.95x), 5+ rows never. One row always takes the kernel: at low sparsity it walks all rows itself.
+# kernel from s = 0.5 (1.36x vs 0.95x), 3-4 rows from s = 0.5 too (3 rows: 1.23x vs 0.95x; 4 rows: 1.04x vs 0.95x;
+# at s = 0.25 0.94x vs 0.95x), 5+ rows never. One row takes the kernel at any planned sparsity above 0: its own dense
+# walk beat masking + cuBLAS from s = 0.02 (benchmarks/profile_kernel.py); at threshold 0 sparse_linear skips the mask.
 KEEP_MAX = {1: 1.0, 2: 0.75, 3: 0.94, 4: 0.94}
 
 
