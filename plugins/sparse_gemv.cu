@@ -98,7 +98,7 @@ static_assert(NPASS * CPT <= 32, "a thread's keep bits fit one word");
 static_assert(C == 1 || C == 2 || C == 4 || C == 8, "cluster of 1, 2, 4 or 8 blocks");
 
 #if WSP_C > 1
-// Distributed shared memory: the address of `p` in block `rank` of this cluster, a read, and a cluster barrier.
+// Distributed shared memory: the address of `p` in block `rank` of this cluster, a read, a write, a cluster barrier.
 __device__ __forceinline__ u32 cluster_addr(const float* p, u32 rank) {
     u32 local, remote;
     asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(local) : "l"(p));
