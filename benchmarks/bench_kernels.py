@@ -24,7 +24,7 @@ import time
 import torch
 from torch import nn
 
-from wisparse_export import kernels
+from wisparse_export import kernels, scores
 from wisparse_export.kernels import sparse_linear_op as op
 from wisparse_export.runtime import SparseLinear
 
@@ -47,6 +47,13 @@ def copies(read_bytes: float) -> int:
     """Weight copies to rotate so that 3x the L2 is read between two reads of the same bytes (kept rows included:
     the same x keeps the same rows every call)."""
     return max(2, math.ceil(3 * L2_BYTES / max(read_bytes, 1.0)))
+
+
+def run(spec, x, w, tau, y, prof=None) -> None:
+    """One launch of a kernel spec (any tiling or tuning variant) on the current stream; `prof` only for the
+    profiling build (benchmarks/profile_kernel.py)."""
+    kernels.launch(spec, [x.data_ptr(), w.data_ptr(), tau.data_ptr()], y.data_ptr(),
+                   torch.cuda.current_stream().cuda_stream, trailing=() if prof is None else (prof.data_ptr(),))
 
 
 def median_call_us(calls, n_copies: int, replays: int = 15) -> float:
@@ -128,7 +135,7 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
         dense = min(dense_nat, dense_t)
         for s in sparsities:
             tau = thresholds(s, in_f, len(splits))
-            keep = (x.float().abs() > tau[0]).any(0).float().mean().item()  # union over the batch's rows
+            keep = scores.keep(x, tau[0]).any(0).float().mean().item()  # union over the batch's rows
             n = min(n_max, copies(keep * nbytes))
             ours = median_call_us([lambda m=m, x=x, t=tau: op(x, m, t, None, splits) for m in wt[:n]], n)
             runtime = None
@@ -147,14 +154,10 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
                    "sparse_tbps": moved / (ours * 1e-6) / 1e12, "kernel": spec.name, "grid": list(spec.grid)}
             if tiles:
                 row["tiles_us"] = {}
+                y = torch.empty(b, out, dtype=dtype, device="cuda")
                 for label, sp in variants(dtype, in_f, splits, b, spec):
-                    y = torch.empty(b, out, dtype=dtype, device="cuda")
-
-                    def call(m, sp=sp, y=y, x=x, tau=tau):
-                        kernels.launch(sp, [x.data_ptr(), m.data_ptr(), tau.data_ptr()], y.data_ptr(),
-                                       torch.cuda.current_stream().cuda_stream)
-
-                    row["tiles_us"][label] = median_call_us([lambda m=m, call=call: call(m) for m in wt[:n]], n)
+                    row["tiles_us"][label] = median_call_us([lambda m=m, sp=sp, x=x, t=tau, y=y: run(sp, x, m, t, y)
+                                                             for m in wt[:n]], n)
             rows.append(row)
     del w, wt, mods
     torch.cuda.empty_cache()

@@ -21,17 +21,12 @@ import statistics
 import time
 
 import torch
-from bench_kernels import SHAPES, copies, median_call_us, thresholds
+from bench_kernels import SHAPES, copies, median_call_us, run, thresholds
 
-from wisparse_export import kernels
+from wisparse_export import kernels, scores
 from wisparse_export.kernels import sparse_linear_op as op
 
 PHASES = ["mask", "stream", "block_red", "cluster_red", "store", "exit"]
-
-
-def run(spec, x, w, tau, y, prof=None):
-    kernels.launch(spec, [x.data_ptr(), w.data_ptr(), tau.data_ptr()], y.data_ptr(),
-                   torch.cuda.current_stream().cuda_stream, trailing=() if prof is None else (prof.data_ptr(),))
 
 
 def phases(spec, x, ws, tau) -> dict:
@@ -93,7 +88,7 @@ def variants_and_phases(name, in_f, splits, sparsities):
     rows = []
     for s in sparsities:
         tau = thresholds(s, in_f, len(splits))
-        n_copies = min(len(wt), copies(nbytes * (x.float().abs() > tau[0]).float().mean().item()))
+        n_copies = min(len(wt), copies(nbytes * scores.keep(x, tau[0]).float().mean().item()))
         y = torch.empty(1, out_f, dtype=dt, device="cuda")
         dense = median_call_us([lambda m=m: torch.matmul(x, m) for m in wt[:n_dense]], n_dense)
         row = {"shape": name, "sparsity": s, "dense_us": dense, "chosen": f"{chosen.tile}x{chosen.cluster}",

@@ -480,7 +480,7 @@ class _Group:
                 self.x, self.ys = None, ()
             return y
         if self.dense:
-            y = torch.matmul(x, self.wt) if self.bias is None else torch.matmul(x, self.wt) + self.bias
+            y = nn.functional.linear(x, self.wt.t(), self.bias)
         else:
             y = sparse_linear_op(x, self.wt, self.tau, self.bias, self.splits)
         self.x, self.ys = x, tuple(y.split(self.splits, dim=-1))
