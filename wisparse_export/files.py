@@ -55,6 +55,43 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"duplicate key {dup!r}")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str, what: str) -> dict:
+    """Strict JSON object: no duplicate keys (the last one would win silently), no NaN/Infinity, bounded nesting."""
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except RecursionError:
+        raise WisparseError(f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError is a ValueError
+        raise WisparseError(f"{what} is not valid JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(obj, dict):
+        raise WisparseError(f"{what} is not a JSON object")
+    return obj
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """`parse_json` of a file; a missing, unreadable or non-UTF-8 file is one line too."""
+    path = Path(path)
+    if not path.is_file():
+        raise WisparseError(f"{what} not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise WisparseError(f"cannot read {what} {path}: {str(e).splitlines()[0]}") from None
+    return parse_json(text, f"{what} {path}")
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
     return write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 

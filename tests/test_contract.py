@@ -1,4 +1,4 @@
-"""Content identity: the same weights match in any float format, other weights of the same shapes do not."""
+"""Contract helpers: content identity (same weights match in any float format, others do not) and strict JSON."""
 
 from __future__ import annotations
 
@@ -45,3 +45,24 @@ def test_digests_are_exact():
     assert identity.digest({"a": [1.0, 2.0]}) != identity.digest({"a": [1.0, 2.0000001]})
     assert identity.text_digest(["a", "b"]) != identity.text_digest(["ab"])
     assert identity.text_digest(["a", "b"]) != identity.text_digest(["b", "a"])
+
+
+@pytest.mark.parametrize("text, msg", [
+    ('{"a": 1, "a": 2}', "duplicate key 'a'"),
+    ('{"a": NaN}', "NaN is not a JSON number"),
+    ('[1, 2]', "not a JSON object"),
+    ('{"a": ' * 100000 + "1" + "}" * 100000, "nested too deeply"),
+    ('{"a": ', "not valid JSON"),
+])
+def test_strict_json_refuses_in_one_line(text, msg, tmp_path):
+    from wisparse_export.files import parse_json, read_json
+
+    with pytest.raises(WisparseError, match=msg) as e:
+        parse_json(text, "plan")
+    assert "\n" not in str(e.value)
+    assert parse_json('{"a": {"b": [1, 2.5]}}', "plan") == {"a": {"b": [1, 2.5]}}
+    with pytest.raises(WisparseError, match="manifest not found"):
+        read_json(tmp_path / "missing.json", "manifest")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(WisparseError, match="cannot read manifest"):
+        read_json(tmp_path / "bin.json", "manifest")
