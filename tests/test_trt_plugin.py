@@ -7,9 +7,9 @@ import importlib.util
 
 import pytest
 import torch
+from wisparse_export.plugins.trt_plugin import TACTIC_ROWS, aot_launch
 
 from wisparse_export import kernels
-from wisparse_export.plugins.trt_plugin import TACTIC_ROWS, aot_launch
 
 pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC (cuda-python) is not installed")
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -71,7 +71,6 @@ def test_every_tactic_is_a_rows_variant():
 @pytest.mark.skipif(not HAS_TRT, reason=NO_TRT)
 def test_plugins_register_with_tensorrt():
     import tensorrt as trt
-
     from wisparse_export.plugins.trt_plugin import register
 
     register()
