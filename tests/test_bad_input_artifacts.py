@@ -199,6 +199,17 @@ def test_check_refuses_a_graph_of_other_weights_with_the_same_plan(made, tmp_pat
     refused(capsys, ["check", str(out), *SMALL], f"{role}.onnx: the weights differ", tmp_path)
 
 
+def test_check_refuses_external_weights_of_another_model(made, tmp_path, capsys):
+    """Weights kept in dense.onnx.data (read back by seeking, not loaded): another model's file is refused."""
+    loaded = load_model(str(made / "model"), "float32", "cpu")
+    other = load_model(str(made / "other_model"), "float32", "cpu")
+    plan = make_plan(loaded)
+    export(loaded, plan, tmp_path / "out", "float16", external_data=True)
+    export(other, plan, tmp_path / "other", "float16", external_data=True)
+    shutil.copy(tmp_path / "other" / "dense.onnx.data", tmp_path / "out" / "dense.onnx.data")
+    refused(capsys, ["check", str(tmp_path / "out"), *SMALL], "dense.onnx: the weights differ", tmp_path)
+
+
 @pytest.mark.parametrize("args, match", [
     (["--max-kl", "-1"], "--max-kl"), (["--max-kl", "nan"], "--max-kl"),
     (["--min-agreement", "1.5"], "--min-agreement"), (["--min-agreement", "-0.1"], "--min-agreement"),

@@ -21,7 +21,7 @@ from _plans import CONFIGS, make_plan, run_cli, save_tiny, write_plan
 from wisparse_export.errors import WisparseError
 from wisparse_export.export import export
 from wisparse_export.files import read_json
-from wisparse_export.manifest import read_manifest
+from wisparse_export.manifest import read_manifest, verify_graphs
 from wisparse_export.models import load_model
 from wisparse_export.onnx_graph import DOMAIN, OP_TYPE, PLUGIN_ATTRS, build
 from wisparse_export.ort import GraphSession, greedy
@@ -168,6 +168,7 @@ def test_half_precision_exports(tiny, tmp_path, dtype):
     w = next(i for i in proto.graph.initializer if i.name.endswith("q_proj.weight_t"))
     tau = next(i for i in proto.graph.initializer if i.name.endswith("q_proj.tau"))
     assert w.data_type == want and tau.data_type == onnx.TensorProto.FLOAT
+    assert set(verify_graphs(out, read_manifest(out))) == {"dense", "sparse"}  # weight samples read back
     if dtype == "float16":  # ONNX Runtime's CPU provider runs float16 (not bfloat16) graphs
         ids = np.random.default_rng(0).integers(4, 260, (1, 16))
         half, _ = GraphSession(out / "dense.onnx").step(ids)
