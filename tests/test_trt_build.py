@@ -25,8 +25,10 @@ import torch
 from _plans import make_plan, run_cli, save_tiny
 
 from wisparse_export import trt
-from wisparse_export.export import DOMAIN, OP_TYPE, PLUGIN_ATTRS, export, read_manifest
+from wisparse_export.export import export
+from wisparse_export.manifest import read_manifest
 from wisparse_export.models import load_model
+from wisparse_export.onnx_graph import DOMAIN, OP_TYPE
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installed (its libraries cannot be installed on the machines this project has)"
@@ -78,7 +80,6 @@ def registered_plugins() -> dict[str, dict]:
 def test_sparse_nodes_carry_exactly_the_plugin_fields(exported):
     _, plan, out = exported
     plugin = registered_plugins()[f"{DOMAIN}::{OP_TYPE}"]  # TensorRT looks up (op type, version, namespace)
-    assert PLUGIN_ATTRS["plugin_namespace"] == DOMAIN and PLUGIN_ATTRS["plugin_version"] == "1"  # QDP: version "1"
     proto = onnx.load(str(out / "sparse.onnx"), load_external_data=False)
     nodes = [n for n in proto.graph.node if n.op_type == OP_TYPE]
     assert len(nodes) == len(plan.layers)
@@ -213,7 +214,9 @@ def test_build_refuses_float32_exports(tmp_path, monkeypatch):
 
 
 def test_engine_check_plumbing_with_a_stand_in(exported, monkeypatch, tmp_path):
-    """check --engine end to end, each 'engine' being its ONNX graph run by ONNX Runtime behind Polygraphy."""
+    """check --engine end to end, each 'engine' being an ONNX graph run by ONNX Runtime behind Polygraphy. The
+    stand-in dense engine runs sparse.onnx, so each slot of the report must hold what its own engine computed
+    against dense.onnx: a report filled from the wrong runner fails."""
     import shutil
 
     import polygraphy.backend.trt as pg_trt
@@ -224,25 +227,50 @@ def test_engine_check_plumbing_with_a_stand_in(exported, monkeypatch, tmp_path):
     _, _, src = exported
     out = tmp_path / "out"
     shutil.copytree(src, out)
-    for role in ("dense", "sparse"):
-        (out / f"{role}.engine").write_text(str(out / f"{role}.onnx"))
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT([], []))
+    monkeypatch.setattr(trt, "load_plugin", lambda: None)
+    trt.build(out)  # the stand-in engines name their graphs; the manifest records them
+    (out / "dense.engine").write_text(str(out / "sparse.onnx"))
     profiles = []
 
     def runner(engine, name=None, optimization_profile=None):
         profiles.append(optimization_profile)
         return OnnxrtRunner(SessionFromOnnx(engine), name=name)
 
-    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT([], []))
-    monkeypatch.setattr(trt, "load_plugin", lambda: None)
     monkeypatch.setattr(pg_trt, "EngineFromBytes", lambda b: b.decode())
     monkeypatch.setattr(pg_trt, "TrtRunner", runner)
     report = check(out, tokens=256, seq_len=64, engine=True, max_kl=10.0, progress=False)
     assert profiles == [trt.PREFILL, trt.PREFILL, trt.DECODE, trt.DECODE]
     onnx_report = check(out, tokens=256, seq_len=64, progress=False)
-    assert report["sparse"]["ppl"] == pytest.approx(onnx_report["sparse"]["ppl"], rel=1e-6)
+    for role in ("dense", "sparse"):  # both engines run sparse.onnx here
+        assert report[role]["ppl"] == pytest.approx(onnx_report["sparse"]["ppl"], rel=1e-6)
+        assert report[role]["kl"] == pytest.approx(onnx_report["sparse"]["kl"], rel=1e-5)
     assert report["reference"]["ppl"] == pytest.approx(onnx_report["dense"]["ppl"], rel=1e-6)
-    assert report["dense"]["kl"] == pytest.approx(0.0, abs=1e-9) and report["passed"]
+    assert onnx_report["sparse"]["kl"] > 1e-3 and report["passed"]
     assert report["runtime"].startswith("TensorRT 0.0-stand-in")
+
+
+def test_build_records_its_files_and_overwrites_none_it_did_not_write(exported, monkeypatch, tmp_path, capsys):
+    import shutil
+
+    _, _, src = exported
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    (out / "dense.engine").write_text("the user's own engine")
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT([], []))
+    monkeypatch.setattr(trt, "load_plugin", lambda: None)
+    capsys.readouterr()
+    assert run_cli("build", str(out)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dense.engine exists and manifest.json does not name it" in err[0], err
+    assert (out / "dense.engine").read_text() == "the user's own engine"
+    assert "dense_engine" not in read_manifest(out)["files"]
+    (out / "dense.engine").unlink()
+    assert run_cli("build", str(out)) == 0
+    files = read_manifest(out)["files"]
+    assert {files[k] for k in ("dense_engine", "sparse_engine", "timing_cache", "engines")} == \
+        {"dense.engine", "sparse.engine", "timing.cache", "engines.json"}
+    assert all((out / files[k]).is_file() for k in ("dense_engine", "sparse_engine", "timing_cache", "engines"))
 
 
 @pytest.mark.skipif(not HAS_TRT or not torch.cuda.is_available(), reason=NO_TRT)

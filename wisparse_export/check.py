@@ -8,102 +8,43 @@ failed. `--engine` does the same for the TensorRT engines through Polygraphy (se
 
 from __future__ import annotations
 
+import math
 import os
-import statistics
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, trt
 from .errors import WisparseError
 from .evaluate import Metrics
-from .export import DTYPES, read_manifest
+from .manifest import file_path, read_manifest, verify_graphs
+from .ort import GraphSession, step_ms
 
-NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-class Decoder:
-    """One exported graph in an ONNX Runtime session, fed the way export lays out its inputs and KV cache."""
-
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - ORT raises its own types; the first line says what is wrong
-            raise WisparseError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from e
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        past = inputs["past_key_values.0.key"]
-        if past.type not in NP_DTYPES:
-            raise WisparseError(f"ONNX Runtime cannot be fed {past.type} from Python; check a float32 or float16 "
-                                "export (bfloat16 exports are for TensorRT)")
-        self.dtype = NP_DTYPES[past.type]
-        self.kv_heads, self.head_dim = past.shape[1], past.shape[3]
-        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        self.outputs = [o.name for o in self.session.get_outputs()]
-
-    def empty(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), self.dtype) for n in self.past_names}
-
-    def feeds(self, ids: np.ndarray, past: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Inputs for one step: ids [batch, seq] after `past` (none: a prefill from position 0)."""
-        batch, seq = ids.shape
-        past = past if past is not None else self.empty(batch)
-        start = past[self.past_names[0]].shape[2]
-        return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, start + seq), np.int64),
-                "position_ids": np.broadcast_to(np.arange(start, start + seq, dtype=np.int64), (batch, seq)).copy(),
-                **past}
-
-    def step(self, ids: np.ndarray, past: dict[str, np.ndarray] | None = None):
-        """Logits [batch, seq, vocab] float32 and the cache to pass to the next step."""
-        outs = self.session.run(self.outputs, self.feeds(ids, past))
-        names = [n.replace("present.", "past_key_values.") for n in self.outputs[1:]]
-        present = dict(zip(names, outs[1:], strict=True))
-        return outs[0], present
+METRICS = (("dense", "ppl"), ("sparse", "ppl"), ("sparse", "kl"), ("sparse", "top1_agreement"))
 
 
-def greedy(decoder: Decoder, prompt: np.ndarray, steps: int) -> list[int]:
-    """Greedy decoding with the KV cache: one prefill, then one token per step."""
-    logits, past = decoder.step(prompt)
-    tokens = []
-    for _ in range(steps):
-        tokens.append(int(logits[0, -1].argmax()))
-        logits, past = decoder.step(np.array([[tokens[-1]]]), past)
-    return tokens
+def gate_values(max_ppl_increase: float | None, max_kl: float | None, min_agreement: float | None) -> None:
+    """Thresholds outside their range (or NaN) are bad input: such a gate would pass or fail everything."""
+    for option, v, hi in (("--max-ppl-increase", max_ppl_increase, math.inf), ("--max-kl", max_kl, math.inf),
+                          ("--min-agreement", min_agreement, 1.0)):
+        if v is not None and not (math.isfinite(v) and 0.0 <= v <= hi):
+            raise WisparseError(f"{option} must be a number in [0, {hi:g}], got {v}")
 
 
-def step_ms(step, prompt: np.ndarray, steps: int = 16, warmup: int = 2, token_by_token: bool = False) -> float:
-    """Median milliseconds of one decode step (batch 1) after a prefill of `prompt`; `step(ids, past)`.
-
-    token_by_token fills the cache one token at a time (a TensorRT decode profile takes one token per step).
-    """
-    if token_by_token:
-        logits, past = step(prompt[:, :1], None)
-        for t in range(1, prompt.shape[1]):
-            logits, past = step(prompt[:, t: t + 1], past)
-    else:
-        logits, past = step(prompt, None)
-    times = []
-    for i in range(warmup + steps):
-        token = np.array([[int(logits[0, -1].argmax())]])
-        t0 = time.perf_counter()
-        logits, past = step(token, past)
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def non_finite(result: dict) -> list[str]:
+    """The metrics that are NaN or infinite, e.g. 'sparse.ppl': a broken graph, never a pass."""
+    return [f"{part}.{key}" for part in ("reference", "dense", "sparse") for key, v in result.get(part, {}).items()
+            if isinstance(v, float) and not math.isfinite(v)]
 
 
 def gates(dense_ppl: float, sparse: dict, max_ppl_increase: float | None = None, max_kl: float | None = None,
-          min_agreement: float | None = None) -> dict:
-    """Each requested gate with its threshold, value and verdict. ppl_increase is relative: sparse/dense - 1."""
+          min_agreement: float | None = None, broken: list[str] = ()) -> dict:
+    """Each requested gate with its threshold, value and verdict, plus the always-on gate `finite` when any
+    metric (`broken`) is NaN or infinite. ppl_increase is relative: sparse/dense - 1."""
     out = {}
+    if broken:
+        out["finite"] = {"threshold": "every metric finite", "value": ", ".join(broken), "verdict": "fail"}
 
     def gate(name: str, value: float, threshold: float | None, upper: bool) -> None:
         if threshold is not None:
@@ -116,26 +57,6 @@ def gates(dense_ppl: float, sparse: dict, max_ppl_increase: float | None = None,
     return out
 
 
-def verify(out: Path, manifest: dict, roles=("dense", "sparse")) -> dict[str, Path]:
-    """The ONNX files of an export folder, each carrying the metadata that ties it to this manifest."""
-    import onnx
-
-    paths = {}
-    for role in roles:
-        path = out / manifest["files"][role]
-        if not path.is_file():
-            raise WisparseError(f"{path} is missing; re-run wisparse export")
-        try:
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        except Exception as e:  # noqa: BLE001 - protobuf decode errors have no common type
-            raise WisparseError(f"{path} is not a readable ONNX file: {str(e).splitlines()[0]}") from e
-        if props.get("wisparse.role") != role or props.get("wisparse.plan") != manifest["plan"]["digest"]:
-            raise WisparseError(f"{path} does not belong to {out / 'manifest.json'} (not the {role} graph of plan "
-                                f"{manifest['plan']['digest']}); re-run wisparse export")
-        paths[role] = path
-    return paths
-
-
 def evaluation_sequences(out: Path, manifest: dict, text: list[str] | None, tokens: int | None,
                          seq_len: int | None) -> tuple[torch.Tensor, str]:
     """Token sequences built exactly as `wisparse evaluate` builds them, with the tokenizer saved by export."""
@@ -144,21 +65,31 @@ def evaluation_sequences(out: Path, manifest: dict, text: list[str] | None, toke
 
     hf_logging.set_verbosity_error()
     preset = data.recipe("presets")["evaluate"]
-    folder = manifest["files"].get("tokenizer")
-    if not folder or not (out / folder).is_dir():
+    tokens = preset["eval_tokens"] if tokens is None else tokens
+    seq_len = preset["seq_len"] if seq_len is None else seq_len
+    if tokens < 1:
+        raise WisparseError(f"--tokens must be at least 1, got {tokens}")
+    if seq_len > manifest["model"]["max_positions"]:
+        raise WisparseError(f"--seq-len {seq_len} exceeds the model's context of "
+                            f"{manifest['model']['max_positions']} positions")
+    folder = file_path(out, manifest, "tokenizer")
+    if folder is None or not folder.is_dir():
         raise WisparseError(f"{out} holds no tokenizer; re-run wisparse export with a model that has one")
-    tokenizer = AutoTokenizer.from_pretrained(str(out / folder))
+    link = next((p for p in folder.rglob("*") if p.is_symlink()), None)
+    if link is not None:
+        raise WisparseError(f"{link} is a symbolic link; an export folder holds its own files")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
     evaluation = data.load_text(list(text) if text else None, "evaluation")
-    calibration = data.reload_calibration(manifest["plan"].get("calibration") or {})
+    calibration = data.reload_calibration(manifest["plan"]["calibration"])
     if calibration is not None:
         data.check_disjoint(calibration, evaluation)
-    seqs = data.sequences(tokenizer, evaluation, seq_len or preset["seq_len"], tokens or preset["eval_tokens"])
+    seqs = data.sequences(tokenizer, evaluation, seq_len, tokens)
     return seqs, evaluation.description
 
 
 def onnx_metrics(paths: dict[str, Path], seqs: torch.Tensor, batch_size: int = 4, progress: bool = True) -> dict:
     """Dense and sparse graphs in ONNX Runtime (CPU) on the same sequences: metrics and decode-step latency."""
-    dense, sparse = Decoder(paths["dense"]), Decoder(paths["sparse"])
+    dense, sparse = GraphSession(paths["dense"]), GraphSession(paths["sparse"])
     metrics = Metrics()
     for i in tqdm(range(0, len(seqs), batch_size), desc="check", unit="batch", disable=not progress):
         ids = seqs[i: i + batch_size]
@@ -175,6 +106,13 @@ def onnx_metrics(paths: dict[str, Path], seqs: torch.Tensor, batch_size: int = 4
     }
 
 
+def json_ready(v):
+    """NaN and infinity become null: the report stays strict JSON (the `finite` gate names what was broken)."""
+    if isinstance(v, dict):
+        return {k: json_ready(x) for k, x in v.items()}
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | None = None,
           seq_len: int | None = None, max_ppl_increase: float | None = None, max_kl: float | None = None,
           min_agreement: float | None = None, engine: bool = False, batch_size: int = 4,
@@ -183,15 +121,13 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
 
     Returns the report: dense {ppl, step_ms}, sparse {ppl, kl, top1_agreement, step_ms}, gates, passed.
     """
+    gate_values(max_ppl_increase, max_kl, min_agreement)
     out = Path(out)
     manifest = read_manifest(out)
-    if manifest.get("dtype") not in DTYPES:
-        raise WisparseError(f"{out / 'manifest.json'} names an unsupported dtype {manifest.get('dtype')!r}")
-    paths = verify(out, manifest)
+    paths = verify_graphs(out, manifest)
     if engine:
-        from . import trt
-
         trt.require()  # before minutes of tokenizing: say at once that TensorRT is missing
+        trt.engine_paths(out, manifest)
     seqs, description = evaluation_sequences(out, manifest, text, tokens, seq_len)
     if engine:
         result = trt.check_engines(out, manifest, paths, seqs, progress=progress)
@@ -202,11 +138,12 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
         result = onnx_metrics(paths, seqs, batch_size, progress)
         runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
     reference = result.get("reference", result["dense"])  # the engine check measures against dense.onnx
-    verdicts = gates(reference["ppl"], result["sparse"], max_ppl_increase, max_kl, min_agreement)
+    verdicts = gates(reference["ppl"], result["sparse"], max_ppl_increase, max_kl, min_agreement,
+                     non_finite(result))
     report = {
-        "dense": result["dense"],
-        "sparse": result["sparse"],
-        "gates": verdicts,
+        "dense": json_ready(result["dense"]),
+        "sparse": json_ready(result["sparse"]),
+        "gates": json_ready(verdicts),
         "passed": all(g["verdict"] == "pass" for g in verdicts.values()),
         "tokens": result["tokens"],
         "text": description,
@@ -216,20 +153,30 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
         "dtype": manifest["dtype"],
     }
     if "reference" in result:
-        report["reference"] = result["reference"]
+        report["reference"] = json_ready(result["reference"])
     return report
+
+
+def _num(v, spec: str) -> str:
+    return "nan" if v is None else v if isinstance(v, str) else format(v, spec)
+
+
+def failed(report: dict) -> str:
+    """The failed gates, each with its value and threshold, for one line on stderr."""
+    return ", ".join(f"{n} {_num(g['value'], '.5g')} (threshold {g['threshold']})"
+                     for n, g in report["gates"].items() if g["verdict"] == "fail")
 
 
 def summary(report: dict) -> str:
     """The report as a few aligned lines for the terminal."""
     d, s = report["dense"], report["sparse"]
     lines = [f"{report['runtime']}, {report['dtype']}, {report['tokens']} tokens of {report['text']}",
-             f"  dense   ppl {d['ppl']:10.4f}   step {d['step_ms']:8.2f} ms",
-             f"  sparse  ppl {s['ppl']:10.4f}   step {s['step_ms']:8.2f} ms   kl {s['kl']:.5f}   "
-             f"top-1 agreement {s['top1_agreement']:.4f}"]
+             f"  dense   ppl {_num(d['ppl'], '10.4f')}   step {d['step_ms']:8.2f} ms",
+             f"  sparse  ppl {_num(s['ppl'], '10.4f')}   step {s['step_ms']:8.2f} ms   kl {_num(s['kl'], '.5f')}   "
+             f"top-1 agreement {_num(s['top1_agreement'], '.4f')}"]
     for name, g in report["gates"].items():
         op = ">=" if name == "top1_agreement" else "<="
-        lines.append(f"  gate {name:15} {g['value']:.5f} {op} {g['threshold']}: {g['verdict']}")
+        lines.append(f"  gate {name:15} {_num(g['value'], '.5f')} {op} {g['threshold']}: {g['verdict']}")
     lines.append("passed" if report["passed"] else "FAILED: " + ", ".join(
         n for n, g in report["gates"].items() if g["verdict"] == "fail"))
     return "\n".join(lines)

@@ -163,7 +163,8 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @MODEL
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
-              "manifest.json, tokenizer/ (replaced only if an earlier export wrote it).")
+              "manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its manifest names "
+              "are replaced).")
 @click.option("--dtype", "export_dtype", default="float32", show_default=True,
               help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16).")
 @click.option("--external-data/--no-external-data", default=None,
@@ -171,16 +172,15 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @PROGRESS
 def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet):
     """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
-    from .export import DTYPES
     from .export import export as run
-    from .models import load_model
+    from .models import DTYPES, load_model
     from .plan import load_plan
 
     if export_dtype not in DTYPES:
         raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = load_plan(plan_path)
     loaded = load_model(model_src or plan.model.get("source"), "float32", "cpu", progress=not quiet)
-    m = run(loaded, plan, output, export_dtype, external_data)
+    m = run(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
                f"{export_dtype}, opset {m['opset']}, plan {m['plan']['digest']}")
 
@@ -201,7 +201,7 @@ def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet)
 def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine, json_out, quiet):
     """Run dense.onnx and sparse.onnx (or the engines) on text; exit 1 if a gate fails."""
     from .check import check as run
-    from .check import summary
+    from .check import failed, summary
     from .files import check_writable, write_json
 
     if json_out:
@@ -213,9 +213,7 @@ def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreemen
         write_json(json_out, report)
         click.echo(f"wrote {json_out}")
     if not report["passed"]:
-        failed = [f"{n} {g['value']:.5g} (threshold {g['threshold']})" for n, g in report["gates"].items()
-                  if g["verdict"] == "fail"]
-        click.echo("gate failed: " + ", ".join(failed), err=True)
+        click.echo("gate failed: " + failed(report), err=True)
         sys.exit(1)
 
 

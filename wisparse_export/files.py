@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,25 +97,77 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 
 
+def _temp_prefix(path: Path) -> str:
+    """Our temporaries beside `path` carry the writer's process id, so a later run can tell stale ones."""
+    return f".{path.name}.wisparse-{os.getpid()}-"
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove temporary folders of ours beside `path` whose process is gone (a killed export); returns them."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    removed = []
+    for p in sorted(parent.glob(f".{glob.escape(path.name)}.wisparse-*")):
+        pid = p.name[len(path.name) + len(".."):].removeprefix("wisparse-").split("-")[0]
+        if p.suffix in (".tmp", ".old") and p.is_dir() and not p.is_symlink() and pid.isdigit() \
+                and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike):
+def atomic_dir(path: str | os.PathLike, replaces: Iterable[str] = ()):
     """Build a folder under a temporary name beside `path` and move it into place only on success.
 
-    An existing `path` is replaced as a whole at the end, so a failed run leaves the old folder untouched.
+    A new `path` is renamed into place whole. Into an existing `path`, the entries built are moved one by one,
+    `manifest.json` last; the entries named in `replaces` are moved out first (and deleted at the end); any other
+    entry of `path` is left untouched, and the caller must not build one with its name. A failure leaves the old
+    entries in place.
     """
     path = Path(path)
     parent = _writable_parent(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=parent))
     try:
         yield tmp
         _publish_modes(tmp)
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            _swap_entries(path, tmp, set(replaces))
         else:
             os.replace(tmp, path)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_entries(path: Path, tmp: Path, replaces: set[str]) -> None:
+    new = sorted(p.name for p in tmp.iterdir())
+    clash = [n for n in new if os.path.lexists(path / n) and n not in replaces]
+    if clash:
+        raise WisparseError(f"{path / clash[0]} exists and is not ours to replace")
+    last = "manifest.json"  # a reader sees no manifest while the folder is half replaced
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
+    moved: list[str] = []
+    try:
+        for n in sorted(replaces, key=lambda n: n != last):
+            if os.path.lexists(path / n):
+                os.replace(path / n, old / n)
+                moved.append(n)
+        for n in sorted(new, key=lambda n: n == last):
+            os.replace(tmp / n, path / n)
+    except BaseException:
+        for n in moved:
+            if not os.path.lexists(path / n):
+                os.replace(old / n, path / n)
         raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

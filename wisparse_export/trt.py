@@ -19,14 +19,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .check import Decoder, step_ms, verify
 from .errors import WisparseError
 from .evaluate import Metrics
-from .export import read_manifest
 from .files import write_atomic, write_json
+from .manifest import MANIFEST, file_path, read_manifest, verify_graphs
+from .ort import GraphSession, step_ms
 
 DECODE, PREFILL = 0, 1
-ENGINES = "engines.json"
+# What build writes, as manifest.json's files records it (so a later export knows them as ours).
+WRITES = {"dense_engine": "dense.engine", "sparse_engine": "sparse.engine", "timing_cache": "timing.cache",
+          "engines": "engines.json"}
 
 
 def require():
@@ -96,6 +98,18 @@ def network_flags(trt) -> int:
     return flags
 
 
+def record(out: Path, manifest: dict, roles: tuple[str, ...]) -> dict:
+    """Name in manifest.json the files build is about to write, refusing to overwrite a file it does not name."""
+    keys = [f"{r}_engine" for r in roles] + ["timing_cache", "engines"]
+    for key in keys:
+        path = out / WRITES[key]
+        if os.path.lexists(path) and manifest["files"].get(key) != WRITES[key]:
+            raise WisparseError(f"{path} exists and {MANIFEST} does not name it; move it before building")
+    manifest["files"].update({key: WRITES[key] for key in keys})
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
 def build(out: str | os.PathLike, workspace_gib: float = 4.0, max_batch: int = 1, max_prefill: int = 512,
           max_context: int = 2048, roles: tuple[str, ...] = ("dense", "sparse")) -> dict:
     """Build OUT/<role>.engine for each role; returns what was written (also saved as OUT/engines.json)."""
@@ -105,42 +119,60 @@ def build(out: str | os.PathLike, workspace_gib: float = 4.0, max_batch: int = 1
     if manifest["dtype"] == "float32":
         raise WisparseError("TensorRT engines are built from float16 or bfloat16 exports (TensorRT is strongly "
                             "typed; the plugin runs float16/bfloat16): re-export with --dtype float16")
-    paths = verify(out, manifest, roles)
+    paths = verify_graphs(out, manifest, roles)
     shapes = profiles(manifest, max_batch, max_prefill, max_context)
     load_plugin()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     if builder is None:
         raise WisparseError("TensorRT could not create a builder (no usable NVIDIA GPU?)")
-    cache_path = out / "timing.cache"
+    manifest = record(out, manifest, roles)
+    cache_path = out / WRITES["timing_cache"]
     built = {}
     for role in roles:
-        network = builder.create_network(network_flags(trt))
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(paths[role])):
-            first = parser.get_error(0).desc() if parser.num_errors else "unknown error"
-            raise WisparseError(f"TensorRT cannot parse {paths[role]}: {first}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-        cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-        config.set_timing_cache(cache, False)
-        for p in shapes:
-            profile = builder.create_optimization_profile()
-            for name, (lo, opt, hi) in p.items():
-                profile.set_shape(name, lo, opt, hi)
-            config.add_optimization_profile(profile)
-        engine = builder.build_serialized_network(network, config)
-        if engine is None:
-            raise WisparseError(f"TensorRT failed to build the {role} engine (its log above says why)")
-        path = write_atomic(out / f"{role}.engine", lambda p, e=engine: p.write_bytes(bytes(e)))
+        engine, cache = build_engine(trt, builder, logger, paths[role], shapes, workspace_gib, cache_path)
+        path = write_atomic(out / WRITES[f"{role}_engine"], lambda p, e=engine: p.write_bytes(bytes(e)))
         write_atomic(cache_path, lambda p, c=cache: p.write_bytes(bytes(c.serialize())))
         built[role] = {"file": path.name, "bytes": path.stat().st_size}
     info = {"tensorrt": trt.__version__, "plan": manifest["plan"]["digest"], "dtype": manifest["dtype"],
             "engines": built, "profiles": {"decode": DECODE, "prefill": PREFILL},
             "limits": {"max_batch": max_batch, "max_prefill": max_prefill, "max_context": max_context},
             "workspace_gib": workspace_gib, "timing_cache": cache_path.name}
-    write_json(out / ENGINES, info)
+    write_json(out / WRITES["engines"], info)
     return info
+
+
+def build_engine(trt, builder, logger, graph: Path, shapes: list[dict], workspace_gib: float, cache_path: Path):
+    """One serialized engine with the decode and prefill profiles, and the timing cache it updated."""
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(graph)):
+        first = parser.get_error(0).desc() if parser.num_errors else "unknown error"
+        raise WisparseError(f"TensorRT cannot parse {graph}: {first}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, False)
+    for p in shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise WisparseError(f"TensorRT failed to build the {graph.stem} engine (its log above says why)")
+    return engine, cache
+
+
+def engine_paths(out: Path, manifest: dict) -> dict[str, Path]:
+    """The engines `wisparse build` recorded in the manifest, confined to OUT."""
+    paths = {}
+    for role in ("dense", "sparse"):
+        path = file_path(out, manifest, f"{role}_engine")
+        if path is None or not path.is_file():
+            raise WisparseError(f"{out} has no {role} engine: run `wisparse build {out}` first")
+        paths[role] = path
+    return paths
 
 
 def compare(reference, runners: list, feeds: list[dict], ids: list[torch.Tensor], progress: bool = True) -> dict:
@@ -158,11 +190,11 @@ def compare(reference, runners: list, feeds: list[dict], ids: list[torch.Tensor]
     return {name: m.result() for name, m in metrics.items()}
 
 
-def runner_step(runner, decoder: Decoder):
-    """step(ids, past) for a Polygraphy runner, laid out like Decoder.step (the same input names and cache)."""
+def runner_step(runner, layout: GraphSession):
+    """step(ids, past) for a Polygraphy runner, laid out like GraphSession.step (the same input names and cache)."""
 
     def step(ids: np.ndarray, past: dict | None):
-        outs = runner.infer(decoder.feeds(ids, past))
+        outs = runner.infer(layout.feeds(ids, past))
         present = {n.replace("present.", "past_key_values."): np.asarray(v) for n, v in outs.items()
                    if n.startswith("present.")}
         return np.asarray(outs["logits"]), present
@@ -182,14 +214,11 @@ def check_engines(out: Path, manifest: dict, paths: dict[str, Path], seqs: torch
     if manifest["dtype"] == "bfloat16":
         raise WisparseError("check --engine compares against ONNX Runtime, which Python cannot feed bfloat16 "
                             "tensors; export and build float16 for the check")
-    engines = {role: out / f"{role}.engine" for role in ("dense", "sparse")}
-    for path in engines.values():
-        if not path.is_file():
-            raise WisparseError(f"{path} is missing: run `wisparse build {out}` first")
+    engines = engine_paths(out, manifest)
     load_plugin()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                  if p in onnxruntime.get_available_providers()]
-    layout = Decoder(paths["dense"], providers)  # names, cache shapes and dtype shared by all four runners
+    layout = GraphSession(paths["dense"], providers)  # names, cache shapes and dtype shared by all four runners
     reference = OnnxrtRunner(SessionFromOnnx(str(paths["dense"]), providers=providers), name="dense.onnx")
     prefill = {role: TrtRunner(EngineFromBytes(path.read_bytes()), name=f"{role}.engine",
                                optimization_profile=PREFILL) for role, path in engines.items()}

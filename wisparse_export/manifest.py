@@ -1,0 +1,226 @@
+"""manifest.json of an export folder: what it must hold, which files it names, and whether the graphs beside it
+are the ones it describes.
+
+The manifest is input like a plan: every field a later stage reads is validated here, one line per problem; every
+file it names is a plain name inside the folder (no `..`, no absolute path, no symbolic link); and `verify_graph`
+reads each planned linear's weight back from an ONNX file at `identity.positions` (external data read by seeking,
+not loaded) so that a graph exported from other weights of the same shapes is refused, not measured.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from .errors import WisparseError
+from .files import read_json
+from .identity import SAMPLES, check_samples, positions
+from .models import DTYPES
+from .onnx_graph import ONNX_TYPES, weight_name
+
+FORMAT = "wisparse-export"
+VERSION = 2  # 2: model.weights and model.max_positions; files lists external data and engines
+MANIFEST = "manifest.json"
+GRAPHS = ("dense", "sparse")
+# files: role -> plain file name in the folder. dense/sparse always; the rest null when absent.
+FILE_KEYS = ("dense", "sparse", "dense_data", "sparse_data", "tokenizer",
+             "dense_engine", "sparse_engine", "timing_cache", "engines")
+NUMPY = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"),
+         TensorProto.BFLOAT16: np.dtype("<u2")}
+
+
+def _int(d: dict, key: str, where: str) -> None:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise WisparseError(f"invalid manifest: {where}.{key} must be a positive integer, got {v!r}")
+
+
+def _obj(d: dict, key: str, where: str = "manifest") -> dict:
+    v = d.get(key)
+    if not isinstance(v, dict):
+        raise WisparseError(f"invalid manifest: {where}.{key} must be an object")
+    return v
+
+
+def _str(d: dict, key: str, where: str) -> None:
+    if not isinstance(d.get(key), str):
+        raise WisparseError(f"invalid manifest: {where}.{key} must be a string")
+
+
+def _plain_name(v, where: str) -> None:
+    """A file directly inside the export folder: no separators, no `.`/`..`, not hidden, not the manifest."""
+    if not isinstance(v, str) or not v or "/" in v or "\\" in v or v.startswith(".") or v == MANIFEST \
+            or Path(v).is_absolute():
+        raise WisparseError(f"invalid manifest: {where} must be a plain file name inside the export folder, got {v!r}")
+
+
+def validate(m: dict) -> dict:
+    """Check every field a later stage reads; the first problem is one line naming the field."""
+    if m.get("format") != FORMAT:
+        raise WisparseError(f"not a wisparse export manifest (expected \"format\": \"{FORMAT}\")")
+    version = m.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise WisparseError(f"invalid manifest: version must be an integer, got {version!r}")
+    if version > VERSION:
+        raise WisparseError(f"manifest version {version} is newer than this tool supports ({VERSION}); "
+                            "upgrade wisparse")
+    if version < VERSION:
+        raise WisparseError(f"manifest version {version} predates weight identity checks; re-run wisparse export "
+                            "into a new folder")
+    plan, model, files, graph = _obj(m, "plan"), _obj(m, "model"), _obj(m, "files"), _obj(m, "graph")
+    _str(plan, "digest", "plan")
+    layers = _obj(plan, "layers", "plan")
+    _obj(plan, "calibration", "plan")
+    for key in ("source", "fingerprint"):
+        _str(model, key, "model")
+    _int(model, "max_positions", "model")
+    weights = _obj(model, "weights", "model")
+    if not layers or set(weights) != set(layers):
+        raise WisparseError("invalid manifest: model.weights must hold a sample for every planned layer")
+    for name, w in weights.items():
+        if not (isinstance(w, list) and len(w) == SAMPLES and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in w)):
+            raise WisparseError(f"invalid manifest: model.weights[{name!r}] must be {SAMPLES} finite numbers")
+    if m.get("dtype") not in DTYPES:
+        raise WisparseError(f"invalid manifest: dtype must be one of {', '.join(DTYPES)}, got {m.get('dtype')!r}")
+    unknown = sorted(set(files) - set(FILE_KEYS))
+    if unknown:
+        raise WisparseError(f"invalid manifest: files.{unknown[0]} is not a file this tool writes")
+    for key in FILE_KEYS:
+        if key in GRAPHS or files.get(key) is not None:
+            _plain_name(files.get(key), f"files.{key}")
+    names = [v for v in files.values() if v is not None]
+    if len(set(names)) != len(names):
+        raise WisparseError("invalid manifest: files names one file twice")
+    for key in ("layers", "kv_heads", "head_dim", "vocab"):
+        _int(graph, key, "graph")
+    return m
+
+
+def read_manifest(out: str | os.PathLike) -> dict:
+    """The validated manifest of an export folder; anything else is refused in one line."""
+    out = Path(out)
+    if not out.exists():
+        raise WisparseError(f"export folder not found: {out}")
+    if not out.is_dir():
+        raise WisparseError(f"{out} is a file; pass the folder written by wisparse export")
+    path = out / MANIFEST
+    if not path.is_file():
+        raise WisparseError(f"{out} has no {MANIFEST}: not a folder written by wisparse export")
+    try:
+        return validate(read_json(path, "export manifest"))
+    except WisparseError as e:
+        raise WisparseError(f"{path}: {e}") from None
+
+
+def owned(manifest: dict) -> set[str]:
+    """The entries of an export folder that wisparse wrote: the manifest and every file it names."""
+    return {MANIFEST, *(v for v in manifest["files"].values() if v is not None)}
+
+
+def file_path(out: Path, manifest: dict, key: str) -> Path | None:
+    """OUT/<files[key]>, confined to OUT: a symbolic link (which could point anywhere) is refused."""
+    name = manifest["files"].get(key)
+    if name is None:
+        return None
+    path = out / name
+    if path.is_symlink() or (path.exists() and path.resolve().parent != out.resolve()):
+        raise WisparseError(f"{path} is a symbolic link; an export folder holds its own files")
+    return path
+
+
+def verify_graph(out: Path, manifest: dict, role: str) -> Path:
+    """OUT's <role>.onnx, refused unless it is the graph the manifest describes: its role and plan, its element
+    type, its external data file, and the values of every planned weight."""
+    path = file_path(out, manifest, role)
+    if not path.is_file():
+        raise WisparseError(f"{path} is missing; re-run wisparse export")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf decode errors have no common type
+        raise WisparseError(f"{path} is not a readable ONNX file: {str(e).splitlines()[0]}") from e
+    props = {p.key: p.value for p in proto.metadata_props}
+    digest = manifest["plan"]["digest"]
+    if props.get("wisparse.role") != role or props.get("wisparse.plan") != digest:
+        raise WisparseError(f"{path} does not belong to {out / MANIFEST} (not the {role} graph of plan {digest}); "
+                            "re-run wisparse export")
+    want = ONNX_TYPES[DTYPES[manifest["dtype"]]]
+    past = next((i for i in proto.graph.input if i.name == "past_key_values.0.key"), None)
+    if past is None or past.type.tensor_type.elem_type != want:
+        raise WisparseError(f"{path}: its cache is not {manifest['dtype']}, the dtype {MANIFEST} names")
+    inits = {t.name: t for t in proto.graph.initializer}
+    actual = {}
+    with ExternalData(out, manifest, role, path) as data:
+        for name in manifest["model"]["weights"]:
+            t = inits.get(weight_name(name))
+            if t is not None:
+                if t.data_type != want or len(t.dims) != 2:
+                    raise WisparseError(f"{path}: weight {name} is not a {manifest['dtype']} matrix, as {MANIFEST} "
+                                        "says")
+                actual[name] = sample(t, data)
+    check_samples(manifest["model"]["weights"], actual, what=path.name)
+    return path
+
+
+def verify_graphs(out: Path, manifest: dict, roles: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
+    """role -> path of each graph, verified (`verify_graph`)."""
+    return {role: verify_graph(out, manifest, role) for role in roles}
+
+
+def sample(t: TensorProto, data: ExternalData) -> list[float]:
+    """The values of a weight stored [in, out] at identity.positions of its [out, in] shape: (r, c) is W_t[c, r]."""
+    n_in, n_out = t.dims
+    flat = [c * n_out + r for r, c in positions((n_out, n_in))]
+    dt = NUMPY[t.data_type]
+    if t.data_location == TensorProto.EXTERNAL:
+        raw = data.read(t, flat, dt.itemsize)
+        vals = np.frombuffer(raw, dt)
+    elif t.raw_data:
+        vals = np.frombuffer(t.raw_data, dt)[flat]
+    else:
+        vals = onnx.numpy_helper.to_array(t).reshape(-1)[flat].astype(np.float32)
+        return [float(v) for v in vals]
+    if t.data_type == TensorProto.BFLOAT16:
+        vals = (vals.astype(np.uint32) << 16).view(np.float32)
+    return [float(v) for v in vals.astype(np.float32)]
+
+
+class ExternalData:
+    """The external data file of one graph, opened once; elements are read by seeking, never loaded whole."""
+
+    def __init__(self, out: Path, manifest: dict, role: str, graph: Path):
+        self.path = file_path(out, manifest, f"{role}_data")
+        self.graph, self.file = graph, None
+
+    def __enter__(self) -> ExternalData:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def read(self, t: TensorProto, flat: list[int], itemsize: int) -> bytes:
+        info = {e.key: e.value for e in t.external_data}
+        if self.path is None or info.get("location") != self.path.name:
+            raise WisparseError(f"{self.graph}: weight {t.name} lives in {info.get('location')!r}, a file "
+                                f"{MANIFEST} does not name")
+        if self.file is None:
+            if not self.path.is_file():
+                raise WisparseError(f"{self.path} is missing; re-run wisparse export")
+            self.file = open(self.path, "rb")  # noqa: SIM115 - closed by __exit__
+        start, length = int(info.get("offset", 0)), int(info.get("length", 0))
+        out = bytearray()
+        for i in flat:
+            if (i + 1) * itemsize > length:
+                raise WisparseError(f"{self.path} is shorter than {self.graph.name} says")
+            self.file.seek(start + i * itemsize)
+            chunk = self.file.read(itemsize)
+            if len(chunk) != itemsize:
+                raise WisparseError(f"{self.path} is shorter than {self.graph.name} says")
+            out += chunk
+        return bytes(out)

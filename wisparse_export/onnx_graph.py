@@ -1,0 +1,452 @@
+"""The decoder-step ONNX graph, written node by node from a Hugging Face model's weights.
+
+Tracing a KV-cache decoder through torch.onnx is brittle across transformers releases, while the decoder math of
+the supported families (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3) fits in a page, reads the same in
+every runtime, and is checked against the PyTorch model by the tests. One graph serves prefill and decode: batch,
+sequence and past length are dynamic.
+
+Inputs:  input_ids, attention_mask [batch, past + sequence], position_ids, past_key_values.{i}.key / .value
+Outputs: logits (float32), present.{i}.key / .value
+The SparseLinear node follows docs/KERNEL_ABI.md: inputs (X, W [in, out], tau [in]); the model carries a local
+function `wisparse.SparseLinear` with a standard-op body, so any ONNX runtime runs it, and TensorRT maps the node
+to the plugin through its `plugin_namespace` / `plugin_version` attributes.
+
+The graph is made of named pieces (io_signature, embedding, rms_norm / gemma_rms_norm, rope_tables, rotate,
+attention, mlp, linear, pre_norm_block / sandwich_block, head). `describe` picks the pieces an architecture uses;
+a new architecture adds a piece where its math differs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+import torch
+from onnx import TensorProto, helper
+
+from .errors import WisparseError
+from .models import get_linear
+from .plan import LayerPlan, Plan
+from .scores import column_norms, tau
+
+OPSET = 21
+IR_VERSION = 10  # the oldest IR that opset 21 allows: ONNX Runtime >= 1.18 and TensorRT 10 read it
+DOMAIN = "wisparse"
+OP_TYPE = "SparseLinear"
+OP_VERSION = 1
+# Attributes TensorRT's ONNX parser reads to map the node to the plugin (KERNEL_ABI.md); the parser looks the
+# plugin up as (op type, plugin_version, plugin_namespace), and prefers it over the local function when present.
+PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1", "aot": 1}
+ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
+              torch.bfloat16: TensorProto.BFLOAT16, torch.int64: TensorProto.INT64, torch.bool: TensorProto.BOOL}
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+F32 = TensorProto.FLOAT
+
+
+def weight_name(linear: str) -> str:
+    """The initializer holding a linear's weight as [in, out] (the transpose of nn.Linear.weight), in both graphs."""
+    return f"{linear}.weight_t"
+
+
+class Graph:
+    """A list of nodes and initializers with generated value names: `g.op("Add", a, b)` returns the output name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[TensorProto] = []
+        self.consts: dict[tuple, str] = {}
+        self.count = 0
+
+    def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, domain: str = "",
+           doc: str | None = None, **attrs) -> str:
+        self.count += 1
+        out = out or f"{op_type}_{self.count}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name or f"{op_type}_{self.count}",
+                                           domain=domain, doc_string=doc, **attrs))
+        return out
+
+    def init(self, name: str, t: torch.Tensor) -> str:
+        self.inits.append(tensor_proto(name, t))
+        return name
+
+    def const(self, value, dtype: torch.dtype = torch.int64) -> str:
+        """A small constant initializer, shared by every node that needs the same value."""
+        key = (str(dtype), json.dumps(value))
+        if key not in self.consts:
+            self.consts[key] = self.init(f"const_{len(self.consts)}", torch.tensor(value, dtype=dtype))
+        return self.consts[key]
+
+
+def tensor_proto(name: str, t: torch.Tensor) -> TensorProto:
+    """A TensorProto with raw little-endian bytes; works for bfloat16, which numpy lacks."""
+    t = t.detach().cpu().contiguous()
+    p = TensorProto(name=name, data_type=ONNX_TYPES[t.dtype], dims=list(t.shape))
+    p.raw_data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return p
+
+
+@dataclass
+class Step:
+    """The graph being written and what every piece reads: architecture, dtype, module names, the plan."""
+
+    g: Graph
+    model: torch.nn.Module
+    arch: Arch
+    dtype: torch.dtype
+    names: dict[torch.nn.Module, str]
+    planned: dict[str, LayerPlan]
+    counts: dict[str, int] = field(default_factory=lambda: {"sparse_linear": 0, "dense_linear": 0})
+    masks: dict[int | None, str] = field(default_factory=dict)  # sliding window (None: full) -> mask
+    rope: dict[str, tuple[str, str]] = field(default_factory=dict)  # rope table key -> (cos, sin)
+
+    def op(self, op_type: str, *inputs: str, **kw) -> str:
+        return self.g.op(op_type, *inputs, **kw)
+
+    def scalar(self, v: float, t: torch.dtype | None = None) -> str:
+        return self.g.const(v, t or self.dtype)
+
+    def to_f32(self, x: str) -> str:
+        return x if self.dtype == torch.float32 else self.op("Cast", x, to=F32)
+
+    def from_f32(self, x: str) -> str:
+        return x if self.dtype == torch.float32 else self.op("Cast", x, to=ONNX_TYPES[self.dtype])
+
+
+# ---- pieces ----
+
+def rms_norm(s: Step, x: str, module: torch.nn.Module) -> str:
+    """Llama's RMSNorm: statistics in float32, cast back, then scaled by w."""
+    y = s.from_f32(rms(s, x, module))
+    return s.op("Mul", s.g.init(f"{s.names[module]}.weight", module.weight.detach().to(s.dtype)), y)
+
+
+def gemma_rms_norm(s: Step, x: str, module: torch.nn.Module) -> str:
+    """Gemma's RMSNorm: scaled by (1 + w) in float32, then cast back."""
+    y = s.op("Mul", rms(s, x, module), s.g.init(f"{s.names[module]}.scale", 1.0 + module.weight.detach().float()))
+    return s.from_f32(y)
+
+
+def rms(s: Step, x: str, module: torch.nn.Module) -> str:
+    """x / sqrt(mean(x^2) + eps) in float32, as Hugging Face computes it."""
+    eps = getattr(module, "variance_epsilon", None) or module.eps
+    xf = s.to_f32(x)
+    var = s.op("ReduceMean", s.op("Mul", xf, xf), s.g.const([-1]), keepdims=1)
+    return s.op("Mul", xf, s.op("Reciprocal", s.op("Sqrt", s.op("Add", var, s.scalar(float(eps), torch.float32)))))
+
+
+def silu(s: Step, x: str) -> str:
+    return s.op("Mul", x, s.op("Sigmoid", x))
+
+
+def gelu(s: Step, x: str) -> str:
+    erf = s.op("Erf", s.op("Mul", x, s.scalar(1 / math.sqrt(2))))
+    return s.op("Mul", s.op("Mul", x, s.scalar(0.5)), s.op("Add", erf, s.scalar(1.0)))
+
+
+def gelu_tanh(s: Step, x: str) -> str:
+    inner = s.op("Add", x, s.op("Mul", s.op("Mul", s.op("Mul", x, x), x), s.scalar(0.044715)))
+    t = s.op("Tanh", s.op("Mul", inner, s.scalar(math.sqrt(2 / math.pi))))
+    return s.op("Mul", s.op("Mul", x, s.scalar(0.5)), s.op("Add", t, s.scalar(1.0)))
+
+
+ACTIVATIONS = {"SiLUActivation": silu, "SiLU": silu, "GELUTanh": gelu_tanh, "NewGELUActivation": gelu_tanh,
+               "GELUActivation": gelu}
+
+
+def softcap(s: Step, x: str, cap: float | None) -> str:
+    """cap * tanh(x / cap) (Gemma2's attention and final logits); x unchanged without a cap."""
+    if not cap:
+        return x
+    c = s.scalar(float(cap))
+    return s.op("Mul", s.op("Tanh", s.op("Div", x, c)), c)
+
+
+def linear(s: Step, x: str, module: torch.nn.Module) -> str:
+    """x @ W^T (+ b): a SparseLinear node for a planned linear, a MatMul otherwise. W is stored [in, out]."""
+    name = s.names[module]
+    lin = get_linear(s.model, name)  # a linear already wrapped by `apply` counts as its dense linear
+    w = s.g.init(weight_name(name), lin.weight.detach().t().to(s.dtype))  # [in, out], as the kernel reads it
+    lp = s.planned.pop(name, None)
+    if lp is not None:
+        t = s.g.init(f"{name}.tau", tau(lp.threshold, column_norms(lin.weight), lp.alpha))
+        y = s.op(OP_TYPE, x, w, t, domain=DOMAIN, name=name, splits=[lin.out_features], **PLUGIN_ATTRS,
+                 doc=f"sparsity {lp.sparsity}, alpha {lp.alpha}, threshold {lp.threshold!r}")
+        s.counts["sparse_linear"] += 1
+    else:
+        y = s.op("MatMul", x, w, name=name)
+        s.counts["dense_linear"] += 1
+    if lin.bias is not None:  # a standard Add, so the custom op keeps one fixed signature (KERNEL_ABI.md)
+        y = s.op("Add", y, s.g.init(f"{name}.bias", lin.bias.detach().to(s.dtype)))
+    return y
+
+
+def embedding(s: Step, base: torch.nn.Module) -> str:
+    """Token embedding lookup, times Gemma's embedding scale where the model has one."""
+    h = s.op("Gather", s.g.init("embed_tokens.weight", base.embed_tokens.weight.detach().to(s.dtype)), "input_ids")
+    if s.arch.embed_scale is None:
+        return h
+    return s.op("Mul", h, s.g.init("embed_scale", torch.tensor(s.arch.embed_scale, dtype=s.dtype)))
+
+
+def attention_masks(s: Step) -> dict[int | None, str]:
+    """Causal + padding mask [b, 1, 1, s, T] and one per sliding window: queries sit at past .. past+seq-1 of
+    the cache, keys at 0 .. past+seq-1."""
+    past_len = s.op("Squeeze", s.op("Shape", "past_key_values.0.key", start=2, end=3))
+    total = s.op("Add", past_len, s.op("Squeeze", s.op("Shape", "input_ids", start=1, end=2)))
+    q_pos = s.op("Unsqueeze", s.op("Range", past_len, total, s.g.const(1)), s.g.const([1]))  # [s, 1]
+    k_pos = s.op("Unsqueeze", s.op("Range", s.g.const(0), total, s.g.const(1)), s.g.const([0]))  # [1, T]
+    padding = s.op("Unsqueeze", s.op("Cast", "attention_mask", to=TensorProto.BOOL), s.g.const([1, 2, 3]))
+    masks = {None: s.op("And", s.op("GreaterOrEqual", q_pos, k_pos), padding)}
+    for w in sorted({w for w in s.arch.windows if w}):
+        near = s.op("Less", s.op("Sub", q_pos, k_pos), s.g.const(w))  # key within the window: q - k < w
+        masks[w] = s.op("And", masks[None], near)
+    return masks
+
+
+def rope_tables(s: Step) -> dict[str, tuple[str, str]]:
+    """cos and sin [b, 1, s, D] per RoPE table, from position_ids in float32 as Hugging Face computes them."""
+    pos = s.op("Unsqueeze", s.op("Cast", "position_ids", to=F32), s.g.const([-1]))
+    tables = {}
+    for key, (inv_freq, scale) in s.arch.rope_tables.items():
+        freqs = s.op("Mul", pos, s.g.init(f"rope.{key}.inv_freq", inv_freq))
+        emb = s.op("Concat", freqs, freqs, axis=-1)
+        cs = []
+        for fn in ("Cos", "Sin"):
+            v = s.op(fn, emb)
+            v = v if scale == 1.0 else s.op("Mul", v, s.scalar(scale, torch.float32))
+            cs.append(s.op("Unsqueeze", s.from_f32(v), s.g.const([1])))
+        tables[key] = (cs[0], cs[1])
+    return tables
+
+
+def rotate(s: Step, x: str, key: str) -> str:
+    """RoPE: x * cos + rotate_half(x) * sin."""
+    cos, sin = s.rope[key]
+    half, d = s.arch.head_dim // 2, s.arch.head_dim
+    x1 = s.op("Slice", x, s.g.const([0]), s.g.const([half]), s.g.const([-1]))
+    x2 = s.op("Slice", x, s.g.const([half]), s.g.const([d]), s.g.const([-1]))
+    rot = s.op("Concat", s.op("Neg", x2), x1, axis=-1)
+    return s.op("Add", s.op("Mul", x, cos), s.op("Mul", rot, sin))
+
+
+def heads(s: Step, y: str, n: int) -> str:
+    """[b, s, n * D] -> [b, n, s, D]."""
+    return s.op("Transpose", s.op("Reshape", y, s.g.const([0, 0, n, s.arch.head_dim])), perm=[0, 2, 1, 3])
+
+
+def attention(s: Step, x: str, attn: torch.nn.Module, i: int) -> str:
+    """Self-attention of layer i with its KV cache (present.{i}.* = past + this step's keys and values)."""
+    a = s.arch
+    q = heads(s, linear(s, x, attn.q_proj), a.heads)  # [b, H, s, D]
+    k = heads(s, linear(s, x, attn.k_proj), a.kv_heads)
+    v = heads(s, linear(s, x, attn.v_proj), a.kv_heads)
+    if a.qk_norm:
+        q, k = a.norm(s, q, attn.q_norm), a.norm(s, k, attn.k_norm)
+    q, k = rotate(s, q, a.rope[i]), rotate(s, k, a.rope[i])
+    k = s.op("Concat", f"past_key_values.{i}.key", k, axis=2, out=f"present.{i}.key")
+    v = s.op("Concat", f"past_key_values.{i}.value", v, axis=2, out=f"present.{i}.value")
+    o = grouped_attention(s, q, k, v, s.masks[a.windows[i]])
+    return linear(s, o, attn.o_proj)
+
+
+def grouped_attention(s: Step, q: str, k: str, v: str, mask: str) -> str:
+    """softmax(q k^T * scaling) v in float32 softmax, grouped-query without copying the cache: queries
+    [b, KV, rep, s, D] against keys [b, KV, 1, T, D]. Returns [b, s, H * D]."""
+    a = s.arch
+    q5 = s.op("Reshape", q, s.g.const([0, a.kv_heads, a.heads // a.kv_heads, -1, a.head_dim]))
+    k5, v5 = s.op("Unsqueeze", k, s.g.const([2])), s.op("Unsqueeze", v, s.g.const([2]))
+    scores = s.op("Mul", s.op("MatMul", q5, s.op("Transpose", k5, perm=[0, 1, 2, 4, 3])), s.scalar(a.scaling))
+    scores = s.to_f32(softcap(s, scores, a.attn_softcap))
+    scores = s.op("Where", mask, scores, s.scalar(torch.finfo(torch.float32).min, torch.float32))
+    probs = s.from_f32(s.op("Softmax", scores, axis=-1))
+    o = s.op("Reshape", s.op("MatMul", probs, v5), s.g.const([0, a.heads, -1, a.head_dim]))
+    return s.op("Reshape", s.op("Transpose", o, perm=[0, 2, 1, 3]), s.g.const([0, 0, a.heads * a.head_dim]))
+
+
+def mlp(s: Step, x: str, m: torch.nn.Module) -> str:
+    """down(act(gate(x)) * up(x))."""
+    return linear(s, s.op("Mul", s.arch.act(s, linear(s, x, m.gate_proj)), linear(s, x, m.up_proj)), m.down_proj)
+
+
+def pre_norm_block(s: Step, h: str, layer: torch.nn.Module, i: int) -> str:
+    """Llama / Mistral / Qwen: h + attn(norm(h)), then + mlp(norm(h))."""
+    h = s.op("Add", h, attention(s, s.arch.norm(s, h, layer.input_layernorm), layer.self_attn, i))
+    return s.op("Add", h, mlp(s, s.arch.norm(s, h, layer.post_attention_layernorm), layer.mlp))
+
+
+def sandwich_block(s: Step, h: str, layer: torch.nn.Module, i: int) -> str:
+    """Gemma2 / Gemma3: a norm before and after both attention and MLP."""
+    norm = s.arch.norm
+    o = attention(s, norm(s, h, layer.input_layernorm), layer.self_attn, i)
+    h = s.op("Add", h, norm(s, o, layer.post_attention_layernorm))
+    y = mlp(s, norm(s, h, layer.pre_feedforward_layernorm), layer.mlp)
+    return s.op("Add", h, norm(s, y, layer.post_feedforward_layernorm))
+
+
+def head(s: Step, h: str, model: torch.nn.Module) -> str:
+    """Final norm, lm_head (the embedding transposed in-graph when tied), soft-capping, float32 `logits`."""
+    base, lm = model.model, model.lm_head
+    h = s.arch.norm(s, h, base.norm)
+    if lm.weight.data_ptr() == base.embed_tokens.weight.data_ptr():
+        w = s.op("Transpose", "embed_tokens.weight", perm=[1, 0])
+    else:
+        w = s.g.init("lm_head.weight_t", lm.weight.detach().t().to(s.dtype))
+    logits = s.op("MatMul", h, w, name="lm_head")
+    if lm.bias is not None:
+        logits = s.op("Add", logits, s.g.init("lm_head.bias", lm.bias.detach().to(s.dtype)))
+    return s.op("Cast", softcap(s, logits, s.arch.final_softcap), to=F32, out="logits")
+
+
+def io_signature(arch: Arch, dtype: torch.dtype) -> tuple[list, list]:
+    """Graph inputs and outputs: ids, mask, positions and the cache in; float32 logits and the new cache out."""
+    kv_type = ONNX_TYPES[dtype]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
+              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"])]
+    outputs = [helper.make_tensor_value_info("logits", F32, ["batch", "sequence", arch.vocab])]
+    for i in range(arch.layers):
+        for kind in ("key", "value"):
+            past = ["batch", arch.kv_heads, "past_sequence", arch.head_dim]
+            present = ["batch", arch.kv_heads, "total_sequence", arch.head_dim]
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", kv_type, past))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", kv_type, present))
+    return inputs, outputs
+
+
+def sparse_linear_function() -> onnx.FunctionProto:
+    """The standard-op body of wisparse.SparseLinear: Y = (X where float32(|X|) > tau, else 0) @ W.
+
+    The attributes the node carries for TensorRT are declared so that ONNX Runtime accepts them; the body needs
+    none of them. `splits` (several fused projections) is declared for the ABI, but the exporter emits one node
+    per linear, so the body handles tau [in] only.
+    """
+    nodes = [
+        helper.make_node("Abs", ["X"], ["absx"]),
+        helper.make_node("Cast", ["absx"], ["absf"], to=TensorProto.FLOAT),
+        helper.make_node("Greater", ["absf", "tau"], ["keep"]),
+        helper.make_node("Constant", [], ["zero_f"], value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("CastLike", ["zero_f", "X"], ["zero"]),
+        helper.make_node("Where", ["keep", "X", "zero"], ["xm"]),
+        helper.make_node("MatMul", ["xm", "W"], ["Y"]),
+    ]
+    defaults = [helper.make_attribute(k, v) for k, v in PLUGIN_ATTRS.items()]
+    return helper.make_function(DOMAIN, OP_TYPE, ["X", "W", "tau"], ["Y"], nodes, [helper.make_opsetid("", OPSET)],
+                                attributes=["splits"], attribute_protos=defaults,
+                                doc_string="Activation-sparse linear: input channel i is kept iff float32(|x_i|) > "
+                                           "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
+
+
+def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
+    """The decoder-step graph of `model`: dense when plan is None, else each planned linear a SparseLinear node."""
+    arch = describe(model)
+    s = Step(Graph(), model, arch, dtype, {m: n for n, m in model.named_modules()}, dict(plan.layers) if plan else {})
+    s.masks, s.rope = attention_masks(s), rope_tables(s)
+    h = embedding(s, model.model)
+    for i, layer in enumerate(model.model.layers):
+        h = arch.block(s, h, layer, i)
+    head(s, h, model)
+    if s.planned:
+        raise WisparseError(f"plan layer {next(iter(s.planned))} is not one of the decoder's linears")
+    role = "dense" if plan is None else "sparse"
+    graph = helper.make_graph(s.g.nodes, role, *io_signature(arch, dtype), s.g.inits)
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, OP_VERSION)] if plan else [])
+    proto = helper.make_model(graph, opset_imports=opsets, functions=[sparse_linear_function()] if plan else [],
+                              ir_version=IR_VERSION, producer_name="wisparse-export")
+    helper.set_model_props(proto, {"wisparse.role": role, "wisparse.counts": json.dumps(s.counts)})
+    return proto
+
+
+# ---- the architecture: which pieces a model uses ----
+
+@dataclass
+class Arch:
+    """What the graph needs to know about the model, read from its config and modules, and the pieces it uses."""
+
+    model_type: str
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    max_positions: int
+    norm: Callable[[Step, str, torch.nn.Module], str]  # rms_norm | gemma_rms_norm
+    block: Callable[[Step, str, torch.nn.Module, int], str]  # pre_norm_block | sandwich_block
+    act: Callable[[Step, str], str]  # silu | gelu | gelu_tanh
+    qk_norm: bool
+    scaling: float
+    embed_scale: float | None
+    attn_softcap: float | None
+    final_softcap: float | None
+    rope: list[str]  # per layer: key into rope_tables
+    rope_tables: dict[str, tuple[torch.Tensor, float]]  # key: (inv_freq, attention scaling)
+    windows: list[int | None]  # per layer sliding window, None = full attention
+
+
+def describe(model: torch.nn.Module) -> Arch:
+    """Read the architecture; anything the graph would get wrong is refused here, in one line."""
+    cfg = model.config
+    model_type = getattr(cfg, "model_type", "?")
+    if model_type not in SUPPORTED:
+        raise WisparseError(f"the ONNX exporter does not support {model_type!r} models "
+                            f"(supported: {', '.join(SUPPORTED)})")
+    layer = model.model.layers[0]
+    attn, mlp_ = layer.self_attn, layer.mlp
+    for part, names in ((attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                        (mlp_, ("gate_proj", "up_proj", "down_proj"))):
+        if not all(hasattr(part, n) for n in names):
+            raise WisparseError(f"{model_type} model has an unexpected layout (no {', '.join(names)})")
+    act = ACTIVATIONS.get(type(mlp_.act_fn).__name__)
+    if act is None:
+        raise WisparseError(f"the ONNX exporter does not support the activation {type(mlp_.act_fn).__name__}")
+    head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rope, tables = rope_of(model, head_dim)
+    embed_scale = getattr(model.model.embed_tokens, "embed_scale", None)
+    return Arch(
+        model_type=model_type, layers=cfg.num_hidden_layers, heads=cfg.num_attention_heads,
+        kv_heads=cfg.num_key_value_heads, head_dim=head_dim, vocab=cfg.vocab_size,
+        max_positions=int(cfg.max_position_embeddings),
+        norm=gemma_rms_norm if type(layer.input_layernorm).__name__.startswith("Gemma") else rms_norm,
+        block=sandwich_block if hasattr(layer, "pre_feedforward_layernorm") else pre_norm_block,
+        act=act, qk_norm=hasattr(attn, "q_norm"), scaling=float(attn.scaling),
+        embed_scale=None if embed_scale is None else float(embed_scale),
+        attn_softcap=getattr(cfg, "attn_logit_softcapping", None) if model_type == "gemma2" else None,
+        final_softcap=getattr(cfg, "final_logit_softcapping", None), rope=rope, rope_tables=tables,
+        windows=windows_of(cfg),
+    )
+
+
+def rope_of(model: torch.nn.Module, head_dim: int) -> tuple[list[str], dict[str, tuple[torch.Tensor, float]]]:
+    """Per layer, the key of its RoPE table; per key, inv_freq and attention scaling (the model's own)."""
+    cfg, rotary = model.config, model.model.rotary_emb
+    types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    tables, rope = {}, []
+    for t in types[: cfg.num_hidden_layers]:
+        key = t if hasattr(rotary, f"{t}_inv_freq") else "default"
+        if key not in tables:
+            kind = rotary.rope_type[key] if isinstance(rotary.rope_type, dict) else rotary.rope_type
+            if kind in ("dynamic", "longrope"):
+                raise WisparseError(f"the ONNX exporter does not support {kind!r} RoPE scaling (it depends on the "
+                                    "sequence length)")
+            inv = getattr(rotary, f"{key}_inv_freq" if key != "default" else "inv_freq")
+            scale = getattr(rotary, f"{key}_attention_scaling" if key != "default" else "attention_scaling")
+            if 2 * inv.numel() != head_dim:
+                raise WisparseError("the ONNX exporter does not support partial rotary embeddings")
+            tables[key] = (inv.detach().float().cpu().clone(), float(scale))
+        rope.append(key)
+    return rope, tables
+
+
+def windows_of(cfg) -> list[int | None]:
+    """Per layer sliding window; Mistral's config sets one window for every layer."""
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return [window if t == "sliding_attention" else None for t in types[: cfg.num_hidden_layers]]
+    return [window] * cfg.num_hidden_layers
+
+
+def counts_of(proto: onnx.ModelProto) -> dict:
+    return json.loads({p.key: p.value for p in proto.metadata_props}["wisparse.counts"])
