@@ -284,6 +284,7 @@ class Batches:
 
 
 def search_batches(loaded: Loaded, seqs: torch.Tensor, cfg: SearchConfig, device: torch.device) -> Batches:
+    """Shorter sequences (cfg.seq_len), batched; token counts as the plan records them."""
     bos = loaded.tokenizer.bos_token_id if adds_bos(loaded.tokenizer) else None
     short = search_sequences(seqs, cfg.seq_len, bos, cfg.seed)
     width = short.shape[1]
@@ -403,7 +404,10 @@ def resume(path: Path, key: dict, n_blocks: int) -> dict | None:
         say(f"{e}; starting the search fresh")
         return None
     stored = state.get("key")
-    differ = [k for k in key if not isinstance(stored, dict) or stored.get(k) != key[k]]
+    if not isinstance(stored, dict):
+        say(f"search checkpoint {path} has no key this version reads; starting the search fresh")
+        return None
+    differ = [k for k in key if stored.get(k) != key[k]]
     if differ:
         say(f"search checkpoint {path} was made for other {', '.join(differ)}; starting the search fresh")
         return None
