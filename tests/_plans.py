@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from wisparse_export.models import Loaded, find_blocks, fingerprint, get_linear
-from wisparse_export.plan import LayerPlan, Plan, save_plan
+from wisparse_export import calibration
+from wisparse_export.calibration import uniform
+from wisparse_export.models import Loaded, find_blocks, get_linear
+from wisparse_export.plan import Plan, save_plan
 from wisparse_export.scores import channel_scores, column_norms
 
 VOCAB = 260  # 256 bytes + 4 specials
@@ -94,17 +96,11 @@ def make_plan(loaded: Loaded, sparsity: float = 0.5, alpha: float = 1.0, seed: i
     finally:
         for h in hooks:
             h.remove()
-    layers = {}
-    for name in names:
-        s = torch.cat(scores[name])
-        lin = get_linear(model, name)
-        layers[name] = LayerPlan(sparsity=sparsity, threshold=float(torch.quantile(s, sparsity)), alpha=alpha,
-                                 shape=(lin.out_features, lin.in_features))
-    meta = {"source": loaded.source, "architecture": loaded.architecture, "fingerprint": fingerprint(model)}
-    groups = [g for b in blocks for g in b.groups if len(g) > 1]
-    return Plan(model=meta, method="wina", target_sparsity=sparsity, layers=layers, groups=groups,
-                calibration={"text": "random token ids (tests)", "tokens": n * seq_len, "seq_len": seq_len,
-                             "seed": seed})
+    cut = {name: float(torch.quantile(torch.cat(scores[name]), sparsity)) for name in names}
+    record = {"text": "random token ids (tests)", "tokens": n * seq_len, "seq_len": seq_len, "seed": seed}
+    loaded = Loaded(model, loaded.tokenizer, loaded.source, blocks)
+    return calibration.make_plan(loaded, uniform(names, sparsity, alpha), lambda name, s, a: cut[name], "wina",
+                                 sparsity, record)
 
 
 def run_cli(*args: str) -> int:

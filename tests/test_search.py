@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,10 +12,13 @@ from _plans import run_cli, save_tiny, tiny_model, tokenizer
 
 from wisparse_export import search
 from wisparse_export.calibration import collect
+from wisparse_export.config import SearchConfig, search_budgets
+from wisparse_export.data import recipe
+from wisparse_export.errors import WisparseError
 from wisparse_export.models import Loaded, find_blocks
 
-TINY = {"budget": "fast", "seq_len": 32, "intra_tokens": 64, "screen_tokens": 64, "rank_tokens": 128,
-        "population": 3, "generations": 2, "offspring": 3, "survivors": 1, "unit_step": 0.5, "level_step": 0.1}
+TINY = replace(SearchConfig.preset("fast"), seq_len=32, intra_tokens=64, screen_tokens=64, rank_tokens=128,
+               population=3, generations=2, offspring=3, survivors=1, unit_step=0.5, level_step=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,7 @@ def tiny():
     loaded = Loaded(model=model, tokenizer=tokenizer(), source="tiny-llama", blocks=find_blocks(model))
     seqs = torch.randint(4, 260, (8, 64), generator=torch.Generator().manual_seed(0))
     seqs[:, 0] = 1
-    stats = collect(model, loaded.blocks, seqs, (0.0, 1.0), progress=False)
+    stats = collect(model, loaded.blocks, seqs, (0.0, 1.0), 4, progress=False)
     return loaded, stats, seqs
 
 
@@ -51,17 +55,32 @@ def test_mutation_keeps_budget():
 
 
 def test_presets_and_overrides():
-    s = search.resolve_settings({"budget": "default", "generations": 3})
-    assert s["generations"] == 3 and s["budget"] == "default"
-    assert search.resolve_settings({})["budget"] == "fast"  # CPU
-    with pytest.raises(Exception, match="unknown search budget"):
-        search.resolve_settings({"budget": "huge"})
+    s = replace(SearchConfig.preset("default"), generations=3)
+    assert s.generations == 3 and s.budget == "default"
+    assert SearchConfig.preset(None, "cpu").budget == "fast" and SearchConfig.preset(None, "cuda:0").budget == "default"
+    assert search_budgets() == ("fast", "default", "thorough")
+    with pytest.raises(WisparseError, match="unknown search budget"):
+        SearchConfig.preset("huge")
+    # recorded in a plan as the preset's own keys, in its order, then its name; clamped where the search clamps
+    preset = {k: v for k, v in recipe("search_presets")["fast"].items() if k != "description"}
+    assert json.dumps(SearchConfig.preset("fast").record()) == json.dumps({**preset, "budget": "fast"})
+    small = replace(SearchConfig.preset("fast"), offspring=1, rank_tokens=100)
+    assert small.survivors == 1 and small.screen_tokens == 100
+
+
+@pytest.mark.parametrize("override", [{"generations": -1}, {"offspring": 0}, {"population": 2.5}, {"seq_len": 1},
+                                      {"level_step": 0.0}, {"max_level": 1.5}, {"alphas": ()}, {"alphas": (5.0,)},
+                                      {"max_deviation": -0.1}])
+def test_bad_search_settings_are_one_line_errors(override):
+    with pytest.raises(WisparseError, match="search setting") as e:
+        replace(SearchConfig.preset("fast"), **override)
+    assert "\n" not in str(e.value)
 
 
 def test_allocate_budget_exact_grouped_deterministic(tiny, tmp_path):
     loaded, stats, seqs = tiny
-    a1, rec = search.allocate(loaded, stats, seqs, 0.5, {**TINY, "alphas": [0.0, 1.0]}, progress=False)
-    a2, _ = search.allocate(loaded, stats, seqs, 0.5, {**TINY, "alphas": [0.0, 1.0]}, progress=False)
+    a1, rec = search.allocate(loaded, stats, seqs, 0.5, replace(TINY, alphas=[0.0, 1.0]), progress=False)
+    a2, _ = search.allocate(loaded, stats, seqs, 0.5, replace(TINY, alphas=[0.0, 1.0]), progress=False)
     assert a1 == a2
     assert set(a1) == set(stats.hist)
     assert budget(loaded, stats, a1) == pytest.approx(0.5, abs=1e-6)
@@ -74,12 +93,12 @@ def test_allocate_budget_exact_grouped_deterministic(tiny, tmp_path):
                                                                               strict=True) for n in b.linears)
 
 
-def test_checkpoint_resumes(tiny, tmp_path):
+def test_checkpoint_resumes(tiny, tmp_path, capsys):
     loaded, stats, seqs = tiny
     ckpt = tmp_path / "ckpt.json"
-    full, _ = search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=3), progress=False)
+    full, _ = search.allocate(loaded, stats, seqs, 0.4, replace(TINY, generations=3), progress=False)
     # An interrupted run: stopped after generation 1 leaves its checkpoint behind.
-    search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=1, checkpoint=str(ckpt)), progress=False)
+    search.allocate(loaded, stats, seqs, 0.4, replace(TINY, generations=1), str(ckpt), progress=False)
     assert not ckpt.exists()  # finished runs clean up
     state = {}
 
@@ -93,13 +112,13 @@ def test_checkpoint_resumes(tiny, tmp_path):
     search.write_json = stop
     try:
         with pytest.raises(KeyboardInterrupt):
-            search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=3, checkpoint=str(ckpt)),
-                            progress=False)
+            search.allocate(loaded, stats, seqs, 0.4, replace(TINY, generations=3), str(ckpt), progress=False)
     finally:
         search.write_json = orig
     assert json.loads(ckpt.read_text())["generation"] == 1
-    resumed, rec = search.allocate(loaded, stats, seqs, 0.4, dict(TINY, generations=3, checkpoint=str(ckpt)),
-                                   progress=False)
+    capsys.readouterr()
+    resumed, rec = search.allocate(loaded, stats, seqs, 0.4, replace(TINY, generations=3), str(ckpt), progress=False)
+    assert "resuming from generation 1" in capsys.readouterr().err
     assert resumed == full
     assert [t["generation"] for t in rec["trace"]] == [0, 1, 2, 3]
 

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import make_plan, uniform
 from .errors import WisparseError
+from .models import Loaded, find_blocks
+from .plan import Plan
 
 SHAPES = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -174,19 +177,11 @@ def activation_samples(model: nn.Module, tokens: int = 256, per_linear: int = 65
     return out
 
 
-def uniform_plan(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: float):
+def uniform_plan(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: float) -> Plan:
     """A plan giving every linear the same target sparsity (alpha 0: thresholds are |x| quantiles)."""
-    from .models import find_blocks, fingerprint
-    from .plan import LayerPlan, Plan
-
-    layers = {}
-    for name, s in samples.items():
-        lin = model.get_submodule(name)
-        t = float(torch.quantile(s, sparsity)) if sparsity > 0 else 0.0
-        layers[name] = LayerPlan(sparsity, t, 0.0, (lin.out_features, lin.in_features))
-    return Plan(model={"source": "bench", "fingerprint": fingerprint(model)}, method="teal",
-                target_sparsity=sparsity, calibration={"text": "random tokens"}, layers=layers,
-                groups=[g for b in find_blocks(model) for g in b.groups])
+    cut = {name: float(torch.quantile(s, sparsity)) if sparsity > 0 else 0.0 for name, s in samples.items()}
+    return make_plan(Loaded(model, None, "bench", find_blocks(model)), uniform(samples, sparsity, 0.0),
+                     lambda name, s, a: cut[name], "teal", sparsity, {"text": "random tokens"})
 
 
 def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: float) -> None:

@@ -8,6 +8,7 @@ quantile read off it: the allocation search asks for thousands of them without t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -17,11 +18,13 @@ from tqdm.auto import tqdm
 from .errors import WisparseError
 from .models import Block, Loaded, fingerprint, get_linear
 from .plan import LayerPlan, Plan
+from .runtime import apply, remove
 from .scores import column_norms
 
 LOG_LO, LOG_HI, BINS = math.log(1e-8), math.log(1e4), 8192
 WIDTH = (LOG_HI - LOG_LO) / BINS
 METHOD_ALPHA = {"teal": 0.0, "wina": 1.0, "wisparse": 1.0}
+Allocation = dict[str, tuple[float, float]]  # {linear: (sparsity, alpha)}
 
 
 @dataclass
@@ -36,6 +39,8 @@ class Stats:
 
     def threshold(self, name: str, sparsity: float, alpha: float) -> float:
         """The score below which `sparsity` of this linear's (token, channel) scores fall."""
+        if alpha not in self.alphas:
+            raise WisparseError(f"alpha {alpha} was not calibrated (calibrated: {list(self.alphas)})")
         if sparsity <= 0:
             return 0.0
         counts = self.hist[name][self.alphas.index(alpha)]
@@ -48,8 +53,8 @@ class Stats:
 
 
 @torch.no_grad()
-def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas=(0.0, 0.5, 1.0),
-            batch_size: int = 4, progress: bool = True) -> Stats:
+def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: Iterable[float], batch_size: int,
+            progress: bool = True) -> Stats:
     """Run the dense model over calibration sequences, histogramming every planned linear's scores."""
     stats = Stats(alphas=tuple(float(a) for a in alphas), tokens=0)
     hooks = []
@@ -60,7 +65,7 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas=(0
                 w = get_linear(model, name).weight
                 stats.norms[name] = column_norms(w).cpu()
                 stats.shapes[name] = (w.shape[0], w.shape[1])
-                stats.hist[name] = torch.zeros(len(alphas), BINS, dtype=torch.float64)
+                stats.hist[name] = torch.zeros(len(stats.alphas), BINS, dtype=torch.float64)
                 logn[name] = stats.norms[name].to(w.device).clamp_min(1e-30).log()
 
             def hook(mod, args, group=group, logn=logn):
@@ -85,74 +90,41 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas=(0
     return stats
 
 
-def uniform(stats: Stats, sparsity: float, alpha: float) -> dict[str, tuple[float, float]]:
+def uniform(names: Iterable[str], sparsity: float, alpha: float) -> Allocation:
     """Every linear at the same sparsity: {name: (sparsity, alpha)}."""
-    return {name: (sparsity, alpha) for name in stats.hist}
+    return {name: (sparsity, alpha) for name in names}
 
 
-def make_plan(loaded: Loaded, stats: Stats, allocation: dict[str, tuple[float, float]], method: str,
-              target: float, calibration: dict, search: dict | None = None) -> Plan:
-    """Turn per-linear (sparsity, alpha) into a plan with thresholds read off the calibration histograms."""
+def make_plan(loaded: Loaded, allocation: Allocation, threshold: Callable[[str, float, float], float],
+              method: str, target: float, calibration: dict, search: dict | None = None) -> Plan:
+    """Turn per-linear (sparsity, alpha) into a plan; threshold(name, sparsity, alpha) gives each layer's score cut
+    (Stats.threshold for calibration; bench and tests pass exact quantiles of their own samples)."""
     layers = {}
     for name, (s, a) in allocation.items():
-        if a not in stats.alphas:
-            raise WisparseError(f"alpha {a} was not calibrated (calibrated: {list(stats.alphas)})")
-        layers[name] = LayerPlan(sparsity=round(float(s), 6), threshold=stats.threshold(name, s, a), alpha=a,
-                                 shape=stats.shapes[name])
+        lin = get_linear(loaded.model, name)
+        layers[name] = LayerPlan(sparsity=round(float(s), 6), threshold=threshold(name, s, a), alpha=a,
+                                 shape=(lin.out_features, lin.in_features))
     groups = [g for b in loaded.blocks for g in b.groups if len(g) > 1 and all(n in layers for n in g)]
     model = {"source": loaded.source, "architecture": loaded.architecture, "fingerprint": fingerprint(loaded.model)}
     return Plan(model=model, method=method, target_sparsity=target, calibration=calibration, layers=layers,
                 groups=groups, search=search)
 
 
-def calibrate(loaded: Loaded, text, sparsity: float, method: str = "wisparse", seq_len: int = 512,
-              tokens: int = 16384, seed: int = 0, batch_size: int = 4, search_settings: dict | None = None,
-              progress: bool = True) -> Plan:
-    """Text in, plan out: score statistics, then uniform allocation (teal, wina) or the WiSparse search."""
-    from .data import sequences
-
-    if not 0.0 <= sparsity < 1.0:
-        raise WisparseError(f"sparsity must be in [0, 1), got {sparsity}")
-    if method not in METHOD_ALPHA:
-        raise WisparseError(f"unknown method {method!r}; choose teal, wina or wisparse")
-    seqs = sequences(loaded.tokenizer, text, seq_len, tokens, seed=seed, shuffle=True)
-    alphas = (METHOD_ALPHA[method],)
-    if method == "wisparse":  # only the alphas the search may pick: each costs a histogram pass per linear
-        from .search import resolve_settings
-
-        device = next(loaded.model.parameters()).device
-        alphas = tuple(sorted({*map(float, resolve_settings(search_settings, device)["alphas"]), METHOD_ALPHA[method]}))
-    stats = collect(loaded.model, loaded.blocks, seqs, alphas, batch_size, progress)
-    settings = {"text": text.description, "sources": text.sources, "tokens": stats.tokens,
-                "seq_len": seq_len, "seed": seed}
-    search = None
-    if method == "wisparse":
-        from .search import allocate
-
-        allocation, search = allocate(loaded, stats, seqs, sparsity, search_settings or {}, progress)
-    else:
-        allocation = uniform(stats, sparsity, METHOD_ALPHA[method])
-    plan = make_plan(loaded, stats, allocation, method, sparsity, settings, search)
-    return refit(loaded, plan, stats, allocation, seqs, batch_size, progress)
-
-
-def refit(loaded: Loaded, plan: Plan, stats: Stats, allocation: dict[str, tuple[float, float]],
-          seqs: torch.Tensor, batch_size: int = 4, progress: bool = True) -> Plan:
+def refit(loaded: Loaded, plan: Plan, allocation: Allocation, seqs: torch.Tensor,
+          batch_size: int, progress: bool = True) -> Plan:
     """Re-read thresholds from scores measured inside the sparse model itself.
 
     Dense-model statistics overshoot: once earlier layers are sparse, later layers see smaller activations and
     drop more than planned (about +0.02 at 0.5 on SmolLM2). One pass with the plan applied fixes each
     layer's threshold to its own target under the distribution it will really see.
     """
-    from .runtime import apply, remove
-
     alphas = tuple(sorted({a for _, a in allocation.values()}))
     apply(loaded.model, plan, check=False)
     try:
         sparse_stats = collect(loaded.model, loaded.blocks, seqs, alphas, batch_size, progress)
     finally:
         remove(loaded.model)
-    refitted = make_plan(loaded, sparse_stats, allocation, plan.method, plan.target_sparsity, plan.calibration,
-                         plan.search)
+    refitted = make_plan(loaded, allocation, sparse_stats.threshold, plan.method, plan.target_sparsity,
+                         plan.calibration, plan.search)
     refitted.calibration = {**plan.calibration, "refit": "thresholds read inside the sparse model"}
     return refitted

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import click
 
+from . import pipeline
+from .calibration import METHOD_ALPHA
+from .config import CalibrationConfig, EvaluationConfig, SearchConfig, check_sparsity, search_budgets
+from .data import load_text
 from .errors import WisparseError
+from .files import check_writable
+from .models import load_model
+from .plan import save_plan
 
 PROGRESS = click.option("--quiet", is_flag=True, help="No progress bars.")
 MODEL = click.option("--model", "model_src", default=None,
@@ -15,6 +23,7 @@ DTYPE = click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                      help="auto: float32 on CPU, bfloat16 on GPU.")
 DEVICE = click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+CALIBRATE, EVALUATE = CalibrationConfig.preset(), EvaluationConfig.preset()  # defaults: calibration/presets.json
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,15 +37,16 @@ def cli() -> None:
 @DTYPE
 @DEVICE
 @click.option("--sparsity", type=float, required=True, help="Target parameter-weighted sparsity in [0, 1).")
-@click.option("--method", type=click.Choice(["teal", "wina", "wisparse"]), default="wisparse", show_default=True,
+@click.option("--method", type=click.Choice(list(METHOD_ALPHA)), default=CALIBRATE.method, show_default=True,
               help="teal: magnitude, uniform; wina: weight-aware, uniform; wisparse: weight-aware + allocation search.")
 @click.option("--calib-text", multiple=True, help="Text file, folder or hf:NAME[:CONFIG] (repeatable; "
               "default: the embedded corpus's calibration split).")
-@click.option("--calib-tokens", type=int, default=16384, show_default=True)
-@click.option("--seq-len", type=int, default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--calib-tokens", type=int, default=CALIBRATE.tokens, show_default=True)
+@click.option("--seq-len", type=int, default=CALIBRATE.seq_len, show_default=True,
+              help="Tokens per sequence, at most the model's context.")
+@click.option("--seed", type=int, default=CALIBRATE.seed, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
-@click.option("--search-budget", type=click.Choice(["fast", "default", "thorough"]), default=None,
+@click.option("--search-budget", type=click.Choice(search_budgets()), default=None,
               help="wisparse search preset (calibration/search_presets.json; default: 'default' on a GPU, "
               "'fast' on CPU).")
 @click.option("--search-generations", type=int, default=None, help="Override the preset's generations.")
@@ -47,23 +57,20 @@ def cli() -> None:
 def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, output,
               search_budget, search_generations, search_offspring, search_tokens, quiet):
     """Calibrate thresholds on text and write a plan file."""
-    from .calibration import calibrate as run
-    from .data import load_text
-    from .files import check_writable
-    from .models import load_model
-    from .plan import save_plan
-
-    if not 0.0 <= sparsity < 1.0:
-        raise WisparseError(f"--sparsity must be in [0, 1), got {sparsity}")
+    check_sparsity(sparsity, "--sparsity")
+    config = replace(CALIBRATE, method=method, seq_len=seq_len, tokens=calib_tokens, seed=seed)
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
     loaded = load_model(model_src, dtype, device, progress=not quiet)
-    search = {"budget": search_budget, "generations": search_generations, "offspring": search_offspring,
-              "checkpoint": f"{output}.search.json"}  # an interrupted search resumes from here
-    if search_tokens is not None:
-        search.update(rank_tokens=search_tokens, screen_tokens=max(1, search_tokens // 4))
-    plan = run(loaded, text, sparsity, method, seq_len, calib_tokens, seed, search_settings=search,
-               progress=not quiet)
+    search = None
+    if method == "wisparse":
+        overrides = {"generations": search_generations, "offspring": search_offspring}
+        if search_tokens is not None:
+            overrides.update(rank_tokens=search_tokens, screen_tokens=max(1, search_tokens // 4))
+        search = replace(SearchConfig.preset(search_budget, next(loaded.model.parameters()).device),
+                         **{k: v for k, v in overrides.items() if v is not None})
+    plan = pipeline.calibrate(loaded, text, sparsity, config, search=search, checkpoint=f"{output}.search.json",
+                              progress=not quiet)  # an interrupted search resumes from the checkpoint
     save_plan(plan, output)
     click.echo(f"wrote {output}: {len(plan.layers)} linears, method {method}, budget {plan.budget:.4f}")
 
@@ -75,8 +82,9 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--text", multiple=True, help="Evaluation text: file, folder or hf:NAME[:CONFIG] (repeatable; "
               "default: the embedded corpus's evaluation split).")
-@click.option("--tokens", type=int, default=16384, show_default=True, help="At most this many evaluation tokens.")
-@click.option("--seq-len", type=int, default=512, show_default=True)
+@click.option("--tokens", type=int, default=EVALUATE.tokens, show_default=True,
+              help="At most this many evaluation tokens.")
+@click.option("--seq-len", type=int, default=EVALUATE.seq_len, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
 @PROGRESS
 def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_out, quiet):

@@ -1,7 +1,8 @@
 """Accuracy of a sparse model against its dense self: perplexity, KL(dense || sparse), top-1 agreement,
 and the sparsity actually realized per linear and overall (parameter-weighted).
 
-`Metrics` only sees logits, so the ONNX Runtime and TensorRT checks reuse it unchanged.
+`Metrics` only sees logits, so the ONNX Runtime and TensorRT checks reuse it unchanged; the allocation search
+judges candidates with the same `kl_sum`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from .plan import Plan
 from .runtime import apply, dense_mode, track_sparsity
 
 
+def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Next-token log-probabilities in float32, whatever the logits' dtype."""
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def kl_sum(dense: torch.Tensor, sparse: torch.Tensor) -> float:
+    """Sum over positions of KL(dense || sparse), both given as float32 log-probabilities (log_probs)."""
+    return (dense.exp() * (dense - sparse)).sum().item()
+
+
 class Metrics:
     """Accumulates next-token statistics over batches of (dense logits, sparse logits, token ids)."""
 
@@ -25,12 +36,12 @@ class Metrics:
         self.agree = self.tokens = 0
 
     def update(self, dense_logits: torch.Tensor, sparse_logits: torch.Tensor, ids: torch.Tensor) -> None:
-        ld = F.log_softmax(dense_logits[:, :-1].float(), dim=-1)
-        ls = F.log_softmax(sparse_logits[:, :-1].float(), dim=-1)
+        ld = log_probs(dense_logits[:, :-1])
+        ls = log_probs(sparse_logits[:, :-1])
         target = ids[:, 1:].to(ld.device).unsqueeze(-1)
         self.nll_dense -= ld.gather(-1, target).sum().item()
         self.nll_sparse -= ls.gather(-1, target).sum().item()
-        self.kl += (ld.exp() * (ld - ls)).sum().item()
+        self.kl += kl_sum(ld, ls)
         self.agree += (ld.argmax(-1) == ls.argmax(-1)).sum().item()
         self.tokens += target.numel()
 

@@ -20,56 +20,28 @@ and the split for a level between two table rows interpolates them, so both stay
 from __future__ import annotations
 
 import bisect
-import hashlib
-import importlib.resources
-import json
 import random
+import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import Stats, make_plan, uniform
+from .calibration import Allocation, Stats, make_plan, uniform
+from .config import SearchConfig
 from .data import adds_bos
 from .errors import WisparseError
-from .files import write_json
-from .models import Loaded, fingerprint
-from .runtime import SparseLinear, apply, dense_mode, remove
+from .evaluate import kl_sum, log_probs
+from .files import check_writable, read_json, write_json
+from .identity import digest, weight_sample
+from .models import Loaded, get_linear
+from .runtime import SparseLinear, apply, dense_mode, remove, sparse_linears
 
-BUDGETS = ("fast", "default", "thorough")
-KNOBS = ("seq_len", "intra_tokens", "screen_tokens", "rank_tokens", "population", "generations", "offspring",
-         "survivors", "level_step", "unit_step", "max_level", "unit_cap", "max_deviation", "alphas", "seed")
-
-
-def presets() -> dict[str, dict]:
-    """The search recipes (calibration/search_presets.json), by name."""
-    text = importlib.resources.files("wisparse_export.recipes").joinpath("search_presets.json").read_text()
-    return json.loads(text)
-
-
-def resolve_settings(settings: dict | None, device: torch.device | str = "cpu") -> dict:
-    """A preset (settings['budget']; default: 'default' on a GPU, 'fast' on CPU) with explicit values on top."""
-    settings = dict(settings or {})
-    budget = settings.pop("budget", None) or ("default" if str(device).startswith("cuda") else "fast")
-    table = presets()
-    if budget not in table:
-        raise WisparseError(f"unknown search budget {budget!r}; choose one of {', '.join(table)}")
-    out = {k: v for k, v in table[budget].items() if k != "description"}
-    unknown = set(settings) - set(KNOBS) - {"checkpoint"}
-    if unknown:
-        raise WisparseError(f"unknown search settings: {', '.join(sorted(unknown))}")
-    out.update({k: v for k, v in settings.items() if v is not None})
-    out["budget"] = budget
-    for k in ("generations", "offspring", "population", "survivors", "screen_tokens", "rank_tokens", "seq_len"):
-        if int(out[k]) < (0 if k == "generations" else 1):
-            raise WisparseError(f"search setting {k} must be positive, got {out[k]}")
-    out["survivors"] = min(out["survivors"], out["offspring"])
-    out["screen_tokens"] = min(out["screen_tokens"], out["rank_tokens"])
-    return out
+Scored = tuple[float, list[float]]  # (KL, block levels): a member of the population
 
 
 @dataclass
@@ -184,17 +156,17 @@ def unit_errors(layer: nn.Module, mods: dict[str, SparseLinear], units: list[Uni
 
 
 def split_tables(model: nn.Module, loaded: Loaded, units: list[list[Unit]], stats: Stats, batches: list[torch.Tensor],
-                 s: dict, progress: bool) -> dict:
+                 cfg: SearchConfig, progress: bool) -> dict:
     """Per block: the alpha of each unit, and for each level on the grid the units' sparsities (refined split)."""
-    mods = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+    mods = sparse_linears(model)
     names = [b.name for b in loaded.blocks if any(n in mods for n in b.linears)]
     for m in mods.values():
         m.enabled = False
     cached = capture_blocks(model, names, batches)
-    unit_grid = _grid(s["unit_cap"], s["unit_step"])
-    levels = _grid(s["max_level"], s["level_step"])
-    alphas = [float(a) for a in s["alphas"]]
-    tables = {"levels": levels, "unit_step": s["unit_step"], "blocks": []}
+    unit_grid = _grid(cfg.unit_cap, cfg.unit_step)
+    levels = _grid(cfg.max_level, cfg.level_step)
+    alphas = [float(a) for a in cfg.alphas]
+    tables = {"levels": levels, "unit_step": cfg.unit_step, "blocks": []}
     try:
         for b, name in enumerate(tqdm(names, desc="split", unit="block", disable=not progress)):
             err = unit_errors(model.get_submodule(name), mods, units[b], cached[b], stats, alphas, unit_grid)
@@ -204,8 +176,8 @@ def split_tables(model: nn.Module, loaded: Loaded, units: list[list[Unit]], stat
             params = [u.params for u in units[b]]
             rows = []
             for level in levels:
-                lo = [max(0.0, level - s["max_deviation"])] * len(params)
-                hi = [min(s["unit_cap"], level + s["max_deviation"])] * len(params)
+                lo = [max(0.0, level - cfg.max_deviation)] * len(params)
+                hi = [min(cfg.unit_cap, level + cfg.max_deviation)] * len(params)
                 rows.append([round(x, 6) for x in greedy_split(curves, unit_grid, params, level, lo, hi)])
             # The block's own error at each level (additive estimate): seeds the search across blocks.
             cost = [sum(interp(c, unit_grid, x) for c, x in zip(curves, row, strict=True)) for row in rows]
@@ -223,7 +195,7 @@ def _grid(top: float, step: float) -> list[float]:
 
 
 def realize(levels: list[float], tables: dict, units: list[list[Unit]], refined: bool = True
-            ) -> dict[str, tuple[float, float]]:
+            ) -> Allocation:
     """Block levels -> {linear: (sparsity, alpha)} through the tables (interpolated between rows)."""
     grid = tables["levels"]
     out = {}
@@ -244,25 +216,22 @@ class KLFitness:
 
     def __init__(self, model: nn.Module, stats: Stats, batches: list[torch.Tensor]):
         self.model, self.stats, self.batches = model, stats, batches
-        self.mods = {n: m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+        self.mods = sparse_linears(model)
         self.calls = 0
         with torch.no_grad(), dense_mode(model):
-            self.dense = [F.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), -1).half()
-                          for ids in batches]
+            self.dense = [log_probs(model(input_ids=ids, use_cache=False).logits).half() for ids in batches]
 
-    def set(self, allocation: dict[str, tuple[float, float]]) -> None:
+    def set(self, allocation: Allocation) -> None:
         for n, (s, a) in allocation.items():
             self.mods[n].set(self.stats.threshold(n, s, a), a, s)
 
     @torch.no_grad()
-    def __call__(self, allocation: dict[str, tuple[float, float]], n_batches: int | None = None) -> float:
+    def __call__(self, allocation: Allocation, n_batches: int | None = None) -> float:
         self.set(allocation)
         self.calls += 1
         total, count = 0.0, 0
         for ids, ld in list(zip(self.batches, self.dense, strict=True))[:n_batches]:
-            ls = F.log_softmax(self.model(input_ids=ids, use_cache=False).logits.float(), -1)
-            ld = ld.float()
-            total += (ld.exp() * (ld - ls)).sum().item()
+            total += kl_sum(ld.float(), log_probs(self.model(input_ids=ids, use_cache=False).logits))
             count += ids.numel()
         return total / count
 
@@ -283,121 +252,232 @@ def mutate(levels: list[float], params: list[int], rng: random.Random, max_level
     return new
 
 
-def _key(loaded: Loaded, stats: Stats, target: float, s: dict) -> str:
-    """What a checkpoint must match to be resumed; not the generation count, so a search can be extended."""
-    knobs = {k: s[k] for k in KNOBS if k != "generations"}
-    blob = json.dumps([fingerprint(loaded.model), stats.tokens, target, knobs], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def evolve(population: list[Scored], generations: Iterable[int], cfg: SearchConfig,
+           vary: Callable[[list[float], random.Random], list[float]], screen: Callable[[list[float]], float],
+           rank: Callable[[list[float]], float], after: Callable[[int, list[Scored]], None]) -> list[Scored]:
+    """Steady-state evolution, lowest fitness first: each child varies the fitter of two random members; children
+    are screened cheaply, the best `survivors` ranked in full, and the population keeps its best. Every generation
+    draws from its own seeded RNG, so a resumed run draws what an uninterrupted one would."""
+    population = sorted(population, key=lambda p: p[0])
+    for gen in generations:
+        rng = random.Random(cfg.seed * 1_000_003 + gen)
+        children = []
+        for _ in range(cfg.offspring):
+            a, b = rng.choice(population), rng.choice(population)  # tournament of two
+            children.append(vary(min(a, b, key=lambda p: p[0])[1], rng))
+        screened = sorted(((screen(c), c) for c in children), key=lambda p: p[0])
+        ranked = [(rank(c), c) for _, c in screened[: cfg.survivors]]
+        population = sorted(population + ranked, key=lambda p: p[0])[: cfg.population]
+        after(gen, population)
+    return population
 
 
-def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, settings: dict | None = None,
-             progress: bool = True) -> tuple[dict[str, tuple[float, float]], dict]:
-    """Search the allocation for `target`; returns ({linear: (sparsity, alpha)}, the search record for the plan).
+@dataclass
+class Batches:
+    """Calibration tokens cut for the search: split-table batches, and ranking batches whose first n_screen
+    screen the offspring."""
 
-    settings: a preset name under 'budget' plus any of KNOBS, and 'checkpoint' (a JSON path: written after each
-    generation, resumed from when it matches this model, text and settings).
-    """
-    model = loaded.model
-    device = next(model.parameters()).device
-    s = resolve_settings(settings, device)
-    ckpt_path = Path(s.pop("checkpoint")) if s.get("checkpoint") else None
-    max_level = min(float(s["max_level"]), float(s["unit_cap"]))
+    intra: list[torch.Tensor]
+    rank: list[torch.Tensor]
+    n_screen: int
+    tokens: dict[str, int]
+
+
+def search_batches(loaded: Loaded, seqs: torch.Tensor, cfg: SearchConfig, device: torch.device) -> Batches:
+    """Shorter sequences (cfg.seq_len), batched; token counts as the plan records them."""
+    bos = loaded.tokenizer.bos_token_id if adds_bos(loaded.tokenizer) else None
+    short = search_sequences(seqs, cfg.seq_len, bos, cfg.seed)
+    width = short.shape[1]
+    # At most 2k tokens a forward (logits stay ~400 MB), and no more than screening needs.
+    per_batch = max(1, min(2048, cfg.screen_tokens) // width)
+    n_rank = max(1, min(len(short), cfg.rank_tokens // width))
+    n_intra = max(1, min(len(short), cfg.intra_tokens // width))
+
+    def batch(x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[i: i + per_batch].to(device) for i in range(0, len(x), per_batch)]
+
+    rank = batch(short[:n_rank])
+    n_screen = max(1, min(len(rank), -(-cfg.screen_tokens // (per_batch * width))))
+    tokens = {"intra": n_intra * width, "screen": min(n_screen * per_batch, n_rank) * width, "rank": n_rank * width}
+    return Batches(batch(short[:n_intra]), rank, n_screen, tokens)
+
+
+@dataclass
+class Problem:
+    """One search's fixed parts: block units and their sizes, the split tables, the fitness through them."""
+
+    units: list[list[Unit]]
+    params: list[int]  # per block
+    tables: dict
+    fit: KLFitness
+    max_level: float
+    n_screen: int
+    t0: float
+
+    def kl(self, levels: list[float], n_batches: int | None = None, refined: bool = True) -> float:
+        return self.fit(realize(levels, self.tables, self.units, refined), n_batches)
+
+    def vary(self, levels: list[float], rng: random.Random) -> list[float]:
+        return mutate(levels, self.params, rng, self.max_level)
+
+    def progress(self, generation: int, population: list[Scored]) -> dict:
+        return {"generation": generation, "best_kl": min(f for f, _ in population), "evaluations": self.fit.calls,
+                "seconds": round(time.perf_counter() - self.t0, 1)}
+
+
+def first_population(problem: Problem, target: float, cfg: SearchConfig) -> list[Scored]:
+    """Uniform levels, levels from the blocks' own errors, their mean, then mutants of these three."""
+    n = len(problem.params)
+    curves = [t["error"] for t in problem.tables["blocks"]]
+    seed = greedy_split(curves, problem.tables["levels"], problem.params, target, [0.0] * n, [problem.max_level] * n)
+    flat = [target] * n
+    rng = random.Random(cfg.seed)
+    starts = [flat, seed, [(a + b) / 2 for a, b in zip(flat, seed, strict=True)]]
+    while len(starts) < cfg.population:
+        starts.append(problem.vary(rng.choice(starts[:3]), rng))
+    return [(problem.kl(lv), lv) for lv in starts[: cfg.population]]
+
+
+def search_levels(problem: Problem, target: float, cfg: SearchConfig, state: dict | None,
+                  save: Callable[[dict], None] | None, progress: bool) -> tuple[list[Scored], dict, list[dict]]:
+    """Block levels by evolution, fresh or from a checkpoint's state; save(state) after every generation.
+    Returns the final population (best first), the starting baselines and the per-generation trace."""
+    if state is None:
+        population = first_population(problem, target, cfg)
+        baselines = {"uniform": population[0][0], "error_seed": population[1][0] if len(population) > 1 else None}
+        trace, start = [problem.progress(0, population)], 1
+    else:
+        population = [(f, lv) for f, lv in state["population"]]
+        baselines, trace, start = state["baselines"], state["trace"], state["generation"] + 1
+    bar = tqdm(range(start, cfg.generations + 1), desc="search", unit="gen", disable=not progress)
+    bar.set_postfix(best_kl=f"{min(f for f, _ in population):.4f}")
+
+    def after(gen: int, population: list[Scored]) -> None:
+        trace.append(problem.progress(gen, population))
+        bar.set_postfix(best_kl=f"{population[0][0]:.4f}")
+        if save is not None:
+            save({"generation": gen, "population": population, "tables": problem.tables, "baselines": baselines,
+                  "trace": trace})
+
+    population = evolve(population, bar, cfg, problem.vary, lambda lv: problem.kl(lv, problem.n_screen),
+                        problem.kl, after)
+    return population, baselines, trace
+
+
+# ---------------------------------------------------------------- checkpoint
+
+
+def say(message: str) -> None:
+    """One line on stderr, between progress bars."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def checkpoint_key(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, cfg: SearchConfig) -> dict:
+    """What a checkpoint must match to be resumed, part by part: the planned weights' values (not only names and
+    shapes), the exact calibration token ids (text, tokenizer, seq_len, token count and seed at once), the target
+    and every setting but the generation count (so a finished search can be extended)."""
+    weights = {n: [list(stats.shapes[n]), weight_sample(get_linear(loaded.model, n).weight)] for n in stats.hist}
+    settings = {k: v for k, v in cfg.record().items() if k != "generations"}
+    return {"weights": digest(weights), "calibration tokens": digest(seqs.tolist()), "target sparsity": digest(target),
+            "search settings": digest(settings)}
+
+
+def _complete(state: dict, n_blocks: int) -> bool:
+    """Has every field a resumed search reads, in the shape this code writes."""
+    pop, tables = state.get("population"), state.get("tables")
+    return (isinstance(state.get("generation"), int) and isinstance(state.get("trace"), list)
+            and isinstance(state.get("baselines"), dict) and isinstance(tables, dict)
+            and isinstance(tables.get("blocks"), list) and len(tables["blocks"]) == n_blocks
+            and isinstance(pop, list) and len(pop) > 0
+            and all(isinstance(p, list) and len(p) == 2 and isinstance(p[1], list) and len(p[1]) == n_blocks
+                    for p in pop))
+
+
+def resume(path: Path, key: dict, n_blocks: int) -> dict | None:
+    """The checkpoint's state when this very search wrote it; otherwise None, said in one line (the fresh search
+    then writes its own checkpoint over it)."""
+    if not path.is_file():
+        return None
+    try:
+        state = read_json(path, "search checkpoint")
+    except WisparseError as e:
+        say(f"{e}; starting the search fresh")
+        return None
+    stored = state.get("key")
+    if not isinstance(stored, dict):
+        say(f"search checkpoint {path} has no key this version reads; starting the search fresh")
+        return None
+    differ = [k for k in key if stored.get(k) != key[k]]
+    if differ:
+        say(f"search checkpoint {path} was made for other {', '.join(differ)}; starting the search fresh")
+        return None
+    if not _complete(state, n_blocks):
+        say(f"search checkpoint {path} is incomplete; starting the search fresh")
+        return None
+    say(f"resuming from generation {state['generation']} of search checkpoint {path}")
+    return state
+
+
+# ---------------------------------------------------------------- the search
+
+
+def _check(cfg: SearchConfig, stats: Stats, target: float) -> float:
+    """The highest block level the settings allow; refuses a target above it or alphas not calibrated."""
+    max_level = min(float(cfg.max_level), float(cfg.unit_cap))
     if not 0.0 <= target <= max_level:
         raise WisparseError(f"target sparsity {target} is above the search's max_level {max_level}")
-    missing = [a for a in s["alphas"] if float(a) not in stats.alphas]
+    missing = [a for a in cfg.alphas if float(a) not in stats.alphas]
     if missing:
         raise WisparseError(f"search alphas {missing} were not calibrated (calibrated: {list(stats.alphas)})")
-    units = block_units(loaded, stats)
-    bparams = [sum(u.params for u in us) for us in units]
-    t0 = time.perf_counter()
-    bos = loaded.tokenizer.bos_token_id if adds_bos(loaded.tokenizer) else None
-    short = search_sequences(seqs, int(s["seq_len"]), bos, int(s["seed"]))
-    # At most 2k tokens a forward (logits stay ~400 MB), and no more than screening needs.
-    per_batch = max(1, min(2048, int(s["screen_tokens"])) // short.shape[1])
-    n_rank = max(1, min(len(short), int(s["rank_tokens"]) // short.shape[1]))
-    n_intra = max(1, min(len(short), int(s["intra_tokens"]) // short.shape[1]))
-    batch = lambda x: [x[i: i + per_batch].to(device) for i in range(0, len(x), per_batch)]
-    rank_batches = batch(short[:n_rank])
-    n_screen = max(1, min(len(rank_batches), -(-int(s["screen_tokens"]) // (per_batch * short.shape[1]))))
-    key = _key(loaded, stats, target, s)
-    state = None
-    if ckpt_path is not None and ckpt_path.is_file():
-        state = json.loads(ckpt_path.read_text())
-        if state.get("key") != key:
-            state = None
+    return max_level
 
-    plan = make_plan(loaded, stats, uniform(stats, target, stats.alphas[-1]), "wisparse", target, {})
-    apply(model, plan, check=False)
+
+def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, config: SearchConfig,
+             checkpoint: str | Path | None = None, progress: bool = True) -> tuple[Allocation, dict]:
+    """Search the allocation for `target`; returns ({linear: (sparsity, alpha)}, the search record for the plan).
+
+    checkpoint: a JSON file written after every generation and removed at the end; the search resumes from it
+    only when this very search wrote it (same weights, calibration tokens, target and settings).
+    """
+    max_level = _check(config, stats, target)
+    path = check_writable(checkpoint) if checkpoint is not None else None
+    model, units = loaded.model, block_units(loaded, stats)
+    t0 = time.perf_counter()
+    batches = search_batches(loaded, seqs, config, next(model.parameters()).device)
+    key = checkpoint_key(loaded, stats, seqs, target, config)
+    state = resume(path, key, len(units)) if path is not None else None
+    save = (lambda s: write_json(path, {"key": key, **s})) if path is not None else None
+    apply(model, make_plan(loaded, uniform(stats.hist, target, stats.alphas[-1]), stats.threshold, "wisparse", target,
+                           {}), check=False)
     try:
         if state is None:
-            tables = split_tables(model, loaded, units, stats, batch(short[:n_intra]), s, progress)
+            tables = split_tables(model, loaded, units, stats, batches.intra, config, progress)
         else:
             tables = state["tables"]
         t_split = time.perf_counter() - t0
-        fit = KLFitness(model, stats, rank_batches)
-        evaluate = lambda lv, n=None, refined=True: fit(realize(lv, tables, units, refined), n)
-
-        if state is None:
-            grid = tables["levels"]
-            curves = [t["error"] for t in tables["blocks"]]
-            seed = greedy_split(curves, grid, bparams, target, [0.0] * len(bparams), [max_level] * len(bparams))
-            flat = [target] * len(bparams)
-            rng = random.Random(int(s["seed"]))
-            starts = [flat, seed, [(a + b) / 2 for a, b in zip(flat, seed, strict=True)]]
-            while len(starts) < int(s["population"]):
-                starts.append(mutate(rng.choice(starts[:3]), bparams, rng, max_level))
-            starts = starts[: max(int(s["population"]), 1)]
-            population = [(evaluate(lv), lv) for lv in starts]
-            baselines = {"uniform": population[0][0], "error_seed": population[1][0] if len(population) > 1 else None}
-            trace = [{"generation": 0, "best_kl": min(population)[0], "evaluations": fit.calls,
-                      "seconds": round(time.perf_counter() - t0, 1)}]
-            start = 1
-        else:
-            population = [(f, lv) for f, lv in state["population"]]
-            baselines, trace, start = state["baselines"], state["trace"], state["generation"] + 1
-        population.sort(key=lambda p: p[0])
-
-        bar = tqdm(range(start, int(s["generations"]) + 1), desc="search", unit="gen", disable=not progress)
-        bar.set_postfix(best_kl=f"{population[0][0]:.4f}")
-        for gen in bar:
-            rng = random.Random(int(s["seed"]) * 1_000_003 + gen)  # per generation: a resumed run draws the same
-            children = []
-            for _ in range(int(s["offspring"])):
-                a, b = rng.choice(population), rng.choice(population)  # tournament of two
-                children.append(mutate(min(a, b, key=lambda p: p[0])[1], bparams, rng, max_level))
-            screened = sorted(((evaluate(c, n_screen), c) for c in children), key=lambda p: p[0])
-            ranked = [(evaluate(c), c) for _, c in screened[: int(s["survivors"])]]
-            population = sorted(population + ranked, key=lambda p: p[0])[: int(s["population"])]
-            trace.append({"generation": gen, "best_kl": population[0][0], "evaluations": fit.calls,
-                          "seconds": round(time.perf_counter() - t0, 1)})
-            bar.set_postfix(best_kl=f"{population[0][0]:.4f}")
-            if ckpt_path is not None:
-                write_json(ckpt_path, {"key": key, "generation": gen, "population": population, "tables": tables,
-                                       "baselines": baselines, "trace": trace})
-
+        problem = Problem(units, [sum(u.params for u in us) for us in units], tables,
+                          KLFitness(model, stats, batches.rank), max_level, batches.n_screen, t0)
+        population, baselines, trace = search_levels(problem, target, config, state, save, progress)
         best_kl, best = population[0]
-        flat_split_kl = evaluate(best, refined=False)  # judge the refined split end to end, not by block error
+        flat_split_kl = problem.kl(best, refined=False)  # judge the refined split end to end, not by block error
         refined = best_kl <= flat_split_kl
         allocation = realize(best, tables, units, refined)
     finally:
         remove(model)
-    total = sum(bparams)
-    budget = sum(p * lv for p, lv in zip(bparams, best, strict=True)) / total
+    if path is not None:
+        path.unlink(missing_ok=True)
+    blocks = [b for b in loaded.blocks if any(n in stats.hist for n in b.linears)]
     record = {
         "method": "evolution across blocks (KL on calibration tokens), reconstruction-error split within blocks",
-        "settings": s,
-        "budget": round(budget, 6),
+        "settings": config.record(),
+        "budget": round(sum(p * lv for p, lv in zip(problem.params, best, strict=True)) / sum(problem.params), 6),
         "blocks": [{"name": b.name, "level": round(lv, 6), "alphas": t["alphas"]}
-                   for b, lv, t in zip([b for b in loaded.blocks if any(n in stats.hist for n in b.linears)],
-                                       best, tables["blocks"], strict=True)],
+                   for b, lv, t in zip(blocks, best, tables["blocks"], strict=True)],
         "units": [[u.names for u in us] for us in units],
         "split": "refined" if refined else "uniform within blocks (refined split lost end to end)",
         "fitness": {"best_kl": best_kl, "uniform_split_kl": flat_split_kl, **baselines},
-        "tokens": {"intra": n_intra * short.shape[1], "screen": min(n_screen * per_batch, n_rank) * short.shape[1],
-                   "rank": n_rank * short.shape[1]},
+        "tokens": batches.tokens,
         "seconds": {"split": round(t_split, 1), "total": round(time.perf_counter() - t0, 1)},
         "trace": trace,
     }
-    if ckpt_path is not None:
-        ckpt_path.unlink(missing_ok=True)
     return allocation, record
