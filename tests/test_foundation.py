@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from _plans import save_tiny, tiny_model, tokenizer
 
 from wisparse_export import apply, load_model, load_plan, remove, save_plan
-from wisparse_export.calibration import BINS, LOG_HI, LOG_LO, Stats, calibrate
+from wisparse_export.calibration import BINS, LOG_HI, LOG_LO, Stats
 from wisparse_export.cli import main
 from wisparse_export.data import Text, adds_bos, check_disjoint, default_text, load_text, sequences
 from wisparse_export.errors import WisparseError
 from wisparse_export.models import find_blocks, projection
+from wisparse_export.pipeline import calibrate
 from wisparse_export.plan import from_dict
 from wisparse_export.runtime import SparseLinear, sparse_linears, track_sparsity
 
