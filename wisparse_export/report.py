@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from .files import write_atomic
+from .models import projection
+
 
 def table(headers: list[str], rows: list[list]) -> str:
     """A plain fixed-width table; floats at 4 significant digits."""
@@ -29,15 +34,10 @@ def evaluation_table(r: dict) -> str:
 def plot_allocation(plan: dict, path: str) -> str:
     """Per-block sparsity (param-weighted) and each projection's sparsity per block, from a plan dictionary:
     shows where the allocation put the budget, which a table of 200 linears does not."""
-    import re
-
-    import matplotlib
+    import matplotlib  # only the plot needs it, and it takes a second to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .files import write_atomic
-    from .models import projection
 
     blocks: dict[int, dict[str, tuple[float, int]]] = {}
     for name, lp in plan["layers"].items():
