@@ -92,10 +92,11 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     from . import data
     from .evaluate import evaluate as run
     from .files import check_writable, write_json
-    from .models import load_model
+    from .models import check_plan, context_length, load_model
     from .plan import load_plan
     from .report import evaluation_table
 
+    data.check_lengths(seq_len, tokens)
     plan = load_plan(plan_path)
     if json_out:
         check_writable(json_out)
@@ -104,7 +105,8 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     if calibration_text is not None:
         data.check_disjoint(calibration_text, evaluation)
     loaded = load_model(model_src or plan.model.get("source"), dtype, device, progress=not quiet)
-    plan.check_model(loaded.model)
+    check_plan(loaded.model, plan)
+    data.check_lengths(seq_len, tokens, context_length(loaded.model))
     seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
     result = run(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
     result["text"] = evaluation.description
@@ -245,11 +247,17 @@ def build_cmd(out, workspace, max_batch, max_prefill, max_context):
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Image to write (.png, .svg).")
 def plot(plan_path, output):
     """Draw a plan's per-block and per-projection sparsity."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
     from .files import check_writable
     from .plan import load_plan
     from .report import plot_allocation
 
     check_writable(output)
+    fmt = output.rsplit(".", 1)[-1].lower() if "." in output else "png"
+    if fmt not in FigureCanvasBase.get_supported_filetypes():
+        raise WisparseError(f"cannot write {output}: .{fmt} is not an image format "
+                            f"({', '.join(sorted(FigureCanvasBase.get_supported_filetypes()))})")
     plot_allocation(load_plan(plan_path).to_dict(), output)
     click.echo(f"wrote {output}")
 

@@ -1,16 +1,19 @@
 """Calibration and evaluation text: files, folders, a Hugging Face dataset, or the embedded default corpus.
 
 Text becomes fixed-length token sequences. Each sequence starts with BOS when the tokenizer adds one by itself
-(Gemma-family models degrade badly without it). Calibration and evaluation never share a document.
+(Gemma-family models degrade badly without it). Calibration and evaluation never share text: passages of
+SHINGLE words are compared, so a document copied with a line added, or a file holding the calibration documents
+among others, is caught too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import importlib.util
 import json
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,11 @@ from .errors import WisparseError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".cor", ".rst"}
 SPLITS = ("calibration", "evaluation")
+SHINGLE = 13           # words per compared passage: long enough that disjoint prose never shares one by chance
+MIN_SHARED = 50        # evaluation words inside shared passages before the texts count as overlapping
+POOL = 1 << 20         # tokens: a shuffled draw picks its sequences among the chunks of the first POOL
+WINDOW = 1 << 16       # characters of a long document tokenized in one call (memory grows ~400 bytes a character)
+WORD = re.compile(r"\w+")
 
 
 @dataclass
@@ -27,10 +35,6 @@ class Text:
     docs: list[str]
     description: str  # recorded in plans and reports
     sources: list[str] | None = None  # what the user passed (None: the default corpus); lets evaluate re-read it
-
-    @property
-    def digests(self) -> set[str]:
-        return {hashlib.sha256(d.strip().encode()).hexdigest()[:16] for d in self.docs if d.strip()}
 
 
 def recipe(name: str = "default_text") -> dict:
@@ -124,24 +128,55 @@ def adds_bos(tokenizer) -> bool:
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
+def check_lengths(seq_len: int, max_tokens: int | None, context: int | None = None) -> None:
+    """Sequence length and token count a run can use: at least 8 tokens a sequence, within the model's context."""
+    if seq_len < 8:
+        raise WisparseError(f"sequence length {seq_len} is too short (at least 8)")
+    if context is not None and seq_len > context:
+        raise WisparseError(f"sequence length {seq_len} is beyond the model's context of {context} positions")
+    if max_tokens is not None and max_tokens <= 0:
+        raise WisparseError(f"number of tokens must be positive, got {max_tokens}")
+
+
+def _doc_tokens(tokenizer, doc: str, want: int | None) -> list[int]:
+    """Token ids of a document, WINDOW characters at a time (cut before a space or line break) and only until
+    `want` tokens are there: a 5 MB line costs neither gigabytes nor the time to tokenize what is not used.
+    A document up to WINDOW characters is tokenized in one call, as always."""
+    ids: list[int] = []
+    start = 0
+    while start < len(doc) and (want is None or len(ids) < want):
+        end = len(doc)
+        if end - start > WINDOW:
+            lo, hi = start + WINDOW // 2, start + WINDOW
+            end = max(doc.rfind(" ", lo, hi), doc.rfind("\n", lo, hi))
+            end = end if end > 0 else hi
+        ids += tokenizer(doc[start:end], add_special_tokens=False)["input_ids"]
+        start = end
+    return ids
+
+
 def sequences(tokenizer, text: Text, seq_len: int, max_tokens: int | None = None, seed: int = 0,
               shuffle: bool = False) -> torch.Tensor:
     """[n, seq_len] token ids: documents joined by EOS, cut into chunks, BOS first where the tokenizer wants it.
 
-    At most max_tokens // seq_len sequences; shuffle (seeded) picks a random subset instead of the first ones.
+    At most max_tokens // seq_len sequences (at least one): the first ones, or with shuffle a seeded random subset
+    of the chunks within the first POOL tokens (more if it needs more). Only the text needed is tokenized.
     """
-    if seq_len < 8:
-        raise WisparseError(f"sequence length {seq_len} is too short (at least 8)")
+    check_lengths(seq_len, max_tokens)
     bos = adds_bos(tokenizer)
     eos = tokenizer.eos_token_id
+    body = seq_len - 1 if bos else seq_len
+    count = None if max_tokens is None else max(1, max_tokens // seq_len)
+    need = None if count is None else max(count * body, POOL if shuffle else 0)
     stream: list[int] = []
     for d in text.docs:
+        if need is not None and len(stream) >= need:
+            break
         if d.strip():
-            stream += tokenizer(d, add_special_tokens=False)["input_ids"]
+            stream += _doc_tokens(tokenizer, d, None if need is None else need - len(stream))
             if eos is not None:
                 stream.append(eos)
-    body = seq_len - 1 if bos else seq_len
-    n = len(stream) // body
+    n = min(len(stream), need if need is not None else len(stream)) // body
     if n == 0:
         raise WisparseError(f"text is too short: {len(stream)} tokens, need at least {body} for one sequence "
                             f"of {seq_len} ({text.description})")
@@ -150,17 +185,41 @@ def sequences(tokenizer, text: Text, seq_len: int, max_tokens: int | None = None
         chunks = torch.cat([torch.full((n, 1), tokenizer.bos_token_id, dtype=torch.long), chunks], dim=1)
     if shuffle:
         chunks = chunks[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
-    if max_tokens is not None:
-        chunks = chunks[: max(1, max_tokens // seq_len)]
-    return chunks
+    return chunks if count is None else chunks[:count]
+
+
+def _shingles(docs: list[str]) -> Iterator[tuple[int, int, int]]:
+    """(hash, document, word index) of every run of SHINGLE words (lower case, punctuation and spacing ignored)."""
+    for i, d in enumerate(docs):
+        words = WORD.findall(d.lower())
+        for j in range(len(words) - SHINGLE + 1):
+            yield hash(" ".join(words[j: j + SHINGLE])), i, j
 
 
 def check_disjoint(calibration: Text, evaluation: Text) -> None:
-    """Evaluation on text calibration saw would flatter every figure: refuse it."""
-    shared = calibration.digests & evaluation.digests
-    if shared:
-        raise WisparseError(f"evaluation text shares {len(shared)} document(s) with the calibration text "
-                            f"({calibration.description}); evaluate on text calibration did not see")
+    """Evaluation on text calibration saw would flatter every figure: refuse shared passages of SHINGLE words
+    covering MIN_SHARED words or more of the evaluation text, naming one of them.
+
+    Memory is a set of hashes of the smaller text; the larger one is only streamed.
+    """
+    cal_small = sum(map(len, calibration.docs)) <= sum(map(len, evaluation.docs))
+    small, large = (calibration, evaluation) if cal_small else (evaluation, calibration)
+    seen = {h for h, _, _ in _shingles(small.docs)}
+    shared = {h for h, _, _ in _shingles(large.docs) if h in seen}
+    if not shared:
+        return
+    covered, first, end = 0, None, (-1, 0)  # evaluation words inside shared passages; the first passage
+    for h, i, j in _shingles(evaluation.docs):
+        if h in shared:
+            covered += j + SHINGLE - (max(j, end[1]) if end[0] == i else j)
+            first, end = first or (i, j), (i, j + SHINGLE)
+    total = sum(len(WORD.findall(d)) for d in evaluation.docs)
+    if covered < min(MIN_SHARED, total // 10 + 1):
+        return
+    i, j = first
+    snippet = " ".join(WORD.findall(evaluation.docs[i].lower())[j: j + SHINGLE])
+    raise WisparseError(f"evaluation text shares {covered} of its {total} words with the calibration text "
+                        f"({calibration.description}), e.g. \"{snippet}\"; evaluate on text calibration did not see")
 
 
 def reload_calibration(settings: dict) -> Text | None:

@@ -7,9 +7,16 @@ per-architecture tables.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
+import socket
+import struct
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +24,15 @@ import torch
 from torch import nn
 
 from .errors import WisparseError
+from .files import read_json
+from .identity import check_samples, weight_sample
+from .plan import Plan
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PROBE_S = 3.0  # how long to wait for the hub before loading a hub id from the local cache only
+# What a corrupt or cut-short model file raises inside transformers / gguf (no common type): one line, exit 2.
+LOAD_ERRORS = (OSError, ValueError, IndexError, KeyError, EOFError, struct.error)
 
 
 @dataclass
@@ -75,6 +88,47 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _true(var: str) -> bool:
+    return os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be used now (offline mode, or no connection within PROBE_S), or None.
+
+    Without this, a hub id on a machine without network costs about a minute of retries before the same error.
+    """
+    from huggingface_hub import constants
+
+    if _true("HF_HUB_OFFLINE") or _true("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE:
+        return "offline mode is on (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)"
+    url = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=PROBE_S).close()
+    except OSError as e:
+        return f"{url.hostname} cannot be reached ({e})"
+    return None
+
+
+def _where(source: str | None) -> tuple[str, dict, str]:
+    """(folder or hub id, extra from_pretrained arguments, label) for a model source; local ones checked first."""
+    if source in (None, "", DEFAULT_MODEL):
+        gguf = default_gguf()
+        return str(gguf.parent), {"gguf_file": gguf.name}, DEFAULT_MODEL
+    if source.endswith(".gguf"):
+        if not os.path.isfile(source):
+            raise WisparseError(f"model file not found: {source}")
+        return str(Path(source).parent), {"gguf_file": Path(source).name}, source
+    if os.path.isdir(source):
+        config = read_json(Path(source) / "config.json", f"model folder {source}: config.json")
+        if not isinstance(config.get("model_type"), str):
+            raise WisparseError(f"model folder {source}: config.json names no model_type (not a transformers model)")
+        return source, {}, source
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise WisparseError(f"model not found: {source}")
+    return source, {}, source  # a hub id: needs the network or a warm cache
+
+
 def load_model(source: str | None = None, dtype: str | None = None, device: str | None = None,
                progress: bool = True) -> Loaded:
     """Load a causal LM from a local folder, a .gguf file, a hub id, or the embedded default (source=None)."""
@@ -86,27 +140,20 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
         hf_logging.disable_progress_bar()
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    kwargs: dict = {}
-    if source in (None, "", DEFAULT_MODEL):
-        gguf = default_gguf()
-        where, kwargs["gguf_file"], label = str(gguf.parent), gguf.name, DEFAULT_MODEL
-    elif source.endswith(".gguf"):
-        if not os.path.isfile(source):
-            raise WisparseError(f"model file not found: {source}")
-        where, kwargs["gguf_file"], label = str(Path(source).parent), Path(source).name, source
-    elif os.path.isdir(source):
-        if not (Path(source) / "config.json").is_file():
-            raise WisparseError(f"model folder {source} has no config.json")
-        where, label = source, source
-    elif source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise WisparseError(f"model not found: {source}")
-    else:
-        where, label = source, source  # a hub id: needs the network or a warm cache
+    where, kwargs, label = _where(source)
+    offline = None if os.path.exists(where) else hub_unreachable()
+    if offline:
+        kwargs["local_files_only"] = True  # a warm cache still works
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
-    except OSError as e:
-        raise WisparseError(f"cannot load model {label}: {str(e).splitlines()[0]}") from e
+    except LOAD_ERRORS as e:
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}"
+        if offline:
+            why = f"not in the local cache, and the hub cannot be used: {offline}"
+        elif "gguf_file" in kwargs:
+            why = f"the GGUF file is cut short or corrupt ({why})"
+        raise WisparseError(f"cannot load model {label}: {why}") from e
     model.to(device).eval()
     loaded = Loaded(model=model, tokenizer=tokenizer, source=label)
     loaded.blocks = find_blocks(model)
@@ -191,3 +238,50 @@ def projection(name: str) -> str:
     """Short projection label for tables and plots: 'model.layers.3.mlp.down_proj' -> 'down'."""
     last = name.rsplit(".", 1)[-1]
     return last[:-5] if last.endswith("_proj") else last
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model's positions cover (config max_position_embeddings), if it says."""
+    n = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def model_section(loaded: Loaded, names: Iterable[str]) -> dict:
+    """A plan's `model` section: where the model came from, its fingerprint (names and shapes), and a few values
+    of each planned weight, which tell apart two models of the same shapes (a base model and its fine-tune)."""
+    return {"source": loaded.source, "architecture": loaded.architecture, "fingerprint": fingerprint(loaded.model),
+            "weights": {n: weight_sample(get_linear(loaded.model, n).weight) for n in names}}
+
+
+@functools.cache
+def _said_unchecked(source: str) -> None:
+    print(f"note: the plan for {source} records no weight values (written by an older wisparse): checked by "
+          "parameter names and shapes only, not content", file=sys.stderr)
+
+
+def check_plan(model: nn.Module, plan: Plan) -> None:
+    """Refuse a plan made for another model, in one line: fingerprint; each planned linear's name, shape, and place
+    (inside a decoder block: export and the kernels handle only those, so evaluate must not sparsify more); and the
+    recorded weight values. A plan without values (older files) is checked without them, saying so once."""
+    fp = fingerprint(model)
+    source = plan.model.get("source")
+    if plan.model.get("fingerprint") != fp:
+        raise WisparseError(f"plan was made for another model ({source}, fingerprint "
+                            f"{plan.model.get('fingerprint')}); this model's fingerprint is {fp}")
+    prefix, layers = decoder_layers(model)
+    for name, lp in plan.layers.items():
+        index = name[len(prefix) + 1:].split(".", 1)
+        if not (name.startswith(prefix + ".") and len(index) == 2 and index[0].isdigit()
+                and int(index[0]) < len(layers)):
+            raise WisparseError(f"plan layer {name} is not inside a decoder block ({prefix}.N.*); only those "
+                                "linears can be sparsified")
+        lin = get_linear(model, name)
+        if (lin.out_features, lin.in_features) != tuple(lp.shape):
+            raise WisparseError(f"plan layer {name} has shape {list(lp.shape)}, the model's is "
+                                f"{[lin.out_features, lin.in_features]}")
+    weights = plan.model.get("weights")
+    if weights is None:
+        _said_unchecked(str(source))
+        return
+    check_samples(weights, {n: weight_sample(get_linear(model, n).weight) for n in weights},
+                  f"plan was made for another model ({source})")

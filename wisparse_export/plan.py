@@ -2,13 +2,16 @@
 
 Format (version 1), readable by any tool without this code:
   {"format": "wisparse-plan", "version": 1, "semantics": "...",
-   "model": {"source", "architecture", "fingerprint"}, "method", "target_sparsity", "budget",
-   "calibration": {"text", "tokens", "seq_len", "seed"},
+   "model": {"source", "architecture", "fingerprint", "weights": {linear: [value, ...]}},
+   "method", "target_sparsity", "budget",
+   "calibration": {"text", "sources", "tokens", "seq_len", "seed"},
    "groups": [[linear, ...], ...],                      # linears that share one input (optional)
    "layers": {"model.layers.0.mlp.down_proj": {"sparsity": f, "threshold": t, "alpha": a, "shape": [out, in]}},
    "search": {...}}                                     # settings and trace of the allocation search (optional)
 Input channel i of a planned linear is kept iff |x_i| * ||W[:, i]||_2 ** alpha > threshold, W as stored
-([out, in]) in float32; other channels become 0.
+([out, in]) in float32; other channels become 0. The fingerprint hashes parameter names and shapes; "weights"
+holds a few values of each planned weight (identity.weight_sample) so that a plan is refused on another model of
+the same shapes. Plans written before "weights" existed still load, checked by fingerprint only.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import nn
-
 from .errors import WisparseError
-from .files import write_json
+from .files import read_json, write_json
+from .identity import positions
 
 FORMAT = "wisparse-plan"
 VERSION = 1
@@ -31,6 +33,7 @@ SEMANTICS = (
     "input channel i of each planned linear is kept iff |x_i| * ||W[:, i]||_2 ** alpha > threshold, "
     "W being that linear's weight [out, in] as loaded in float32; other channels become 0"
 )
+FLOAT32_MAX = 3.4028234663852886e38  # thresholds beyond it overflow the float32 comparison every runtime makes
 
 
 @dataclass
@@ -86,32 +89,18 @@ class Plan:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
         return "sha256:" + hashlib.sha256(blob).hexdigest()[:16]
 
-    def check_model(self, model: nn.Module) -> None:
-        """Refuse a plan made for another model: fingerprint, and every planned linear's name and shape."""
-        from .models import fingerprint, get_linear
 
-        fp = fingerprint(model)
-        if self.model.get("fingerprint") != fp:
-            raise WisparseError(
-                f"plan was made for another model ({self.model.get('source')}, fingerprint "
-                f"{self.model.get('fingerprint')}); this model's fingerprint is {fp}"
-            )
-        for name, lp in self.layers.items():
-            lin = get_linear(model, name)
-            if (lin.out_features, lin.in_features) != tuple(lp.shape):
-                raise WisparseError(f"plan layer {name} has shape {list(lp.shape)}, the model's is "
-                                    f"{[lin.out_features, lin.in_features]}")
-
-
-def _num(d: dict, key: str, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+def _num(d: dict, key: str, where: str, lo: float = -math.inf, hi: float = FLOAT32_MAX, below: bool = False) -> float:
+    """A finite number in [lo, hi] ([lo, hi) when `below`)."""
     v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise WisparseError(f"invalid plan: {where}.{key} must be a number in [{lo}, {hi}], got {v!r}")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+    if not ok or (below and v == hi):
+        raise WisparseError(f"invalid plan: {where}.{key} must be a number in [{lo:g}, {hi:g}{')' if below else ']'}, "
+                            f"got {v!r}")
     return float(v)
 
 
-def from_dict(d: dict) -> Plan:
-    """Validate a plan dictionary; every problem is one line naming the field."""
+def _header(d: dict) -> None:
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise WisparseError(f"not a wisparse plan (expected \"format\": \"{FORMAT}\")")
     version = d.get("version")
@@ -121,13 +110,9 @@ def from_dict(d: dict) -> Plan:
         raise WisparseError(f"plan version {version} is newer than this tool supports ({VERSION}); upgrade wisparse")
     if version < 1:
         raise WisparseError(f"invalid plan: unknown version {version}")
-    model = d.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str):
-        raise WisparseError("invalid plan: model must be an object with a fingerprint")
-    method = d.get("method")
-    if method not in METHODS:
-        raise WisparseError(f"invalid plan: method must be one of {', '.join(METHODS)}, got {method!r}")
-    target = _num(d, "target_sparsity", "plan", 0.0, 1.0)
+
+
+def _layers(d: dict) -> dict[str, LayerPlan]:
     layers_in = d.get("layers")
     if not isinstance(layers_in, dict) or not layers_in:
         raise WisparseError("invalid plan: layers must be a non-empty object")
@@ -137,33 +122,83 @@ def from_dict(d: dict) -> Plan:
         if not isinstance(lp, dict):
             raise WisparseError(f"invalid plan: {where} must be an object")
         shape = lp.get("shape")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s > 0 for s in shape)):
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
             raise WisparseError(f"invalid plan: {where}.shape must be [out_features, in_features]")
         layers[name] = LayerPlan(
-            sparsity=_num(lp, "sparsity", where, 0.0, 1.0),
-            threshold=_num(lp, "threshold", where, 0.0),
+            sparsity=_num(lp, "sparsity", where, 0.0, 1.0, below=True),
+            threshold=_num(lp, "threshold", where, 0.0),  # finite in float32: kernels compare in float32
             alpha=_num(lp, "alpha", where, 0.0, 4.0),
             shape=(shape[0], shape[1]),
         )
+    return layers
+
+
+def _model(d: dict, layers: dict[str, LayerPlan]) -> dict:
+    """source and fingerprint strings; optional architecture; optional weights: a sample per planned linear."""
+    model = d.get("model")
+    if not isinstance(model, dict):
+        raise WisparseError("invalid plan: model must be an object")
+    for key in ("source", "fingerprint", "architecture"):
+        if not isinstance(model.get(key), str) and (key != "architecture" or key in model):
+            raise WisparseError(f"invalid plan: model.{key} must be a string, got {model.get(key)!r}")
+    weights = model.get("weights")
+    if weights is None and "weights" not in model:
+        return model
+    if not isinstance(weights, dict) or set(weights) != set(layers):
+        raise WisparseError("invalid plan: model.weights must be an object with one entry per planned layer")
+    for name, values in weights.items():
+        n = len(positions(layers[name].shape))
+        if not (isinstance(values, list) and len(values) == n and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+            raise WisparseError(f"invalid plan: model.weights[{name!r}] must be a list of {n} numbers")
+    return model
+
+
+def _groups(d: dict, layers: dict[str, LayerPlan]) -> list[list[str]]:
+    """Lists of planned layer names (linears that share one input); a name in at most one group."""
     groups = d.get("groups", [])
-    if not isinstance(groups, list) or any(not isinstance(g, list) or not set(g) <= set(layers) for g in groups):
-        raise WisparseError("invalid plan: groups must be lists of planned layer names")
+    if not isinstance(groups, list):
+        raise WisparseError("invalid plan: groups must be a list of lists of planned layer names")
+    seen: set[str] = set()
+    for i, g in enumerate(groups):
+        if not isinstance(g, list) or not g or not all(isinstance(n, str) and n in layers for n in g):
+            raise WisparseError(f"invalid plan: groups[{i}] must be a non-empty list of planned layer names")
+        again = next((n for n in g if n in seen or g.count(n) > 1), None)
+        if again is not None:
+            raise WisparseError(f"invalid plan: groups[{i}] names {again} again (a linear is in one group at most)")
+        seen.update(g)
+    return groups
+
+
+def _calibration(d: dict) -> dict:
     calibration = d.get("calibration", {})
     if not isinstance(calibration, dict):
         raise WisparseError("invalid plan: calibration must be an object")
-    return Plan(model=model, method=method, target_sparsity=target, calibration=calibration, layers=layers,
-                groups=groups, search=d.get("search"))
+    sources = calibration.get("sources")
+    if sources is not None and not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+        raise WisparseError(f"invalid plan: calibration.sources must be null or a list of strings, got {sources!r}")
+    return calibration
+
+
+def from_dict(d: dict) -> Plan:
+    """Validate a plan dictionary; every problem is one line naming the field."""
+    _header(d)
+    method = d.get("method")
+    if method not in METHODS:
+        raise WisparseError(f"invalid plan: method must be one of {', '.join(METHODS)}, got {method!r}")
+    target = _num(d, "target_sparsity", "plan", 0.0, 1.0, below=True)
+    layers = _layers(d)
+    search = d.get("search")
+    if search is not None and not isinstance(search, dict):
+        raise WisparseError("invalid plan: search must be an object")
+    return Plan(model=_model(d, layers), method=method, target_sparsity=target, calibration=_calibration(d),
+                layers=layers, groups=_groups(d, layers), search=search)
 
 
 def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
-    if not path.is_file():
-        raise WisparseError(f"plan file not found: {path}")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WisparseError(f"plan file {path} is not valid JSON: {e}") from e
-    return from_dict(d)
+    """Read and validate a plan file (strict JSON: a duplicated key is refused, not silently overwritten)."""
+    return from_dict(read_json(path, "plan file"))
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:

@@ -20,9 +20,12 @@ def channel_scores(x: torch.Tensor, norms: torch.Tensor, alpha: float) -> torch.
 
 
 def tau(threshold: float, norms: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Per-channel magnitude threshold t / n_i**alpha (inf for a zero column: that channel never matters)."""
+    """Per-channel magnitude threshold t / n_i**alpha (inf for a zero column: that channel never matters).
+
+    Computed in float64; a value beyond float32's range becomes inf (no float32 |x| exceeds it) instead of raising.
+    """
     if not alpha or threshold == 0:  # threshold 0 keeps every nonzero channel, whatever the column norm
-        return torch.full_like(norms, float(threshold))
+        return torch.full(norms.shape, float(threshold), dtype=torch.float64, device=norms.device).float()
     scale = norms.double().pow(alpha)
     return torch.where(scale > 0, threshold / scale, torch.full_like(scale, float("inf"))).float()
 
