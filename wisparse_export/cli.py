@@ -10,7 +10,9 @@ from .errors import WisparseError
 
 PROGRESS = click.option("--quiet", is_flag=True, help="No progress bars.")
 MODEL = click.option("--model", "model_src", default=None,
-                     help="Local folder, .gguf file or hub id (default: the embedded SmolLM2-135M).")
+                     help="Local folder, .gguf file or hub id (default: the embedded SmolLM2-135M); or random "
+                     "weights of a real shape, for speed and capacity only: random:NAME (llama-3.1-8b, llama-3.1-70b, "
+                     "llama-3.1-405b, qwen2.5-7b, mistral-7b-v0.3, gemma-2-9b, smollm2-135m) or random:CONFIG.json.")
 DTYPE = click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                      help="auto: float32 on CPU, bfloat16 on GPU.")
@@ -108,8 +110,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 
 @cli.command()
 @MODEL
-@click.option("--shape", type=click.Choice(["smollm2-135m", "llama3-8b"]), default=None,
-              help="Random weights of this shape instead of a real model (speed only).")
+@click.option("--shape", default=None, help="Same as --model random:NAME (random weights of a shipped config).")
 @DTYPE
 @DEVICE
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
@@ -127,7 +128,7 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
     from . import bench as b
     from .files import check_writable, write_json
-    from .models import default_device, load_model, resolve_dtype
+    from .models import load_model
     from .plan import load_plan
 
     sparsities = list(sparsity) or [0.5]
@@ -135,18 +136,15 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
         raise WisparseError("--sparsity must be in [0, 1)")
     if json_out:
         check_writable(json_out)
-    device = device or default_device()
+    if shape and model_src:
+        raise WisparseError("give --model or --shape, not both")
     plan = load_plan(plan_path) if plan_path else None
-    if shape:
-        model, label = b.random_model(shape, resolve_dtype(dtype, device), device), f"{shape} (random weights)"
-    else:
-        loaded = load_model(model_src, dtype, device, progress=not quiet)
-        model, label = loaded.model, loaded.source
-        if plan is not None:
-            plan.check_model(model)
-    result = b.run(model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse, plan=plan,
-                   label=label, compile=compile_)
-    click.echo(f"{label} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
+    loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, progress=not quiet)
+    if plan is not None:
+        plan.check_model(loaded.model)
+    result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
+                   plan=plan, label=loaded.source, compile=compile_)
+    click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
                f"{'CUDA graphs' if result['graphs'] else 'eager'}{', torch.compile' if compile_ else ''}")
     click.echo(f"{'':>10} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}")
     click.echo(f"{'dense':>10} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
