@@ -42,9 +42,11 @@ def names() -> list[str]:
 
 
 def _config_dict(spec: str) -> tuple[dict, str]:
-    """The config's JSON and the model's label: random:NAME, or random:/absolute/path.json for a file."""
+    """The config's JSON and the model's label: random:NAME, or random:/absolute/path.json for a file (a model
+    folder stands for its config.json)."""
     if spec.endswith(".json") or "/" in spec or spec.startswith(("~", ".")):
         path = Path(spec).expanduser()
+        path = path / "config.json" if path.is_dir() else path
         return read_json(path, "model config"), PREFIX + str(path.resolve())
     name = ALIASES.get(spec, spec)
     if name not in names():
@@ -55,6 +57,7 @@ def _config_dict(spec: str) -> tuple[dict, str]:
 
 def read_config(spec: str):
     """(transformers config, label) for `spec` (the part after random:); refuses what is not a causal LM."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
@@ -64,11 +67,18 @@ def read_config(spec: str):
         raise WisparseError(f"{label}: model_type {kind!r} is not a model type transformers knows")
     try:
         config = CONFIG_MAPPING[kind](**values)
-    except (TypeError, ValueError) as e:
-        raise WisparseError(f"{label}: bad config: {str(e).splitlines()[0]}") from None
+    except (TypeError, ValueError, StrictDataclassError) as e:
+        raise WisparseError(f"{label}: bad config: {_reason(e)}") from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
         raise WisparseError(f"{label}: model_type {kind!r} is not a causal language model")
     return config, label
+
+
+def _reason(e: Exception) -> str:
+    """The first line of what went wrong (a validation error's cause says more than its wrapper)."""
+    if isinstance(e, KeyError):  # a name the model's tables lack, such as an activation
+        return f"unknown name {e}"
+    return (str(e.__cause__ or e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def meta_model(config, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
@@ -78,8 +88,8 @@ def meta_model(config, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     try:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise WisparseError(f"cannot build a model from this config: {str(e).splitlines()[0]}") from None
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise WisparseError(f"cannot build a model from this config: {_reason(e)}") from None
 
 
 def parameter_count(config) -> int:
@@ -123,27 +133,34 @@ def build(config, dtype: torch.dtype, device: str | torch.device, seed: int = 0)
     return model.eval()
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=1)
+def _gguf_tokenizer(gguf: Path):
+    """The GGUF's tokenizer from its metadata (the weights stay unread). Cached: parsing 49k tokens takes seconds."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def tokenizer(gguf: Path, vocab_size: int):
-    """The GGUF's tokenizer (its metadata only; the weights stay unread), cut to `vocab_size` tokens if larger.
+    """The GGUF's tokenizer, cut to `vocab_size` tokens where it has more, so every id it gives is in the model.
 
-    Cached: parsing the GGUF's 49k-token vocabulary takes seconds. Byte-level BPE adds one token per merge, in
-    id order, so dropping the tokens past the vocabulary and the merges that make them leaves a tokenizer that
-    spells any text with the tokens kept.
+    Byte-level BPE adds one token per merge, in id order: dropping the tokens past the vocabulary and the merges
+    that make them leaves a tokenizer that still spells any text, with the tokens kept.
     """
-    from tokenizers import Tokenizer, pre_tokenizers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = _gguf_tokenizer(gguf)
     if vocab_size >= len(tok):
         return tok
     spec = json.loads(tok.backend_tokenizer.to_str())
-    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < vocab_size}
-    if set(pre_tokenizers.ByteLevel.alphabet()) - set(vocab) or any(a["id"] >= vocab_size
-                                                                     for a in spec["added_tokens"]):
-        raise WisparseError(f"vocab_size {vocab_size} is too small for the embedded tokenizer's bytes and "
+    merged = ["".join(m.split(" ") if isinstance(m, str) else m) for m in spec["model"]["merges"]]
+    made = set(merged)
+    base = [i for t, i in spec["model"]["vocab"].items() if t not in made] + [a["id"] for a in spec["added_tokens"]]
+    if max(base) >= vocab_size:
+        raise WisparseError(f"vocab_size {vocab_size} is below the embedded tokenizer's {max(base) + 1} byte and "
                             "special tokens")
+    vocab = {t: i for t, i in spec["model"]["vocab"].items() if i < vocab_size}
     spec["model"]["vocab"] = vocab
-    spec["model"]["merges"] = [m for m in spec["model"]["merges"]
-                               if "".join(m.split(" ") if isinstance(m, str) else m) in vocab]
+    spec["model"]["merges"] = [m for m, t in zip(spec["model"]["merges"], merged, strict=True) if t in vocab]
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **tok.special_tokens_map)
