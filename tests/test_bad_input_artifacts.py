@@ -9,12 +9,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import onnx
 import pytest
 from _plans import make_plan, run_cli, save_tiny
 
+from wisparse_export.errors import WisparseError
 from wisparse_export.export import export
 from wisparse_export.manifest import read_manifest
 from wisparse_export.models import load_model
@@ -26,14 +28,19 @@ SMALL = ["--tokens", "256", "--seq-len", "32", "--quiet"]
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A tiny Llama folder, a plan for it, its export; and the export of another model of the same shapes
-    (other seed) with the same plan."""
+    (other seed) with the same plan, which export itself now refuses: made here with its model check patched
+    out, as an older version or a hand-made graph would be."""
     root = tmp_path_factory.mktemp("bad")
     loaded = load_model(str(save_tiny("llama", root / "model")), "float32", "cpu")
     plan = make_plan(loaded)
     save_plan(plan, root / "plan.json")
     export(loaded, plan, root / "out")
     other = load_model(str(save_tiny("llama", root / "other_model", seed=1)), "float32", "cpu")
-    export(other, plan, root / "other_out")
+    with pytest.raises(WisparseError, match="weights differ"):
+        export(other, plan, root / "refused")
+    assert not (root / "refused").exists()
+    with mock.patch("wisparse_export.export.check_plan"):
+        export(other, plan, root / "other_out")
     return root
 
 
@@ -205,7 +212,8 @@ def test_check_refuses_external_weights_of_another_model(made, tmp_path, capsys)
     other = load_model(str(made / "other_model"), "float32", "cpu")
     plan = make_plan(loaded)
     export(loaded, plan, tmp_path / "out", "float16", external_data=True)
-    export(other, plan, tmp_path / "other", "float16", external_data=True)
+    with mock.patch("wisparse_export.export.check_plan"):  # export itself refuses the plan on other weights
+        export(other, plan, tmp_path / "other", "float16", external_data=True)
     shutil.copy(tmp_path / "other" / "dense.onnx.data", tmp_path / "out" / "dense.onnx.data")
     refused(capsys, ["check", str(tmp_path / "out"), *SMALL], "dense.onnx: the weights differ", tmp_path)
 

@@ -2,8 +2,9 @@
 
 The decode step below is a plain gpt-fast style loop over the model's own modules (embedding, norms, rotary,
 q/k/v/o and MLP linears, lm_head) with a static KV cache, so one step is one CUDA graph replay and the dense and
-sparse runs differ only in the linears. Random-weight models (`SHAPES`) measure speed only; their thresholds are
-per-linear quantiles of |x| on random tokens (alpha 0), set for the target sparsity.
+sparse runs differ only in the linears. Random-weight models of real shapes (`--model random:NAME`, or its alias
+`--shape NAME`; random_models.py) measure speed only; their thresholds are per-linear quantiles of |x| on random
+tokens (alpha 0), set for the target sparsity.
 """
 
 from __future__ import annotations
@@ -19,30 +20,6 @@ from .calibration import make_plan, uniform
 from .errors import WisparseError
 from .models import Loaded, find_blocks
 from .plan import Plan
-
-SHAPES = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0, tie_word_embeddings=True),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, tie_word_embeddings=False),
-}
-
-
-def random_model(shape: str, dtype: torch.dtype, device: str) -> nn.Module:
-    """A LlamaForCausalLM with the named shape and random weights (speed only: its text is noise)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if shape not in SHAPES:
-        raise WisparseError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
-    cfg = LlamaConfig(max_position_embeddings=8192, rms_norm_eps=1e-5, **SHAPES[shape])
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    return model.eval()
 
 
 class Decoder:

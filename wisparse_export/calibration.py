@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import WisparseError
-from .models import Block, Loaded, fingerprint, get_linear
+from .models import Block, Loaded, get_linear, model_section
 from .plan import LayerPlan, Plan
 from .runtime import apply, remove
 from .scores import column_norms
@@ -105,9 +105,8 @@ def make_plan(loaded: Loaded, allocation: Allocation, threshold: Callable[[str, 
         layers[name] = LayerPlan(sparsity=round(float(s), 6), threshold=threshold(name, s, a), alpha=a,
                                  shape=(lin.out_features, lin.in_features))
     groups = [g for b in loaded.blocks for g in b.groups if len(g) > 1 and all(n in layers for n in g)]
-    model = {"source": loaded.source, "architecture": loaded.architecture, "fingerprint": fingerprint(loaded.model)}
-    return Plan(model=model, method=method, target_sparsity=target, calibration=calibration, layers=layers,
-                groups=groups, search=search)
+    return Plan(model=model_section(loaded, layers), method=method, target_sparsity=target, calibration=calibration,
+                layers=layers, groups=groups, search=search)
 
 
 def refit(loaded: Loaded, plan: Plan, allocation: Allocation, seqs: torch.Tensor,

@@ -7,18 +7,25 @@ from dataclasses import replace
 
 import click
 
-from . import pipeline
+from . import bench as b
+from . import check as checking
+from . import data, pipeline, trt
+from . import export as exporting
 from .calibration import METHOD_ALPHA
 from .config import CalibrationConfig, EvaluationConfig, SearchConfig, check_sparsity, search_budgets
 from .data import load_text
 from .errors import WisparseError
-from .files import check_writable
-from .models import load_model
-from .plan import save_plan
+from .evaluate import evaluate as evaluate_plan
+from .files import check_writable, write_json
+from .models import DTYPES, check_plan, context_length, load_model
+from .plan import load_plan, save_plan
+from .report import evaluation_table, plot_allocation
 
 PROGRESS = click.option("--quiet", is_flag=True, help="No progress bars.")
 MODEL = click.option("--model", "model_src", default=None,
-                     help="Local folder, .gguf file or hub id (default: the embedded SmolLM2-135M).")
+                     help="Local folder, .gguf file or hub id (default: the embedded SmolLM2-135M); or random "
+                     "weights of a real shape, for speed and capacity only: random:NAME (llama-3.1-8b, llama-3.1-70b, "
+                     "llama-3.1-405b, qwen2.5-7b, mistral-7b-v0.3, gemma-2-9b, smollm2-135m) or random:CONFIG.json.")
 DTYPE = click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                      help="auto: float32 on CPU, bfloat16 on GPU.")
@@ -89,12 +96,6 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
 @PROGRESS
 def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_out, quiet):
     """Dense vs sparse: perplexity, KL, top-1 agreement, realized sparsity."""
-    from . import data
-    from .evaluate import evaluate as run
-    from .files import check_writable, write_json
-    from .models import check_plan, context_length, load_model
-    from .plan import load_plan
-    from .report import evaluation_table
 
     data.check_lengths(seq_len, tokens)
     plan = load_plan(plan_path)
@@ -108,7 +109,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     check_plan(loaded.model, plan)
     data.check_lengths(seq_len, tokens, context_length(loaded.model))
     seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
-    result = run(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
+    result = evaluate_plan(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
     result["text"] = evaluation.description
     click.echo(evaluation_table(result))
     if json_out:
@@ -118,8 +119,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 
 @cli.command()
 @MODEL
-@click.option("--shape", type=click.Choice(["smollm2-135m", "llama3-8b"]), default=None,
-              help="Random weights of this shape instead of a real model (speed only).")
+@click.option("--shape", default=None, help="Same as --model random:NAME (random weights of a shipped config).")
 @DTYPE
 @DEVICE
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
@@ -135,28 +135,21 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no_graphs, no_fuse, compile_,
           json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
-    from . import bench as b
-    from .files import check_writable, write_json
-    from .models import default_device, load_model, resolve_dtype
-    from .plan import load_plan
 
     sparsities = list(sparsity) or [0.5]
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         raise WisparseError("--sparsity must be in [0, 1)")
     if json_out:
         check_writable(json_out)
-    device = device or default_device()
+    if shape and model_src:
+        raise WisparseError("give --model or --shape, not both")
     plan = load_plan(plan_path) if plan_path else None
-    if shape:
-        model, label = b.random_model(shape, resolve_dtype(dtype, device), device), f"{shape} (random weights)"
-    else:
-        loaded = load_model(model_src, dtype, device, progress=not quiet)
-        model, label = loaded.model, loaded.source
-        if plan is not None:
-            plan.check_model(model)
-    result = b.run(model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse, plan=plan,
-                   label=label, compile=compile_)
-    click.echo(f"{label} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
+    loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, progress=not quiet)
+    if plan is not None:
+        check_plan(loaded.model, plan)
+    result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
+                   plan=plan, label=loaded.source, compile=compile_)
+    click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
                f"{'CUDA graphs' if result['graphs'] else 'eager'}{', torch.compile' if compile_ else ''}")
     click.echo(f"{'':>10} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}")
     click.echo(f"{'dense':>10} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
@@ -182,15 +175,12 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @PROGRESS
 def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet):
     """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
-    from .export import export as run
-    from .models import DTYPES, load_model
-    from .plan import load_plan
 
     if export_dtype not in DTYPES:
         raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = load_plan(plan_path)
     loaded = load_model(model_src or plan.model.get("source"), "float32", "cpu", progress=not quiet)
-    m = run(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
+    m = exporting.export(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
                f"{export_dtype}, opset {m['opset']}, plan {m['plan']['digest']}")
 
@@ -210,20 +200,17 @@ def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet)
 @PROGRESS
 def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine, json_out, quiet):
     """Run dense.onnx and sparse.onnx (or the engines) on text; exit 1 if a gate fails."""
-    from .check import check as run
-    from .check import failed, summary
-    from .files import check_writable, write_json
 
     if json_out:
         check_writable(json_out)
-    report = run(out, list(text), tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine=engine,
+    report = checking.check(out, list(text), tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine=engine,
                  progress=not quiet)
-    click.echo(summary(report))
+    click.echo(checking.summary(report))
     if json_out:
         write_json(json_out, report)
         click.echo(f"wrote {json_out}")
     if not report["passed"]:
-        click.echo("gate failed: " + failed(report), err=True)
+        click.echo("gate failed: " + checking.failed(report), err=True)
         sys.exit(1)
 
 
@@ -235,9 +222,8 @@ def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreemen
 @click.option("--max-context", type=int, default=2048, show_default=True, help="Longest cache of the decode profile.")
 def build_cmd(out, workspace, max_batch, max_prefill, max_context):
     """Build OUT/dense.engine and OUT/sparse.engine with TensorRT (decode and prefill profiles)."""
-    from .trt import build as run
 
-    info = run(out, workspace, max_batch, max_prefill, max_context)
+    info = trt.build(out, workspace, max_batch, max_prefill, max_context)
     click.echo(f"wrote {', '.join(e['file'] for e in info['engines'].values())} in {out} "
                f"(TensorRT {info['tensorrt']}, {info['dtype']})")
 
@@ -249,9 +235,6 @@ def plot(plan_path, output):
     """Draw a plan's per-block and per-projection sparsity."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    from .files import check_writable
-    from .plan import load_plan
-    from .report import plot_allocation
 
     check_writable(output)
     fmt = output.rsplit(".", 1)[-1].lower() if "." in output else "png"

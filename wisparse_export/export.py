@@ -21,7 +21,7 @@ from .errors import WisparseError
 from .files import atomic_dir, clean_stale, write_json
 from .identity import weight_sample
 from .manifest import FORMAT, MANIFEST, VERSION, owned, read_manifest
-from .models import DTYPES, Loaded, fingerprint, get_linear
+from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear
 from .onnx_graph import DOMAIN, IR_VERSION, OP_TYPE, OP_VERSION, OPSET, PLUGIN_ATTRS, build, counts_of, describe
 from .plan import Plan
 
@@ -118,7 +118,7 @@ def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "flo
     out = Path(out)
     replaces = replaceable(out, loaded)
     model = loaded.model
-    plan.check_model(model)
+    check_plan(model, plan)
     if next(model.parameters()).dtype != torch.float32:
         raise WisparseError("export reads the model in float32 (thresholds are defined on float32 weights); "
                             "load it with dtype float32")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import random_models
 from .errors import WisparseError
 from .files import read_json
 from .identity import check_samples, weight_sample
@@ -131,7 +132,8 @@ def _where(source: str | None) -> tuple[str, dict, str]:
 
 def load_model(source: str | None = None, dtype: str | None = None, device: str | None = None,
                progress: bool = True) -> Loaded:
-    """Load a causal LM from a local folder, a .gguf file, a hub id, or the embedded default (source=None)."""
+    """Load a causal LM from a local folder, a .gguf file, a hub id, random:NAME or random:CONFIG.json (random
+    weights of a real shape), or the embedded default (source=None)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -140,6 +142,8 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
         hf_logging.disable_progress_bar()
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
+    if source and source.startswith(random_models.PREFIX):
+        return load_random(source[len(random_models.PREFIX):], torch_dtype, device)
     where, kwargs, label = _where(source)
     offline = None if os.path.exists(where) else hub_unreachable()
     if offline:
@@ -158,6 +162,15 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
     loaded = Loaded(model=model, tokenizer=tokenizer, source=label)
     loaded.blocks = find_blocks(model)
     return loaded
+
+
+def load_random(spec: str, dtype: torch.dtype, device: str, seed: int = 0) -> Loaded:
+    """Random weights of a shipped or given config, with the embedded tokenizer; says so on stderr."""
+    config, label = random_models.read_config(spec)
+    tokenizer = random_models.tokenizer(default_gguf(), config.get_text_config().vocab_size)
+    print(random_models.NOTE, file=sys.stderr)
+    model = random_models.build(config, dtype, device, seed)
+    return Loaded(model=model, tokenizer=tokenizer, source=label, blocks=find_blocks(model))
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .models import get_linear
+from .models import check_plan, get_linear
 from .plan import Plan
 from .scores import column_norms, keep, masked, tau
 
@@ -77,7 +77,7 @@ def apply(model: nn.Module, plan: Plan, check: bool = True, kernels: bool = True
     kernel layout, q/k/v and gate/up fused); kernels=False keeps the pure-PyTorch path everywhere.
     """
     if check:
-        plan.check_model(model)
+        check_plan(model, plan)
     remove(model)
     for name, lp in plan.layers.items():
         dense = get_linear(model, name)
