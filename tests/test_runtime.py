@@ -148,6 +148,17 @@ def test_load_state_dict_into_an_applied_model_refreshes_tau():
     assert torch.equal(_logits(model), want)
 
 
+def test_assigning_weights_on_the_kernels_is_refused(cpu_kernels):
+    """load_state_dict(assign=True) would replace the kernel layout's views with loose tensors the fused launches
+    never read: refused in one line (a plain load copies into the views and works)."""
+    model = _model(dtype=torch.bfloat16)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    apply(model, _plan(model))
+    model.load_state_dict(sd)
+    with pytest.raises(WisparseError, match="remove\\(model\\) first"):
+        model.load_state_dict(sd, assign=True)
+
+
 def test_only_a_plain_linear_is_converted():
     class Custom(nn.Linear):
         pass

@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,6 @@ SOURCE = "sparse_gemv.cu"
 
 def _sources_dir() -> Path:
     try:
-        from importlib import resources
-
         return Path(str(resources.files("wisparse_export.plugins")))
     except ModuleNotFoundError:  # running from a source tree that is not installed
         return Path(__file__).resolve().parents[2] / "plugins"
