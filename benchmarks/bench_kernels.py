@@ -7,7 +7,7 @@ The dense reference is the faster of torch.matmul on nn.Linear's [out, in] layou
 layout, measured in the same run; a fused group's dense reference is one matmul over the concatenated weight.
 Bandwidth counts the bytes the kernel must move (kept weight rows of the union mask, x, tau, y) and is set against
 a device-to-device copy measured here. Single linears are also timed as a model runs them (`runtime_us`:
-SparseLinear after kernels.prepare, which takes the kernel, or cuBLAS where its rules send it, e.g. the plain dense
+SparseLinear after runtime.to_kernels, which takes the kernel, or cuBLAS where its rules send it, e.g. the plain dense
 matmul for a layer planned at sparsity 0); the bars are read from that figure, with the op alone beside it.
 
     python benchmarks/bench_kernels.py --json OUT.json [--quick]
@@ -26,7 +26,7 @@ from torch import nn
 
 from wisparse_export import kernels, scores
 from wisparse_export.kernels import sparse_linear_op as op
-from wisparse_export.runtime import SparseLinear
+from wisparse_export.runtime import SparseLinear, to_kernels
 
 SHAPES = {  # name: (in, splits)
     "8B q/o 4096->4096": (4096, [4096]),
@@ -116,7 +116,7 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
     n_max = copies(nbytes * (1 - max(sparsities)))  # the fewest kept bytes: batch 1 at the highest sparsity
     wt = [torch.randn(in_f, out, device="cuda").div_(in_f**0.5).to(dtype) for _ in range(n_max)]  # kernel layout
     w = [m.t().contiguous() for m in wt[:n_dense]]  # [out, in], nn.Linear's layout: dense reference only
-    # What a user's model runs: SparseLinear modules after kernels.prepare (single linears only; a fused group's
+    # What a user's model runs: SparseLinear modules on the kernels (single linears only; a fused group's
     # members share one input and one launch, which the op rows already time).
     mods = None
     if len(splits) == 1:
@@ -124,8 +124,8 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
         for m in wt:
             lin = nn.Linear(in_f, out, bias=False, device="meta", dtype=dtype)
             lin.weight = nn.Parameter(m.t(), requires_grad=False)
-            mods.append(SparseLinear(lin, 0.0, 0.0))
-        kernels.prepare(mods, fuse=False)  # the weight already has the kernel layout: no copy
+            mods.append(SparseLinear.convert(lin, 0.0, 0.0))
+        to_kernels(mods, [])  # the weight already has the kernel layout: no copy
         assert all(mod.weight.data_ptr() == m.data_ptr() for mod, m in zip(mods, wt, strict=True))
     rows = []
     for b in batches:

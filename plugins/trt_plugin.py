@@ -1,4 +1,4 @@
-"""TensorRT plugins `wisparse::SparseLinear` and `wisparse::SparseLinearBias`, ahead-of-time (no Python at run time).
+"""TensorRT plugin `wisparse::SparseLinear`, ahead-of-time (no Python at run time).
 
 The engine embeds the PTX of `sparse_gemv.cu` and its launch parameters, as `wisparse_export.kernels.launch_spec`
 computes them for the torch op too. `aot_launch` is the plain body (shapes and dtype in; kernel name, PTX, launch
@@ -8,7 +8,8 @@ parameters and int32 arguments out) so it runs and is tested without TensorRT; `
 The ahead-of-time plugin gets one kernel launch and no workspace (tensorrt.plugin.aot_impl returns only the kernel
 name, its PTX, KernelLaunchParams and extra int32 SymExprs), which the kernel is built for: one launch writes the
 whole output. Kernel parameters follow TensorRT's order: input pointers, the extra int32 arguments, output pointers.
-ONNX node and layouts: docs/KERNEL_ABI.md.
+ONNX node and layouts: docs/KERNEL_ABI.md. The exported graphs add a bias after the node (a standard Add), so the
+plugin has one fixed signature (X, W, tau) and no bias input.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _int(v) -> int:
 
 
 def aot_launch(x_shape: Sequence[Any], w_shape: Sequence[Any], tau_shape: Sequence[Any], dtype: str, *,
-               bias: bool = False, splits: Sequence[int] | None = None, tactic: int = 1,
+               splits: Sequence[int] | None = None, tactic: int = 1,
                cdiv: Callable[[Any, int], Any] = _int_cdiv, const: Callable[[Any], int] = _int,
                arch: int = 90) -> tuple[str, str, dict[str, Any], list[Any]]:
     """(kernel name, PTX, launch parameters, int32 arguments) for X [..., in] @ W [in, out] with tau [P, in] or [in].
@@ -55,15 +56,14 @@ def aot_launch(x_shape: Sequence[Any], w_shape: Sequence[Any], tau_shape: Sequen
     n_rows = lead[0]
     for d in lead[1:]:
         n_rows = n_rows * d
-    spec = launch_spec(dtype, in_features, splits, n_rows, bias=bias, rows_per_block=TACTIC_ROWS[tactic],
-                       cdiv=cdiv, arch=arch)
+    spec = launch_spec(dtype, in_features, splits, n_rows, rows_per_block=TACTIC_ROWS[tactic], cdiv=cdiv, arch=arch)
     params = {"grid_x": spec.grid[0], "grid_y": spec.grid[1], "grid_z": spec.grid[2], "block_x": spec.block[0],
               "block_y": spec.block[1], "block_z": spec.block[2], "shared_mem": spec.shared_mem}
     return spec.name, spec.ptx, params, list(spec.args)
 
 
 def register() -> None:
-    """Register both plugins with TensorRT (10.9 or later). Call once before parsing an ONNX file that uses them."""
+    """Register the plugin with TensorRT (10.9 or later). Call once before parsing an ONNX file that uses it."""
     import numpy as np
     import numpy.typing as npt
     import tensorrt as trt
@@ -71,62 +71,32 @@ def register() -> None:
 
     dtypes = {trt.bfloat16: "bf16", trt.float16: "f16"}
 
-    def out_desc(x, w):
-        y = x.like()
-        y.shape_expr[x.ndim - 1] = w.shape_expr[1]
-        return y
-
-    def check_types(x, w, tau, b=None):
-        if x.dtype not in dtypes or w.dtype != x.dtype or tau.dtype != trt.float32 or (b is not None and
-                                                                                       b.dtype != x.dtype):
-            raise ValueError("SparseLinear takes X and W (and B) in float16 or bfloat16 alike, tau in float32")
-
-    def aot(x, w, tau, splits, tactic, bias):
-        check_types(x, w, tau)
-        name, ptx, p, args = aot_launch(
-            x.shape_expr, w.shape_expr, tau.shape_expr, dtypes[x.dtype], bias=bias, splits=list(splits),
-            tactic=tactic, cdiv=trtp.cdiv, const=lambda e: e if isinstance(e, int) else e.constant_value())
-        launch = trtp.KernelLaunchParams()
-        for k, v in p.items():
-            setattr(launch, k, v)
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(a) for a in args])
-        return name.encode(), ptx.encode(), launch, extra
-
-    def combos(n_inputs: int):
-        tactics = sorted(TACTIC_ROWS)
-        rows = []
-        for t in ("BF16", "FP16"):
-            io = [t, t, "FP32"] + ([t] if n_inputs == 4 else []) + [t]
-            rows.append(trtp.AutoTuneCombination(", ".join(io), "LINEAR", tactics))
-        return rows
+    def check_types(x, w, tau):
+        if x.dtype not in dtypes or w.dtype != x.dtype or tau.dtype != trt.float32:
+            raise ValueError("SparseLinear takes X and W in float16 or bfloat16 alike, tau in float32")
 
     @trtp.register(f"{NAMESPACE}::SparseLinear")
     def _desc(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc,
               splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
         check_types(x, w, tau)
-        return out_desc(x, w)
+        y = x.like()
+        y.shape_expr[x.ndim - 1] = w.shape_expr[1]
+        return y
 
     @trtp.autotune(f"{NAMESPACE}::SparseLinear")
     def _tune(x, w, tau, outputs):
-        return combos(3)
+        return [trtp.AutoTuneCombination(f"{t}, {t}, FP32, {t}", "LINEAR", sorted(TACTIC_ROWS))
+                for t in ("BF16", "FP16")]
 
     @trtp.aot_impl(f"{NAMESPACE}::SparseLinear")
     def _aot(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, splits: npt.NDArray[np.int32],
              outputs: tuple[trtp.TensorDesc], tactic: int):
-        return aot(x, w, tau, splits, tactic, bias=False)
-
-    @trtp.register(f"{NAMESPACE}::SparseLinearBias")
-    def _desc_b(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, b: trtp.TensorDesc,
-                splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
-        check_types(x, w, tau, b)
-        return out_desc(x, w)
-
-    @trtp.autotune(f"{NAMESPACE}::SparseLinearBias")
-    def _tune_b(x, w, tau, b, outputs):
-        return combos(4)
-
-    @trtp.aot_impl(f"{NAMESPACE}::SparseLinearBias")
-    def _aot_b(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, b: trtp.TensorDesc,
-               splits: npt.NDArray[np.int32], outputs: tuple[trtp.TensorDesc], tactic: int):
-        check_types(x, w, tau, b)
-        return aot(x, w, tau, splits, tactic, bias=True)
+        check_types(x, w, tau)
+        name, ptx, p, args = aot_launch(
+            x.shape_expr, w.shape_expr, tau.shape_expr, dtypes[x.dtype], splits=list(splits), tactic=tactic,
+            cdiv=trtp.cdiv, const=lambda e: e if isinstance(e, int) else e.constant_value())
+        launch = trtp.KernelLaunchParams()
+        for k, v in p.items():
+            setattr(launch, k, v)
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(a) for a in args])
+        return name.encode(), ptx.encode(), launch, extra

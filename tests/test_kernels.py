@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import types
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
 
 from wisparse_export import kernels
 from wisparse_export.errors import WisparseError
+from wisparse_export.runtime import SparseLinear, apply, remove, sparse_linears, to_kernels
 
-nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC (cuda-python) is not installed")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+HAS_NVRTC = _installed("cuda.bindings.nvrtc")
+nvrtc = pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda-python) is not installed")
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_NVRTC), reason="needs a CUDA GPU and cuda-python")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,6 +45,7 @@ VARIANTS = [  # (rows per block, tile, vec, cluster, bias, dtype): every templat
 ]
 
 
+@nvrtc
 @pytest.mark.parametrize("arch", [80, 90])
 @pytest.mark.parametrize("rows,tile,vec,cluster,bias,dtype", VARIANTS)
 def test_source_compiles_to_ptx(arch, rows, tile, vec, cluster, bias, dtype):
@@ -49,6 +60,7 @@ def test_source_compiles_to_ptx(arch, rows, tile, vec, cluster, bias, dtype):
     assert (".explicitcluster" in spec.ptx) == (cluster > 1)
 
 
+@nvrtc
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", [80, 90])
 def test_every_variant_compiles(arch):
@@ -65,6 +77,7 @@ def test_every_variant_compiles(arch):
                             assert f".entry {spec.name}(" in spec.ptx
 
 
+@nvrtc
 def test_sm90_cubin_has_no_spills():
     """Register arrays stay in registers, within the budget of the blocks per multiprocessor each variant asks for
     (decode rows: 2 blocks with one or two per column tile, 3 with split-K over 4 or 8; 4-8 rows: 1)."""
@@ -80,6 +93,7 @@ def test_sm90_cubin_has_no_spills():
             assert regs <= min(255, 65536 // (kernels.THREADS * blocks)), log
 
 
+@nvrtc
 def test_tuning_overrides_reach_the_kernel_and_stay_out_of_the_heuristics():
     spec = kernels.launch_spec("bf16", 4096, [14336], 1, tile=256, cluster=2, tune={"WSP_U": 4, "WSP_MINB": 3})
     assert spec.name == "wsp_gemv_bf16_r1_n256_v8_c2_minb3_u4" and spec.grid == (112, 1, 1)
@@ -88,19 +102,29 @@ def test_tuning_overrides_reach_the_kernel_and_stay_out_of_the_heuristics():
         kernels.launch_spec("bf16", 4096, [14336], 1, tile=256, cluster=2)
 
 
+@nvrtc
 def test_ptx_is_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("WISPARSE_KERNEL_CACHE", str(tmp_path / "kcache"))
     a = kernels.launch_spec("bf16", 4096, [4096], 1)
     files = list((tmp_path / "kcache").glob("*.ptx"))
     assert len(files) == 1 and files[0].read_text() == a.ptx
     files[0].write_text(a.ptx + "// cached\n")  # a new process reads the file instead of compiling
-    kernels._ptx_memo.clear()
+    kernels.build._ptx_memo.clear()
     assert kernels.launch_spec("bf16", 4096, [4096], 1).ptx.endswith("// cached\n")
 
 
-def test_launch_spec_shapes():
+@pytest.fixture
+def fake_ptx(monkeypatch):
+    """launch_spec without NVRTC: the PTX stands in as the target and defines it would be compiled with."""
+    monkeypatch.setattr(kernels.geometry, "compile_ptx",
+                        lambda source, defines, arch: f"{source} sm_{arch} {sorted(defines.items())}")
+
+
+def test_launch_spec_shapes(fake_ptx):
     s = kernels.launch_spec("bfloat16", 4096, [4096, 1024, 1024], 3, sms=132)
     assert s.rows_per_block == 4 and s.block == (256, 1, 1) and s.shared_mem == 0
+    assert s.ptx.startswith("sparse_gemv.cu sm_90 ") and "('WSP_R', 4)" in s.ptx
+    assert f"('WSP_NAME', '{s.name}')" in s.ptx
     assert s.grid == (sum(-(-o // s.tile) for o in (4096, 1024, 1024)) * s.cluster, 1, 1)
     assert s.args == (3, 4096, 6144, 4096, 1024, 1024)
     s = kernels.launch_spec(torch.float16, 1000, [999], 13)  # odd width: 2-byte loads, two row blocks of 8
@@ -125,26 +149,23 @@ def test_launch_spec_refuses(kwargs, msg):
 
 
 def test_versions_are_compared(monkeypatch):
-    monkeypatch.setattr(kernels, "nvrtc_version", lambda: (13, 4))
-    monkeypatch.setattr(kernels, "driver_version", lambda: (13, 0))
+    monkeypatch.setattr(kernels.driver, "nvrtc_version", lambda: (13, 4))
+    monkeypatch.setattr(kernels.driver, "driver_version", lambda: (13, 0))
     with pytest.raises(WisparseError, match=r"NVRTC 13.4 .*\(CUDA 13.0\)"):
         kernels.check_versions()
-    monkeypatch.setattr(kernels, "driver_version", lambda: (13, 1))
-    monkeypatch.setattr(kernels, "nvrtc_version", lambda: (13, 0))
+    monkeypatch.setattr(kernels.driver, "driver_version", lambda: (13, 1))
+    monkeypatch.setattr(kernels.driver, "nvrtc_version", lambda: (13, 0))
     kernels.check_versions()
 
 
 def test_rows_choose_kernel_or_cublas():
-    m = types.SimpleNamespace(sparsity=0.4, _wsp_group=None)
-    assert kernels.use_kernel(m, 1) and not kernels.use_kernel(m, 2) and not kernels.use_kernel(m, 8)
-    m.sparsity = 0.5
-    assert kernels.use_kernel(m, 2) and kernels.use_kernel(m, 4) and not kernels.use_kernel(m, 5)
-    m.sparsity = 0.3
-    assert not kernels.use_kernel(m, 3) and not kernels.use_kernel(m, 4)
-    m.sparsity = 0.95
-    assert kernels.use_kernel(m, 4) and not kernels.use_kernel(m, 5)
-    m.sparsity = 0.0
-    assert kernels.use_kernel(m, 1)  # one row: the kernel's own dense walk
+    use = kernels.use_kernel
+    assert use(1, 0.4) and not use(2, 0.4) and not use(8, 0.4)
+    assert use(2, 0.5) and use(4, 0.5) and not use(5, 0.5)
+    assert not use(3, 0.3) and not use(4, 0.3)
+    assert use(3, 0.4) and not use(4, 0.45) and not use(2, 0.45)  # the KEEP_MAX comment's switch points
+    assert use(4, 0.95) and not use(5, 0.95)
+    assert use(1, 0.0)  # one row: the kernel's own dense walk
 
 
 def _ref64(x, wt, tau, bias, splits):
@@ -191,28 +212,30 @@ def _uniform_plan(model, threshold=0.5):
 
 
 def _apply_uniform(model, threshold=0.5):
-    from wisparse_export.runtime import apply
-
-    return apply(model, _uniform_plan(model, threshold), check=False, kernels=False)  # tests call prepare themselves
+    return apply(model, _uniform_plan(model, threshold), check=False, kernels=False)  # tests call to_kernels
 
 
-def test_shared_input_groups_find_qkv_and_gate_up():
-    model = _apply_uniform(_tiny_llama())
-    groups = kernels.shared_input_groups(model)
-    short = sorted(tuple(n.rsplit(".", 1)[-1] for n in g) for g in groups)
-    assert short == [("gate_proj", "up_proj")] * 2 + [("q_proj", "k_proj", "v_proj")] * 2
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+    """`to_kernels` converts CPU bfloat16 linears (layout, fusion) without compiling or loading any kernel."""
+    monkeypatch.setattr(kernels, "supports", lambda w: w.dtype == torch.bfloat16)
+    monkeypatch.setattr(kernels, "preload", lambda layers: list(layers))
 
 
-def test_fused_group_matches_members_on_cpu():
+def _qkv(mods):
+    return [n for n in mods if ".0.self_attn." in n and n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")]
+
+
+def test_fused_group_matches_members_on_cpu(cpu_kernels):
     """The fusion bookkeeping (shared views, one launch per input, siblings served from it) on the CPU op."""
-    from wisparse_export.runtime import sparse_linears
-
     model = _apply_uniform(_tiny_llama(torch.bfloat16))
     mods = sparse_linears(model)
-    names = [n for n in mods if ".0.self_attn." in n and n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")]
+    names = _qkv(mods)
     x = torch.randn(1, 2, 64, dtype=torch.bfloat16)
     want = {n: mods[n](x) for n in names}
-    group = kernels._Group([mods[n] for n in names])
+    to_kernels(model, [names])
+    group = mods[names[0]].fused
+    assert [mods[n].fused for n in names] == [group] * 3 and group.members == [mods[n] for n in names]
     for p, n in enumerate(names):
         assert mods[n].weight.data_ptr() == group.wt[:, sum(group.splits[:p]):].data_ptr()
         got = group(p, x)
@@ -222,38 +245,36 @@ def test_fused_group_matches_members_on_cpu():
     assert torch.all(group.tau[0] == 9.0)
 
 
-
-def test_threshold_zero_takes_the_plain_dense_matmul(monkeypatch):
+def test_threshold_zero_takes_the_plain_dense_matmul(monkeypatch, cpu_kernels):
     """A layer planned at sparsity 0 runs cuBLAS on x itself (no mask launch, no kernel), alone or as a fused group
     (one matmul over the concatenated weight); re-thresholding switches the path on the next call."""
-    from wisparse_export.runtime import sparse_linears
-
     model = _apply_uniform(_tiny_llama(torch.bfloat16), threshold=0.0)
     mods = sparse_linears(model)
     calls = []
     for name in ("sparse_linear_op", "mask_op"):
-        orig = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, lambda *a, _n=name, _o=orig: calls.append(_n) or _o(*a))
+        orig = getattr(kernels.dispatch, name)
+        monkeypatch.setattr(kernels.dispatch, name, lambda *a, _n=name, _o=orig: calls.append(_n) or _o(*a))
     down = mods["model.layers.0.mlp.down_proj"]
     x = torch.randn(1, 1, 128, dtype=torch.bfloat16)
     for rows in (1, 8):
         xr = x.expand(1, rows, 128).contiguous()
-        assert torch.equal(kernels.sparse_linear(down, xr), down.dense(xr)) and calls == []
+        assert torch.equal(kernels.sparse_linear(down, xr), F.linear(xr, down.weight)) and calls == []
     down.set(0.3, 0.0, 0.5)
     kernels.sparse_linear(down, x)
     kernels.sparse_linear(down, x.expand(1, 8, 128).contiguous())
     assert calls == ["sparse_linear_op", "mask_op"]  # one row: the kernel; eight rows: mask + cuBLAS
 
     calls.clear()
-    names = [n for n in mods if ".0.self_attn." in n and n.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj")]
-    group = kernels._Group([mods[n] for n in names])
+    names = _qkv(mods)
+    to_kernels(model, [names])
+    group = mods[names[0]].fused
     h = torch.randn(1, 1, 64, dtype=torch.bfloat16)
-    ys = [kernels.sparse_linear(mods[n], h) for n in names]
+    ys = [kernels.sparse_linear(mods[n], h, mods[n].fused, mods[n].index) for n in names]
     assert calls == [] and group.dense
     assert torch.allclose(torch.cat(ys, -1).float(), (h @ group.wt).float(), atol=1e-2)
     mods[names[1]].set(0.3, 0.0, 0.5)
     assert not group.dense
-    kernels.sparse_linear(mods[names[0]], h)
+    kernels.sparse_linear(mods[names[0]], h, group, 0)
     assert calls == ["sparse_linear_op"]
 
 
@@ -297,7 +318,7 @@ def test_kernel_matches_float64(dtype, rows):
             for bias in (False, True):
                 seed += 1
                 x, wt, tau, b = _case(in_f, splits, rows, sparsity, dtype, bias, seed)
-                spec = kernels.launch_spec(dtype, in_f, splits, rows, bias=bias, sms=kernels._sm_count(x.device))
+                spec = kernels.launch_spec(dtype, in_f, splits, rows, bias=bias, sms=kernels.sm_count(x.device))
                 y = torch.full((rows, sum(splits)), float("nan"), dtype=dtype, device="cuda")
                 ptrs = [x.data_ptr(), wt.data_ptr(), tau.data_ptr()] + ([b.data_ptr()] if bias else [])
                 kernels.launch(spec, ptrs, y.data_ptr(), torch.cuda.current_stream().cuda_stream)
@@ -353,11 +374,15 @@ def test_op_on_slices_graphs_and_compile():
     _assert_close(fn(x2), 2 * _ref64(x2, wt, tau, None, [1024, 512]), torch.bfloat16, "torch.compile")
 
 
-def test_mask_kernel_compiles_and_cpu_op_masks():
+@nvrtc
+def test_mask_kernel_compiles():
     for arch in (80, 90):
         for dt in ("bf16", "f16"):
             spec = kernels.mask_spec(dt, 100, 3, arch=arch)
             assert f".entry {spec.name}(" in spec.ptx and spec.args == (3, 100)
+
+
+def test_cpu_mask_op_masks():
     x = torch.tensor([[0.5, -2.0, 0.1, -0.0]], dtype=torch.bfloat16)
     tau = torch.tensor([0.5, 1.0, 0.05, 0.0])
     assert kernels.mask_op(x, tau).tolist() == [[0.0, -2.0, x[0, 2].item(), 0.0]]
@@ -390,15 +415,15 @@ def test_mask_kernel_matches_reference_and_replays(dtype):
 @gpu
 @pytest.mark.parametrize("fuse", [True, False])
 def test_prepared_model_matches_torch_backend(fuse):
-    from wisparse_export.runtime import sparse_linears
-
-    model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.3)
+    model = _tiny_llama(torch.bfloat16, "cuda")
+    plan = _uniform_plan(model, threshold=0.3)
+    apply(model, plan, check=False, kernels=False)
     ids = torch.randint(0, 64, (1, 1), device="cuda")
     with torch.no_grad():
         want = model(input_ids=ids).logits.double()
-        kernels.prepare(model, fuse=fuse)
-        assert all(m.backend == "cuda" for m in sparse_linears(model).values())
-        assert any(getattr(m, "_wsp_group", None) is not None for m in sparse_linears(model).values()) == fuse
+        to_kernels(model, plan.groups if fuse else [])
+        assert all(m.on_kernels for m in sparse_linears(model).values())
+        assert any(m.fused is not None for m in sparse_linears(model).values()) == fuse
         got = model(input_ids=ids).logits.double()
         prefill = model(input_ids=torch.randint(0, 64, (2, 9), device="cuda")).logits  # > 8 rows: cuBLAS path
     assert torch.isfinite(prefill).all()
@@ -411,7 +436,8 @@ def test_threshold_zero_on_gpu_is_the_dense_model():
     """Planned at sparsity 0, the prepared model (fused groups, graph-free decode and prefill) is the dense model."""
     dense = _tiny_llama(torch.bfloat16, "cuda")
     model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.0)
-    kernels.prepare(model)
+    to_kernels(model)  # groups found by models.find_blocks
+    assert any(m.fused is not None for m in sparse_linears(model).values())
     for ids in (torch.randint(0, 64, (1, 1), device="cuda"), torch.randint(0, 64, (2, 9), device="cuda")):
         with torch.no_grad():
             want, got = dense(input_ids=ids).logits.double(), model(input_ids=ids).logits.double()
@@ -420,18 +446,15 @@ def test_threshold_zero_on_gpu_is_the_dense_model():
 
 @pytest.mark.gpu
 @gpu
-def test_sparse_linear_module_dispatches_to_kernel():
+def test_sparse_linear_module_dispatches_to_kernel(monkeypatch):
     model = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"))
-    kernels.prepare(model, fuse=False)
+    to_kernels(model, [])
     lin = model.model.layers[0].mlp.down_proj
-    assert isinstance(lin.dense, nn.Linear) and lin.weight.t().is_contiguous()
+    assert type(lin) is SparseLinear and lin.weight.t().is_contiguous()
     calls = []
-    orig = kernels.sparse_linear_op
-    kernels.sparse_linear_op = lambda *a: calls.append(1) or orig(*a)
-    try:
-        lin(torch.randn(1, 128, dtype=torch.bfloat16, device="cuda"))
-    finally:
-        kernels.sparse_linear_op = orig
+    orig = kernels.dispatch.sparse_linear_op
+    monkeypatch.setattr(kernels.dispatch, "sparse_linear_op", lambda *a: calls.append(1) or orig(*a))
+    lin(torch.randn(1, 128, dtype=torch.bfloat16, device="cuda"))
     assert calls == [1]
 
 
@@ -467,15 +490,41 @@ def test_bench_run_on_cpu_reports_dense_and_sparse():
 @gpu
 def test_apply_on_a_cuda_model_uses_the_kernels():
     """`wisparse_export.apply` alone switches a bf16 CUDA model to the kernels, matching the PyTorch path."""
-    from wisparse_export.runtime import apply, sparse_linears
-
     torch_path = _apply_uniform(_tiny_llama(torch.bfloat16, "cuda"), threshold=0.3)
     model = _tiny_llama(torch.bfloat16, "cuda")
     apply(model, _uniform_plan(model, threshold=0.3), check=False)
-    assert all(m.backend == "cuda" for m in sparse_linears(model).values())
-    assert any(getattr(m, "_wsp_group", None) is not None for m in sparse_linears(model).values())
+    assert all(m.on_kernels for m in sparse_linears(model).values())
+    assert any(m.fused is not None for m in sparse_linears(model).values())
     ids = torch.randint(0, 64, (1, 1), device="cuda")
     with torch.no_grad():
         want = torch_path(input_ids=ids).logits.double()
         got = model(input_ids=ids).logits.double()
     assert (got - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+def test_kernel_layout_saves_and_removes_as_the_dense_model(tmp_path):
+    """On the GPU kernels: state_dict() holds the dense model's contiguous, unshared [out, in] tensors (so
+    save_pretrained reloads them), and remove gives back the dense model's weights and bit-identical logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = _tiny_llama(torch.bfloat16, "cuda")
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 64, (1, 5), device="cuda")
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    apply(model, _uniform_plan(model, threshold=0.3), check=False)
+    assert any(m.fused is not None for m in sparse_linears(model).values())
+    sd = model.state_dict()
+    assert list(sd) == list(dense)
+    for k, v in sd.items():
+        assert torch.equal(v, dense[k]) and v.is_contiguous() and v.untyped_storage().nbytes() == v.nbytes, k
+    model.save_pretrained(tmp_path)
+    back, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True, dtype=torch.bfloat16)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert all(torch.equal(v.cuda(), dense[k]) for k, v in back.state_dict().items())
+    remove(model)
+    assert all(p.is_contiguous() for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, want)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import re
 
 import pytest
 import torch
@@ -11,9 +12,26 @@ from wisparse_export.plugins.trt_plugin import TACTIC_ROWS, aot_launch
 
 from wisparse_export import kernels
 
-pytest.importorskip("cuda.bindings.nvrtc", reason="NVRTC (cuda-python) is not installed")
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+HAS_NVRTC = _installed("cuda.bindings.nvrtc")
+nvrtc = pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda-python) is not installed")
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installed (its libraries cannot be installed on the machines this project has)"
+QKV = dict(x_shape=(3, 1, 4096), w_shape=(4096, 6144), tau_shape=(3, 4096), dtype="bf16", splits=[4096, 1024, 1024])
+
+
+@pytest.fixture
+def fake_ptx(monkeypatch):
+    """launch_spec without NVRTC: the PTX stands in as the target and defines it would be compiled with."""
+    monkeypatch.setattr(kernels.geometry, "compile_ptx",
+                        lambda source, defines, arch: f"{source} sm_{arch} {sorted(defines.items())}")
 
 
 class Sym:
@@ -32,21 +50,41 @@ def sym_cdiv(a, b):
     return Sym(f"cdiv({a.text},{b})")
 
 
-def test_aot_launch_agrees_with_launch_spec():
-    name, ptx, p, args = aot_launch((3, 1, 4096), (4096, 6144), (3, 4096), "bf16", splits=[4096, 1024, 1024],
-                                    tactic=3)
-    spec = kernels.launch_spec("bf16", 4096, [4096, 1024, 1024], 3, rows_per_block=4)
-    assert spec.cluster > 1  # Hopper: split-K over a cluster
-    assert (name, ptx) == (spec.name, spec.ptx)
-    assert (p["grid_x"], p["grid_y"], p["grid_z"]) == spec.grid and p["block_x"] == 256 and p["shared_mem"] == 0
-    assert args == [3, 4096, 6144, 4096, 1024, 1024]
+def _tiling(name: str) -> tuple[int, int, int, int]:
+    """(rows per block, tile, elements per load, cluster) from a kernel name (docs/KERNEL_ABI.md)."""
+    m = re.fullmatch(r"wsp_gemv_(?:bf16|f16)_r(\d+)_n(\d+)_v(\d+)_c(\d+)", name)
+    assert m, name
+    return tuple(int(g) for g in m.groups())
 
 
-def test_aot_launch_keeps_batch_symbolic():
+def test_aot_launch_follows_the_abi(fake_ptx):
+    """Grid, block and int32 arguments as docs/KERNEL_ABI.md defines them, for the tiling the kernel's name says."""
+    name, ptx, p, args = aot_launch(**QKV, tactic=3)
+    rows, tile, vec, cluster = _tiling(name)
+    assert rows == TACTIC_ROWS[3] == 4 and vec == 8 and cluster > 1  # Hopper: split-K over a cluster
+    assert (p["grid_x"], p["grid_y"], p["grid_z"]) == (cluster * sum(-(-o // tile) for o in QKV["splits"]), 1, 1)
+    assert (p["block_x"], p["block_y"], p["block_z"], p["shared_mem"]) == (256, 1, 1, 0)
+    assert args == [3, 4096, 6144, 4096, 1024, 1024]  # n_rows, in, ldw, out0..2
+    assert ptx.startswith("sparse_gemv.cu sm_90 ") and f"('WSP_NAME', '{name}')" in ptx and "('WSP_BIAS', 0)" in ptx
+
+
+@nvrtc
+def test_aot_ptx_is_the_named_entry_in_tensorrt_parameter_order():
+    """The PTX handed to TensorRT defines the named kernel with TensorRT's parameter order (input pointers x, w, tau;
+    the six int32 arguments; the output pointer) and the cluster shape compiled in."""
+    name, ptx, _, _ = aot_launch(**QKV, tactic=3)
+    cluster = _tiling(name)[3]
+    assert ".target sm_90" in ptx and ".explicitcluster" in ptx and f".reqnctapercluster {cluster}, 1, 1" in ptx
+    entry = ptx[ptx.index(f".entry {name}("):]
+    params = re.findall(r"\.param \.(u64|u32) " + name + r"_param_(\d+)", entry[:entry.index(")")])
+    assert [t for t, _ in params] == ["u64"] * 3 + ["u32"] * 6 + ["u64"]
+    assert [int(i) for _, i in params] == list(range(10))
+
+
+def test_aot_launch_keeps_batch_symbolic(fake_ptx):
     batch, seq = Sym("B"), Sym("S")
-    name, ptx, p, args = aot_launch((batch, seq, 4096), (4096, 14336), (4096,), "f16", bias=True, tactic=4,
-                                    cdiv=sym_cdiv)
-    assert name.endswith("_r8_n128_v8_c2_bias") and "_f16_" in name and f".entry {name}(" in ptx
+    name, ptx, p, args = aot_launch((batch, seq, 4096), (4096, 14336), (4096,), "f16", tactic=4, cdiv=sym_cdiv)
+    assert name == "wsp_gemv_f16_r8_n128_v8_c2" and "('WSP_F16', 1)" in ptx
     assert p["grid_y"].text == "cdiv((B*S),8)" and p["grid_x"] == 14336 // 128 * 2
     assert args[0].text == "(B*S)" and args[1:] == [4096, 14336, 14336, 0, 0]
 
@@ -63,19 +101,19 @@ def test_aot_launch_checks_shapes(shapes, msg):
         aot_launch((1, 64), (64, 64), (2, 64), "bf16", splits=[32, 16])
 
 
-def test_every_tactic_is_a_rows_variant():
+def test_every_tactic_is_a_rows_variant(fake_ptx):
     names = {aot_launch((2, 64), (64, 64), (64,), "bf16", tactic=t)[0] for t in TACTIC_ROWS}
     assert names == {f"wsp_gemv_bf16_r{r}_n16_v8_c1" for r in (1, 2, 4, 8)}
 
 
 @pytest.mark.skipif(not HAS_TRT, reason=NO_TRT)
-def test_plugins_register_with_tensorrt():
+def test_plugin_registers_with_tensorrt():
     import tensorrt as trt
     from wisparse_export.plugins.trt_plugin import register
 
     register()
     names = {c.name for c in trt.get_plugin_registry().all_creators}
-    assert {"SparseLinear", "SparseLinearBias"} <= names
+    assert "SparseLinear" in names and "SparseLinearBias" not in names
 
 
 def _driver_launch(name: str, ptx: str, p: dict, pointers: list[int], args: list[int], out: int) -> None:
@@ -101,34 +139,32 @@ def _driver_launch(name: str, ptx: str, p: dict, pointers: list[int], args: list
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_NVRTC), reason="needs a CUDA GPU and cuda-python")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("tactic", sorted(TACTIC_ROWS))
-@pytest.mark.parametrize("x_shape,in_f,splits,bias", [
-    ((1, 1, 4096), 4096, [4096, 1024, 1024], False),
-    ((2, 3, 2000), 2000, [1000], True),
-    ((5, 1, 14336), 14336, [4096], False),
+@pytest.mark.parametrize("x_shape,in_f,splits", [
+    ((1, 1, 4096), 4096, [4096, 1024, 1024]),
+    ((2, 3, 2000), 2000, [1000]),
+    ((5, 1, 14336), 14336, [4096]),
 ])
-def test_aot_ptx_launched_by_driver_matches_float64(dtype, tactic, x_shape, in_f, splits, bias):
+def test_aot_ptx_launched_by_driver_matches_float64(dtype, tactic, x_shape, in_f, splits):
     g = torch.Generator(device="cuda").manual_seed(tactic)
     out = sum(splits)
     x = torch.randn(x_shape, device="cuda", generator=g).to(dtype)
     wt = (torch.randn(in_f, out, device="cuda", generator=g) / in_f**0.5).to(dtype)
     q = torch.quantile(x.float().abs().flatten(), 0.5).item()
     tau = (q * (0.8 + 0.4 * torch.rand(len(splits), in_f, device="cuda", generator=g))).squeeze(0).contiguous()
-    b = torch.randn(out, device="cuda", generator=g).to(dtype) if bias else None
     name, ptx, p, args = aot_launch(x.shape, wt.shape, tau.shape, "bf16" if dtype == torch.bfloat16 else "f16",
-                                    bias=bias, splits=splits, tactic=tactic)
+                                    splits=splits, tactic=tactic)
     y = torch.full(x_shape[:-1] + (out,), float("nan"), dtype=dtype, device="cuda")
-    ptrs = [x.data_ptr(), wt.data_ptr(), tau.data_ptr()] + ([b.data_ptr()] if bias else [])
-    _driver_launch(name, ptx, p, ptrs, args, y.data_ptr())
+    _driver_launch(name, ptx, p, [x.data_ptr(), wt.data_ptr(), tau.data_ptr()], args, y.data_ptr())
 
     taus = tau.reshape(len(splits), in_f)
     ref, col = [], 0
     for i, s in enumerate(splits):
         ref.append((x.double() * (x.float().abs() > taus[i])) @ wt[:, col:col + s].double())
         col += s
-    ref = torch.cat(ref, -1) + (b.double() if bias else 0)
+    ref = torch.cat(ref, -1)
     assert torch.isfinite(y).all()
     eps = 2**-8 if dtype == torch.bfloat16 else 2**-10
     assert ((y.double() - ref).abs() <= eps * ref.abs() + 1e-3 * ref.abs().max()).all()

@@ -178,9 +178,8 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     With compile=True both runs go through torch.compile (then the fused q/k/v, gate/up launches are off: each
     linear is its own op in the compiled graph).
     """
-    from . import kernels
     from .evaluate import weighted_sparsity
-    from .runtime import apply, track_sparsity
+    from .runtime import apply, to_kernels, track_sparsity
 
     device = next(model.parameters()).device
     dec = Decoder(model, batch, max_len=steps + 16)
@@ -195,9 +194,8 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     if plan is None:
         samples = activation_samples(model)
         plan = uniform_plan(model, samples, sparsities[0])
-    apply(model, plan, check=False, kernels=False)  # prepared below, unfused under torch.compile
-    if device.type == "cuda":
-        kernels.prepare(model, fuse=fuse and not compile)
+    apply(model, plan, check=False, kernels=False)  # switched to the kernels below, unfused under torch.compile
+    to_kernels(model, (plan.groups or None) if fuse and not compile else [])
     dec.compile(compile)  # the linears changed: trace again
     for s in sparsities if samples is not None else [plan.target_sparsity]:
         if samples is not None:

@@ -221,14 +221,8 @@ def find_blocks(model: nn.Module) -> list[Block]:
 
 def fingerprint(model: nn.Module) -> str:
     """A hash of parameter names and shapes: tells a plan made for one model from another."""
-    # A linear wrapped by `apply` keeps its weight at "<path>.dense.weight": hash it under its original name, so
-    # the fingerprint (and a plan's check) does not change when a plan is applied.
-    wrapped = {n for n, m in model.named_modules() if type(m).__name__ == "SparseLinear"}
     h = hashlib.sha256()
     for name, p in model.named_parameters():
-        owner, _, leaf = name.rpartition(".")
-        if owner.endswith(".dense") and owner[: -len(".dense")] in wrapped:
-            name = f"{owner[: -len('.dense')]}.{leaf}"
         h.update(f"{name}:{tuple(p.shape)};".encode())
     return "sha256:" + h.hexdigest()[:16]
 
@@ -239,10 +233,6 @@ def get_linear(model: nn.Module, name: str) -> nn.Linear:
     except AttributeError:
         mod = None
     if not isinstance(mod, nn.Linear):
-        # A linear already swapped for its sparse wrapper still counts: the wrapper keeps it as .dense.
-        dense = getattr(mod, "dense", None)
-        if isinstance(dense, nn.Linear):
-            return dense
         raise WisparseError(f"model has no linear layer {name}")
     return mod
 

@@ -1,70 +1,113 @@
-"""`apply(model, plan)`: swap each planned linear for a SparseLinear that zeroes low-score input channels.
+"""`apply(model, plan)`: make each planned linear zero its low-score input channels, in place.
 
-In the spirit of torchao's `quantize_(model, config)`: in place, one call, undone by `remove(model)`.
-On CPU the mask is plain PyTorch; CUDA tensors go through the custom op in `kernels` when it is available.
+In the spirit of torchao's `quantize_(model, config)`: one call, undone by `remove(model)`. A planned nn.Linear stays
+the same module object at the same path with the same `weight` and `bias` parameters: only its class becomes
+SparseLinear (a subclass of nn.Linear), and its plan values live in non-persistent buffers and plain attributes, so
+`state_dict()` and `save_pretrained` write exactly the dense model's keys and tensors. On CPU the mask is plain
+PyTorch; on a CUDA device in bfloat16/float16 the linears run on `kernels`, the backend this module calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .models import check_plan, get_linear
+from . import kernels
+from .errors import WisparseError
+from .models import check_plan, find_blocks, get_linear
 from .plan import Plan
 from .scores import column_norms, keep, masked, tau
 
+_STATE = ("threshold", "alpha", "sparsity", "enabled", "counts", "on_kernels", "fused", "index")
 
-class SparseLinear(nn.Module):
-    """y = W (x * [|x| > tau]) + b, tau the per-input-channel threshold t / ||W[:, i]||**alpha."""
 
-    def __init__(self, dense: nn.Linear, threshold: float, alpha: float, sparsity: float = 0.0):
-        super().__init__()
-        self.dense = dense
-        self.register_buffer("norms", column_norms(dense.weight), persistent=False)
-        self.register_buffer("tau", torch.empty_like(self.norms), persistent=False)
-        self.set(threshold, alpha, sparsity)
-        self.enabled = True
-        self.counts: list[int] | None = None  # [zeroed, total] while tracking realized sparsity
-        self.backend = "torch"  # "cuda" once kernels.prepare() has converted the weights
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when it is contiguous and alone in its storage, else a contiguous copy: the kernel layout's
+    transposed views and a fused group's shared storage must not reach a checkpoint (safetensors refuses both)."""
+    alone = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes
+    return t if alone else t.clone(memory_format=torch.contiguous_format)
+
+
+class SparseLinear(nn.Linear):
+    """y = W (x * [|x| > tau]) + b, tau the per-input-channel threshold t / ||W[:, i]||**alpha.
+
+    Made from an nn.Linear in place by `SparseLinear.convert`, undone by `release`; never constructed.
+    """
+
+    norms: torch.Tensor
+    tau: torch.Tensor
+    threshold: float
+    alpha: float
+    sparsity: float
+    enabled: bool
+    counts: list[int] | None      # [zeroed, total] while tracking realized sparsity
+    on_kernels: bool              # CUDA kernels (weight in the kernel layout), set by `to_kernels`
+    fused: kernels.Fused | None   # the group this linear launches with, member `index`
+    index: int
+
+    @classmethod
+    def convert(cls, linear: nn.Linear, threshold: float, alpha: float, sparsity: float = 0.0) -> SparseLinear:
+        """Turn `linear` itself into a SparseLinear: same object, same parameters, plan values added."""
+        if type(linear) is not nn.Linear:
+            raise WisparseError(f"cannot sparsify a {type(linear).__name__}: only a plain torch.nn.Linear")
+        linear.__class__ = cls
+        linear.register_buffer("norms", column_norms(linear.weight), persistent=False)
+        linear.register_buffer("tau", torch.empty_like(linear.norms), persistent=False)
+        linear.enabled, linear.counts, linear.on_kernels, linear.fused, linear.index = True, None, False, None, 0
+        linear.set(threshold, alpha, sparsity)
+        return linear
+
+    def release(self) -> nn.Linear:
+        """Back to the plain nn.Linear it was; weights in the kernel layout own contiguous [out, in] storage again."""
+        if self.on_kernels:
+            self.weight.data = _owned(self.weight.data)
+            if self.bias is not None:
+                self.bias.data = _owned(self.bias.data)
+        del self.norms, self.tau
+        for name in _STATE:
+            self.__dict__.pop(name, None)
+        self.__class__ = nn.Linear
+        return self
 
     def set(self, threshold: float, alpha: float, sparsity: float = 0.0) -> None:
         """Re-threshold in place (the allocation search tries thousands of plans without rebuilding modules)."""
         self.threshold, self.alpha, self.sparsity = float(threshold), float(alpha), float(sparsity)
         self.tau.copy_(tau(threshold, self.norms, alpha))
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.dense.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.dense.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.dense.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.dense.out_features
-
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         return keep(x, self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            return self.dense(x)
+            return F.linear(x, self.weight, self.bias)
         if self.counts is not None:
-            keep = self.mask(x)
-            self.counts[0] += int(keep.numel() - keep.sum())
-            self.counts[1] += keep.numel()
-        if self.backend == "cuda" and x.is_cuda:
-            from . import kernels
+            kept = self.mask(x)
+            self.counts[0] += int(kept.numel() - kept.sum())
+            self.counts[1] += kept.numel()
+        if self.on_kernels and x.is_cuda:
+            return kernels.sparse_linear(self, x, self.fused, self.index)
+        return F.linear(masked(x, self.tau), self.weight, self.bias)
 
-            return kernels.sparse_linear(self, x)
-        return self.dense(masked(x, self.tau))
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """The dense model's tensors: on the kernels, [out, in] copies of the weight views (transiently)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.on_kernels and not keep_vars:
+            for name in ("weight", "bias"):
+                if destination.get(prefix + name) is not None:
+                    destination[prefix + name] = _owned(destination[prefix + name])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        """Loaded weights bring their own column norms, hence tau; on the kernels they are copied into the layout."""
+        if self.on_kernels and local_metadata.get("assign_to_params_buffers"):
+            raise WisparseError("load_state_dict(assign=True) would undo the kernel layout: remove(model) first")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+        with torch.no_grad():
+            self.norms.copy_(column_norms(self.weight))
+        self.set(self.threshold, self.alpha, self.sparsity)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, sparsity={self.sparsity:.3f}, alpha={self.alpha}"
@@ -80,24 +123,48 @@ def apply(model: nn.Module, plan: Plan, check: bool = True, kernels: bool = True
         check_plan(model, plan)
     remove(model)
     for name, lp in plan.layers.items():
-        dense = get_linear(model, name)
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, SparseLinear(dense, lp.threshold, lp.alpha, lp.sparsity))
-    if kernels and any(p.is_cuda for p in model.parameters()):
-        from .kernels import prepare
+        SparseLinear.convert(get_linear(model, name), lp.threshold, lp.alpha, lp.sparsity)
+    if kernels:
+        to_kernels(model, plan.groups or None)
+    return model
 
-        prepare(model, groups=plan.groups or None)
+
+def to_kernels(model: nn.Module, groups: Sequence[Sequence[str]] | None = None) -> nn.Module:
+    """Switch the sparse linears on a CUDA device in bfloat16/float16 to the kernels, once, in place.
+
+    Each weight is converted to the kernel layout ([in, out]; `.weight` stays its [out, in] view, held once), and
+    each of `groups` (names of linears sharing an input: q/k/v, gate/up; None: `models.find_blocks` finds them) that
+    the kernels can fuse becomes one launch. The kernels are compiled (or read from the disk cache) and loaded here,
+    outside any graph capture.
+    """
+    mods = {n: m for n, m in sparse_linears(model).items() if not m.on_kernels and kernels.supports(m.weight)}
+    if not mods:
+        return model
+    if groups is None:
+        groups = [g for b in find_blocks(model) for g in b.groups]
+    for g in groups:
+        members = [mods.get(n) for n in g]
+        if any(m is None or m.fused is not None for m in members) or not kernels.fusable(members):
+            continue
+        fused = kernels.Fused(members)
+        for p, m in enumerate(members):
+            weight, bias, m.tau = fused.views(p)
+            m.weight.data = weight
+            if bias is not None:
+                m.bias.data = bias
+            m.fused, m.index = fused, p
+    for m in mods.values():
+        if m.fused is None:
+            m.weight.data = kernels.kernel_layout(m.weight)
+        m.on_kernels = True
+    kernels.preload((m, m.fused) for m in mods.values())
     return model
 
 
 def remove(model: nn.Module) -> nn.Module:
-    """Undo `apply`: put the original linears back."""
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, SparseLinear):
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, mod.dense)
+    """Undo `apply`: every planned linear is a plain nn.Linear again, its weights as they were."""
+    for m in sparse_linears(model).values():
+        m.release()
     return model
 
 
