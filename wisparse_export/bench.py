@@ -18,8 +18,10 @@ from torch import nn
 
 from .calibration import make_plan, uniform
 from .errors import WisparseError
+from .evaluate import weighted_sparsity
 from .models import Loaded, find_blocks
 from .plan import Plan
+from .runtime import apply, sparse_linears, to_kernels, track_sparsity
 
 
 class Decoder:
@@ -132,7 +134,6 @@ def time_decode(dec: Decoder, steps: int = 128, graphs: bool = True, warmup: int
 def activation_samples(model: nn.Module, tokens: int = 256, per_linear: int = 65536, seed: int = 0
                        ) -> dict[str, torch.Tensor]:
     """|x| samples at every decoder-block linear's input, from one pass over random tokens."""
-    from .models import find_blocks
 
     names = [n for b in find_blocks(model) for n in b.linears]
     mods = {model.get_submodule(n): n for n in names}
@@ -163,7 +164,6 @@ def uniform_plan(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: f
 
 def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: float) -> None:
     """Re-threshold the applied linears in place (tau keeps its storage, so captured graphs stay valid)."""
-    from .runtime import sparse_linears
 
     for name, m in sparse_linears(model).items():
         t = float(torch.quantile(samples[name], sparsity)) if sparsity > 0 else 0.0
@@ -178,8 +178,6 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     With compile=True both runs go through torch.compile (then the fused q/k/v, gate/up launches are off: each
     linear is its own op in the compiled graph).
     """
-    from .evaluate import weighted_sparsity
-    from .runtime import apply, to_kernels, track_sparsity
 
     device = next(model.parameters()).device
     dec = Decoder(model, batch, max_len=steps + 16)
