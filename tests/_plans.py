@@ -6,9 +6,11 @@ Kept out of conftest.py so any test file can import them (`from _plans import ..
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from wisparse_export import calibration
@@ -16,6 +18,18 @@ from wisparse_export.calibration import uniform
 from wisparse_export.models import Loaded, find_blocks, get_linear
 from wisparse_export.plan import Plan, save_plan
 from wisparse_export.scores import channel_scores, column_norms
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+HAS_NVRTC = installed("cuda.bindings.nvrtc")
+nvrtc = pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda-python) is not installed")
+gpu = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_NVRTC), reason="needs a CUDA GPU and cuda-python")
 
 VOCAB = 260  # 256 bytes + 4 specials
 

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _plans import gpu, nvrtc
 
 from wisparse_export import kernels
 from wisparse_export.errors import WisparseError
 from wisparse_export.runtime import SparseLinear, apply, remove, sparse_linears, to_kernels
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-HAS_NVRTC = _installed("cuda.bindings.nvrtc")
-nvrtc = pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda-python) is not installed")
-gpu = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_NVRTC), reason="needs a CUDA GPU and cuda-python")
 
 
 @pytest.fixture(autouse=True, scope="module")

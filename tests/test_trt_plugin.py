@@ -8,20 +8,11 @@ import re
 
 import pytest
 import torch
+from _plans import HAS_NVRTC, nvrtc
 from wisparse_export.plugins.trt_plugin import TACTIC_ROWS, aot_launch
 
 from wisparse_export import kernels
 
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
-
-
-HAS_NVRTC = _installed("cuda.bindings.nvrtc")
-nvrtc = pytest.mark.skipif(not HAS_NVRTC, reason="NVRTC (cuda-python) is not installed")
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installed (its libraries cannot be installed on the machines this project has)"
 QKV = dict(x_shape=(3, 1, 4096), w_shape=(4096, 6144), tau_shape=(3, 4096), dtype="bf16", splits=[4096, 1024, 1024])
