@@ -164,25 +164,28 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 
 @cli.command("export")
 @MODEL
+@DEVICE
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
-              "manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its manifest names "
-              "are replaced).")
+              "weights.onnx.data, manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its "
+              "manifest names are replaced).")
 @click.option("--dtype", "export_dtype", default="float32", show_default=True,
-              help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16).")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Weights in <file>.onnx.data beside each graph (default: when over 256 MiB).")
+              help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16); "
+              "the model is loaded in it.")
+@click.option("--external-data/--no-external-data", default=True, show_default=True,
+              help="Weights in one file both graphs share (weights.onnx.data), or inside each graph (small models).")
 @PROGRESS
-def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet):
+def export_cmd(model_src, device, plan_path, output, export_dtype, external_data, quiet):
     """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
 
     if export_dtype not in DTYPES:
         raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = load_plan(plan_path)
-    loaded = load_model(model_src or plan.model.get("source"), "float32", "cpu", progress=not quiet)
+    loaded = load_model(model_src or plan.model.get("source"), export_dtype, device, progress=not quiet)
     m = exporting.export(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
-               f"{export_dtype}, opset {m['opset']}, plan {m['plan']['digest']}")
+               f"{m['files']['weights'] or 'weights inside each graph'}, {export_dtype}, opset {m['opset']}, "
+               f"plan {m['plan']['digest']}")
 
 
 @cli.command("check")
