@@ -27,6 +27,8 @@ def providers(name: str) -> list[str]:
     if PROVIDERS[name] not in ort.get_available_providers():
         raise WisparseError(f"this ONNX Runtime ({ort.__version__}) has no {name.upper()} execution provider: "
                             "pip install onnxruntime-gpu (in place of onnxruntime) on a machine with CUDA")
+    if name == "cuda" and hasattr(ort, "preload_dlls"):  # CUDA / cuDNN from the nvidia-* wheels torch brings
+        ort.preload_dlls()
     return [PROVIDERS[name]] + (["CPUExecutionProvider"] if name != "cpu" else [])
 
 
