@@ -93,7 +93,8 @@ def estimate(seconds: float, batches: int, tokens: int, provider: str) -> str:
     """One line: how long the whole run will take, from the first batch's time."""
     total = seconds * batches
     when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
-    return (f"check: about {when} on {provider} for {tokens} tokens in {batches} batch{'es' if batches != 1 else ''} (the first took "
+    plural = "es" if batches != 1 else ""
+    return (f"check: about {when} on {provider} for {tokens} tokens in {batches} batch{plural} (the first took "
             f"{seconds:.1f} s); --tokens sets the budget")
 
 
