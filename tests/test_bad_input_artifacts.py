@@ -39,8 +39,8 @@ def made(tmp_path_factory):
     with pytest.raises(WisparseError, match="weights differ"):
         export(other, plan, root / "refused")
     assert not (root / "refused").exists()
-    with mock.patch("wisparse_export.export.check_plan"):
-        export(other, plan, root / "other_out")
+    with mock.patch("wisparse_export.export.check_plan"):  # weights inside its graphs: a graph copied carries them
+        export(other, plan, root / "other_out", external_data=False)
     return root
 
 
@@ -207,14 +207,14 @@ def test_check_refuses_a_graph_of_other_weights_with_the_same_plan(made, tmp_pat
 
 
 def test_check_refuses_external_weights_of_another_model(made, tmp_path, capsys):
-    """Weights kept in dense.onnx.data (read back by seeking, not loaded): another model's file is refused."""
+    """Weights kept in weights.onnx.data (read back by seeking, not loaded): another model's file is refused."""
     loaded = load_model(str(made / "model"), "float32", "cpu")
     other = load_model(str(made / "other_model"), "float32", "cpu")
     plan = make_plan(loaded)
     export(loaded, plan, tmp_path / "out", "float16", external_data=True)
     with mock.patch("wisparse_export.export.check_plan"):  # export itself refuses the plan on other weights
         export(other, plan, tmp_path / "other", "float16", external_data=True)
-    shutil.copy(tmp_path / "other" / "dense.onnx.data", tmp_path / "out" / "dense.onnx.data")
+    shutil.copy(tmp_path / "other" / "weights.onnx.data", tmp_path / "out" / "weights.onnx.data")
     refused(capsys, ["check", str(tmp_path / "out"), *SMALL], "dense.onnx: the weights differ", tmp_path)
 
 

@@ -3,8 +3,9 @@
 The decode step below is a plain gpt-fast style loop over the model's own modules (embedding, norms, rotary,
 q/k/v/o and MLP linears, lm_head) with a static KV cache, so one step is one CUDA graph replay and the dense and
 sparse runs differ only in the linears. Random-weight models of real shapes (`--model random:NAME`, or its alias
-`--shape NAME`; random_models.py) measure speed only; their thresholds are per-linear quantiles of |x| on random
-tokens (alpha 0), set for the target sparsity.
+`--shape NAME`; random_models.py) measure speed only. Thresholds: with a plan, the plan's own (per-layer
+thresholds and alphas from `calibrate`'s search, at its target: what deployment runs); without one, per-linear
+quantiles of |x| on random tokens (alpha 0), uniform at each requested sparsity. The result says which.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: f
 
 def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
         fuse: bool = True, plan=None, label: str = "", compile: bool = False) -> dict:
-    """Dense tokens/s, then sparse tokens/s at each sparsity (kernels on CUDA), with realized sparsity.
+    """Dense tokens/s, then sparse tokens/s (kernels on CUDA) with realized sparsity: for `plan`, once, with its own
+    per-layer thresholds; otherwise at each of `sparsities`, uniform quantile thresholds.
 
     With compile=True both runs go through torch.compile (then the fused q/k/v, gate/up launches are off: each
     linear is its own op in the compiled graph).
@@ -186,8 +188,8 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     result = {"model": label, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "batch": batch, "steps": steps,
               "graphs": dense.graphs, "compiled": compile, "dense_tokens_per_s": dense.tokens_per_s,
-              "dense_ms_per_step": dense.ms_per_step,
-              "sparse": []}
+              "dense_ms_per_step": dense.ms_per_step, "thresholds": "uniform" if plan is None else "plan",
+              "plan": None if plan is None else plan.digest(), "sparse": []}
     samples = None
     if plan is None:
         samples = activation_samples(model)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +21,7 @@ from . import data, trt
 from .errors import WisparseError
 from .evaluate import Metrics
 from .manifest import file_path, read_manifest, verify_graphs
-from .ort import GraphSession, step_ms
+from .ort import GraphSession, providers, step_ms
 
 METRICS = (("dense", "ppl"), ("sparse", "ppl"), ("sparse", "kl"), ("sparse", "top1_agreement"))
 
@@ -87,15 +89,28 @@ def evaluation_sequences(out: Path, manifest: dict, text: list[str] | None, toke
     return seqs, evaluation.description
 
 
-def onnx_metrics(paths: dict[str, Path], seqs: torch.Tensor, batch_size: int = 4, progress: bool = True) -> dict:
-    """Dense and sparse graphs in ONNX Runtime (CPU) on the same sequences: metrics and decode-step latency."""
-    dense, sparse = GraphSession(paths["dense"]), GraphSession(paths["sparse"])
+def estimate(seconds: float, batches: int, tokens: int, provider: str) -> str:
+    """One line: how long the whole run will take, from the first batch's time."""
+    total = seconds * batches
+    when = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    plural = "es" if batches != 1 else ""
+    return (f"check: about {when} on {provider} for {tokens} tokens in {batches} batch{plural} (the first took "
+            f"{seconds:.1f} s); --tokens sets the budget")
+
+
+def onnx_metrics(paths: dict[str, Path], seqs: torch.Tensor, batch_size: int = 4, progress: bool = True,
+                 provider: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
+    """Dense and sparse graphs in ONNX Runtime on the same sequences: metrics and decode-step latency. `log` hears
+    the time the run will take, estimated from its first batch."""
+    dense, sparse = (GraphSession(paths[role], providers(provider)) for role in ("dense", "sparse"))
     metrics = Metrics()
-    for i in tqdm(range(0, len(seqs), batch_size), desc="check", unit="batch", disable=not progress):
+    batches = range(0, len(seqs), batch_size)
+    for i in tqdm(batches, desc="check", unit="batch", disable=not progress):
+        t0 = time.perf_counter()
         ids = seqs[i: i + batch_size]
-        d_logits, _ = dense.step(ids.numpy())
-        s_logits, _ = sparse.step(ids.numpy())
-        metrics.update(torch.from_numpy(d_logits), torch.from_numpy(s_logits), ids)
+        metrics.update(torch.from_numpy(dense.logits(ids.numpy())), torch.from_numpy(sparse.logits(ids.numpy())), ids)
+        if i == 0 and log is not None:
+            log(estimate(time.perf_counter() - t0, len(batches), seqs.numel(), provider))
     r = metrics.result()
     prompt = seqs[:1, : min(64, seqs.shape[1])].numpy()
     return {
@@ -116,8 +131,10 @@ def json_ready(v):
 def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | None = None,
           seq_len: int | None = None, max_ppl_increase: float | None = None, max_kl: float | None = None,
           min_agreement: float | None = None, engine: bool = False, batch_size: int = 4,
-          progress: bool = True) -> dict:
+          progress: bool = True, provider: str = "cpu", log: Callable[[str], None] | None = None) -> dict:
     """Run the exported graphs (or, with engine=True, the TensorRT engines) and gate the result.
+
+    `provider` (cpu | cuda) is ONNX Runtime's execution provider; `log` hears an estimate of the run's time.
 
     Returns the report: dense {ppl, step_ms}, sparse {ppl, kl, top1_agreement, step_ms}, gates, passed.
     """
@@ -125,6 +142,8 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
     out = Path(out)
     manifest = read_manifest(out)
     paths = verify_graphs(out, manifest)
+    if not engine:
+        providers(provider)  # before minutes of tokenizing: say at once that the provider is missing
     if engine:
         trt.require()  # before minutes of tokenizing: say at once that TensorRT is missing
         trt.engine_paths(out, manifest)
@@ -135,8 +154,8 @@ def check(out: str | os.PathLike, text: list[str] | None = None, tokens: int | N
     else:
         import onnxruntime
 
-        result = onnx_metrics(paths, seqs, batch_size, progress)
-        runtime = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+        result = onnx_metrics(paths, seqs, batch_size, progress, provider, log)
+        runtime = f"onnxruntime {onnxruntime.__version__} ({providers(provider)[0]})"
     reference = result.get("reference", result["dense"])  # the engine check measures against dense.onnx
     verdicts = gates(reference["ppl"], result["sparse"], max_ppl_increase, max_kl, min_agreement,
                      non_finite(result))

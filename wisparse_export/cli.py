@@ -123,7 +123,8 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 @DTYPE
 @DEVICE
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
-              help="Plan to apply (default: thresholds for --sparsity from random tokens, speed only).")
+              help="Plan to time, with its own per-layer thresholds (default: uniform thresholds for --sparsity from "
+              "random tokens, speed only).")
 @click.option("--sparsity", type=float, multiple=True, help="Target sparsity (repeatable; default 0.5).")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--steps", type=int, default=128, show_default=True)
@@ -137,6 +138,8 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
 
     sparsities = list(sparsity) or [0.5]
+    if plan_path and sparsity:
+        raise WisparseError("give --plan or --sparsity, not both (a plan times its own per-layer thresholds)")
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         raise WisparseError("--sparsity must be in [0, 1)")
     if json_out:
@@ -151,6 +154,8 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
                    plan=plan, label=loaded.source, compile=compile_)
     click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
                f"{'CUDA graphs' if result['graphs'] else 'eager'}{', torch.compile' if compile_ else ''}")
+    click.echo(f"thresholds: plan {plan_path} ({plan.method}, per-layer, {plan.digest()})" if plan is not None
+               else "thresholds: uniform, |x| quantiles on random tokens (alpha 0) at each --sparsity")
     click.echo(f"{'':>10} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}")
     click.echo(f"{'dense':>10} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
                f"{result['dense_ms_per_step']:>8.3f} {1.0:>8.2f}")
@@ -164,25 +169,28 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 
 @cli.command("export")
 @MODEL
+@DEVICE
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
-              "manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its manifest names "
-              "are replaced).")
+              "weights.onnx.data, manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its "
+              "manifest names are replaced).")
 @click.option("--dtype", "export_dtype", default="float32", show_default=True,
-              help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16).")
-@click.option("--external-data/--no-external-data", default=None,
-              help="Weights in <file>.onnx.data beside each graph (default: when over 256 MiB).")
+              help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16); "
+              "the model is loaded in it.")
+@click.option("--external-data/--no-external-data", default=True, show_default=True,
+              help="Weights in one file both graphs share (weights.onnx.data), or inside each graph (small models).")
 @PROGRESS
-def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet):
+def export_cmd(model_src, device, plan_path, output, export_dtype, external_data, quiet):
     """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
 
     if export_dtype not in DTYPES:
         raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = load_plan(plan_path)
-    loaded = load_model(model_src or plan.model.get("source"), "float32", "cpu", progress=not quiet)
+    loaded = load_model(model_src or plan.model.get("source"), export_dtype, device, progress=not quiet)
     m = exporting.export(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
-               f"{export_dtype}, opset {m['opset']}, plan {m['plan']['digest']}")
+               f"{m['files']['weights'] or 'weights inside each graph'}, {export_dtype}, opset {m['opset']}, "
+               f"plan {m['plan']['digest']}")
 
 
 @cli.command("check")
@@ -196,15 +204,18 @@ def export_cmd(model_src, plan_path, output, export_dtype, external_data, quiet)
 @click.option("--max-kl", type=float, help="Gate: mean KL(dense || sparse) per token, in nats.")
 @click.option("--min-agreement", type=float, help="Gate: top-1 agreement of sparse with dense, in [0, 1].")
 @click.option("--engine", is_flag=True, help="Check the TensorRT engines (wisparse build) against dense.onnx.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime execution provider (cuda: the onnxruntime-gpu package).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @PROGRESS
-def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine, json_out, quiet):
+def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine, provider, json_out, quiet):
     """Run dense.onnx and sparse.onnx (or the engines) on text; exit 1 if a gate fails."""
 
     if json_out:
         check_writable(json_out)
     report = checking.check(out, list(text), tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine=engine,
-                 progress=not quiet)
+                            progress=not quiet, provider=provider,
+                            log=None if quiet else lambda line: click.echo(line, err=True))
     click.echo(checking.summary(report))
     if json_out:
         write_json(json_out, report)

@@ -1,5 +1,8 @@
-"""`wisparse export`: OUT/dense.onnx, OUT/sparse.onnx (graphs from `onnx_graph.build`), OUT/tokenizer/ and
-OUT/manifest.json, written all or nothing.
+"""`wisparse export`: OUT/dense.onnx, OUT/sparse.onnx (graphs from `onnx_graph.build`), the weights file both
+reference (OUT/weights.onnx.data), OUT/tokenizer/ and OUT/manifest.json, written all or nothing.
+
+At scale: no float32 copy of the model (the weights are read in whatever dtype and on whatever device they were
+loaded, cast and streamed to disk one tensor at a time), and each weight is written once.
 
 OUT is the user's folder: export replaces only the entries a previous export's manifest names (its graphs, their
 weights, tokenizer, and the engines `wisparse build` recorded, built from the graphs being replaced), refuses an
@@ -11,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import onnx
@@ -22,28 +26,59 @@ from .files import atomic_dir, clean_stale, write_json
 from .identity import weight_sample
 from .manifest import FORMAT, MANIFEST, VERSION, owned, read_manifest
 from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear
-from .onnx_graph import DOMAIN, IR_VERSION, OP_TYPE, OP_VERSION, OPSET, PLUGIN_ATTRS, build, counts_of, describe
+from .onnx_graph import (
+    DOMAIN,
+    IR_VERSION,
+    OP_TYPE,
+    OP_VERSION,
+    OPSET,
+    PLUGIN_ATTRS,
+    WeightsFile,
+    build,
+    counts_of,
+    describe,
+)
 from .plan import Plan
 
-EXTERNAL_DATA_BYTES = 256 << 20  # weights above this go to a side file (protobuf stops at 2 GiB; big files load slowly)
+WEIGHTS = "weights.onnx.data"  # the external data file both graphs reference
+INLINE_LIMIT = 2 << 30  # protobuf's limit for one file: beyond it, weights must be external
 
 
-def save(proto: onnx.ModelProto, path: Path, external: bool | None = None) -> str | None:
-    """Write one model, weights in `<name>.data` beside it when large (or when asked), then run onnx.checker.
-    Returns the external data file's name, if any."""
-    size = sum(len(t.raw_data) for t in proto.graph.initializer)
-    external = size > EXTERNAL_DATA_BYTES if external is None else external
-    data = f"{path.name}.data" if external else None
-    if external:
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data,
-                        size_threshold=1024)
-    else:
-        onnx.save_model(proto, path)
+def weight_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Bytes of the model's parameters at `dtype` (a tied matrix counts once): what the weights file holds."""
+    return sum(p.numel() for p in model.parameters()) * torch.empty((), dtype=dtype).element_size()
+
+
+def save(proto: onnx.ModelProto, path: Path) -> None:
+    """Write one graph (its weights already external, or inline when small)."""
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def validate_graph(path: Path) -> None:
+    """onnx.checker on the written file (it follows external data by path, without loading it)."""
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:  # a bug of ours, not the user's: keep the traceback
         raise RuntimeError(f"exported {path.name} fails onnx.checker: {str(e).splitlines()[0]}") from e
-    return data
+
+
+def write_graphs(model: torch.nn.Module, plan: Plan, dtype: torch.dtype, tmp: Path,
+                 external: bool) -> tuple[dict, dict]:
+    """dense.onnx and sparse.onnx in `tmp`; with `external`, their weights streamed once into WEIGHTS. Returns
+    (counts per role, files)."""
+    counts, files = {}, {"dense": "dense.onnx", "sparse": "sparse.onnx", "weights": WEIGHTS if external else None}
+    with WeightsFile(tmp / WEIGHTS) if external else nullcontext() as store:
+        for role, p in (("dense", None), ("sparse", plan)):
+            proto = build(model, p, dtype, store)
+            helper.set_model_props(proto, {**{q.key: q.value for q in proto.metadata_props},
+                                           "wisparse.plan": plan.digest(), "wisparse.format": f"{FORMAT}/{VERSION}"})
+            counts[role] = counts_of(proto)
+            save(proto, tmp / files[role])
+            del proto
+    for role in ("dense", "sparse"):
+        validate_graph(tmp / files[role])
+    return counts, files
 
 
 def replaceable(out: Path, loaded: Loaded) -> list[str]:
@@ -107,11 +142,14 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
 
 
 def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "float32",
-           external_data: bool | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Write OUT/dense.onnx, OUT/sparse.onnx, OUT/tokenizer/ and OUT/manifest.json; all or nothing.
+           external_data: bool = True, log: Callable[[str], None] | None = None) -> dict:
+    """Write OUT/dense.onnx, OUT/sparse.onnx, OUT/weights.onnx.data (shared), OUT/tokenizer/ and
+    OUT/manifest.json; all or nothing. external_data=False puts the weights inside each graph instead (twice).
 
-    Replaces only what an earlier export's manifest names; `log` (default: stderr) hears of stale temporaries of
-    a killed export removed beside OUT.
+    The model may be in any dtype and on any device: weights are cast to `dtype` and streamed to the file one
+    tensor at a time; thresholds use the column norms of each weight upcast to float32 alone. Replaces only what
+    an earlier export's manifest names; `log` (default: stderr) hears of stale temporaries of a killed export
+    removed beside OUT.
     """
     if dtype not in DTYPES:
         raise WisparseError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -119,23 +157,16 @@ def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "flo
     replaces = replaceable(out, loaded)
     model = loaded.model
     check_plan(model, plan)
-    if next(model.parameters()).dtype != torch.float32:
-        raise WisparseError("export reads the model in float32 (thresholds are defined on float32 weights); "
-                            "load it with dtype float32")
+    if not external_data and weight_bytes(model, DTYPES[dtype]) >= INLINE_LIMIT:
+        raise WisparseError(f"the weights are {weight_bytes(model, DTYPES[dtype]) / 2**30:.1f} GiB at {dtype}: too "
+                            "large to keep inside the graphs (2 GiB per file); export with external data")
     stale = clean_stale(out)
     if stale:
         (log or (lambda s: print(s, file=sys.stderr)))(
             f"removed {len(stale)} temporary folder(s) an interrupted export left beside {out}: "
             + ", ".join(p.name for p in stale))
     with torch.no_grad(), atomic_dir(out, replaces) as tmp:
-        counts, files = {}, {}
-        for role, p in (("dense", None), ("sparse", plan)):
-            proto = build(model, p, DTYPES[dtype])
-            helper.set_model_props(proto, {**{q.key: q.value for q in proto.metadata_props},
-                                           "wisparse.plan": plan.digest(), "wisparse.format": f"{FORMAT}/{VERSION}"})
-            counts[role] = counts_of(proto)
-            files[role], files[f"{role}_data"] = f"{role}.onnx", save(proto, tmp / f"{role}.onnx", external_data)
-            del proto
+        counts, files = write_graphs(model, plan, DTYPES[dtype], tmp, external_data)
         files["tokenizer"] = None
         if loaded.tokenizer is not None:
             loaded.tokenizer.save_pretrained(tmp / "tokenizer")

@@ -27,8 +27,9 @@ FORMAT = "wisparse-export"
 VERSION = 2  # 2: model.weights and model.max_positions; files lists external data and engines
 MANIFEST = "manifest.json"
 GRAPHS = ("dense", "sparse")
-# files: role -> plain file name in the folder. dense/sparse always; the rest null when absent.
-FILE_KEYS = ("dense", "sparse", "dense_data", "sparse_data", "tokenizer",
+# files: role -> plain file name in the folder. dense/sparse always; the rest null when absent. `weights`: the
+# external data file both graphs share; dense_data / sparse_data: one per graph (exports before the shared file).
+FILE_KEYS = ("dense", "sparse", "weights", "dense_data", "sparse_data", "tokenizer",
              "dense_engine", "sparse_engine", "timing_cache", "engines")
 NUMPY = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"),
          TensorProto.BFLOAT16: np.dtype("<u2")}
@@ -191,36 +192,45 @@ def sample(t: TensorProto, data: ExternalData) -> list[float]:
 
 
 class ExternalData:
-    """The external data file of one graph, opened once; elements are read by seeking, never loaded whole."""
+    """The external data files a graph may use (the shared `weights`, or its own `<role>_data`), each opened once;
+    elements are read by seeking, never loaded whole."""
 
     def __init__(self, out: Path, manifest: dict, role: str, graph: Path):
-        self.path = file_path(out, manifest, f"{role}_data")
-        self.graph, self.file = graph, None
+        paths = (file_path(out, manifest, key) for key in ("weights", f"{role}_data"))
+        self.paths = {p.name: p for p in paths if p is not None}
+        self.graph, self.files = graph, {}
 
     def __enter__(self) -> ExternalData:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()
+        for f in self.files.values():
+            f.close()
+
+    def open(self, t: TensorProto):
+        """The open file holding t's bytes; refused unless the manifest names it."""
+        info = {e.key: e.value for e in t.external_data}
+        path = self.paths.get(info.get("location"))
+        if path is None:
+            raise WisparseError(f"{self.graph}: weight {t.name} lives in {info.get('location')!r}, a file "
+                                f"{MANIFEST} does not name")
+        if path.name not in self.files:
+            if not path.is_file():
+                raise WisparseError(f"{path} is missing; re-run wisparse export")
+            self.files[path.name] = open(path, "rb")  # noqa: SIM115 - closed by __exit__
+        return path, self.files[path.name]
 
     def read(self, t: TensorProto, flat: list[int], itemsize: int) -> bytes:
         info = {e.key: e.value for e in t.external_data}
-        if self.path is None or info.get("location") != self.path.name:
-            raise WisparseError(f"{self.graph}: weight {t.name} lives in {info.get('location')!r}, a file "
-                                f"{MANIFEST} does not name")
-        if self.file is None:
-            if not self.path.is_file():
-                raise WisparseError(f"{self.path} is missing; re-run wisparse export")
-            self.file = open(self.path, "rb")  # noqa: SIM115 - closed by __exit__
+        path, f = self.open(t)
         start, length = int(info.get("offset", 0)), int(info.get("length", 0))
         out = bytearray()
         for i in flat:
             if (i + 1) * itemsize > length:
-                raise WisparseError(f"{self.path} is shorter than {self.graph.name} says")
-            self.file.seek(start + i * itemsize)
-            chunk = self.file.read(itemsize)
+                raise WisparseError(f"{path} is shorter than {self.graph.name} says")
+            f.seek(start + i * itemsize)
+            chunk = f.read(itemsize)
             if len(chunk) != itemsize:
-                raise WisparseError(f"{self.path} is shorter than {self.graph.name} says")
+                raise WisparseError(f"{path} is shorter than {self.graph.name} says")
             out += chunk
         return bytes(out)

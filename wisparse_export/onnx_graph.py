@@ -11,6 +11,11 @@ The SparseLinear node follows docs/KERNEL_ABI.md: inputs (X, W [in, out], tau [i
 function `wisparse.SparseLinear` with a standard-op body, so any ONNX runtime runs it, and TensorRT maps the node
 to the plugin through its `plugin_namespace` / `plugin_version` attributes.
 
+Weights are not held in the graph: `Graph.init` hands every initializer above INLINE_BYTES to a store, and
+`WeightsFile` (the store export uses) streams its bytes to one external data file as it is produced, chunk by
+chunk from wherever the model lives (CPU or GPU), once per name: the dense and the sparse graph reference the same
+bytes, and the sparse graph adds only its small tau vectors, inline.
+
 The graph is made of named pieces (io_signature, embedding, rms_norm / gemma_rms_norm, rope_tables, rotate,
 attention, mlp, linear, pre_norm_block / sandwich_block, head). `describe` picks the pieces an architecture uses;
 a new architecture adds a piece where its math differs.
@@ -22,6 +27,8 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 import onnx
 import torch
@@ -44,6 +51,10 @@ ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT
               torch.bfloat16: TensorProto.BFLOAT16, torch.int64: TensorProto.INT64, torch.bool: TensorProto.BOOL}
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 F32 = TensorProto.FLOAT
+INLINE_BYTES = 1024  # smaller tensors (constants, scalars) stay inside the graph
+ALIGN_BYTES = 1 << 20  # tensors from this size start at a page boundary of the data file (runtimes map them)
+PAGE = 4096
+CHUNK_BYTES = 64 << 20  # host memory a weight passes through while it is written
 
 
 def weight_name(linear: str) -> str:
@@ -52,13 +63,16 @@ def weight_name(linear: str) -> str:
 
 
 class Graph:
-    """A list of nodes and initializers with generated value names: `g.op("Add", a, b)` returns the output name."""
+    """A list of nodes and initializers with generated value names: `g.op("Add", a, b)` returns the output name.
 
-    def __init__(self) -> None:
+    `store(name, tensor)` makes the TensorProto of an initializer above INLINE_BYTES (None: raw bytes inline)."""
+
+    def __init__(self, store: Callable[[str, torch.Tensor], TensorProto] | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
         self.consts: dict[tuple, str] = {}
         self.count = 0
+        self.store = store
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, domain: str = "",
            doc: str | None = None, **attrs) -> str:
@@ -68,8 +82,9 @@ class Graph:
                                            domain=domain, doc_string=doc, **attrs))
         return out
 
-    def init(self, name: str, t: torch.Tensor) -> str:
-        self.inits.append(tensor_proto(name, t))
+    def init(self, name: str, t: torch.Tensor, inline: bool = False) -> str:
+        small = inline or self.store is None or t.numel() * t.element_size() < INLINE_BYTES
+        self.inits.append(tensor_proto(name, t) if small else self.store(name, t))
         return name
 
     def const(self, value, dtype: torch.dtype = torch.int64) -> str:
@@ -86,6 +101,52 @@ def tensor_proto(name: str, t: torch.Tensor) -> TensorProto:
     p = TensorProto(name=name, data_type=ONNX_TYPES[t.dtype], dims=list(t.shape))
     p.raw_data = t.reshape(-1).view(torch.uint8).numpy().tobytes()
     return p
+
+
+def write_tensor(f: BinaryIO, t: torch.Tensor) -> int:
+    """Write t's bytes (row-major, little-endian) in slices of about CHUNK_BYTES, each made contiguous and brought
+    to the host on its own: a transposed weight on a GPU never exists whole in host memory. Returns the length."""
+    t = t.detach().reshape(1) if t.dim() == 0 else t.detach()
+    row = max(1, t[0].numel() * t.element_size())
+    step = max(1, CHUNK_BYTES // row)
+    for i in range(0, t.shape[0], step):
+        f.write(t[i: i + step].contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    return t.numel() * t.element_size()
+
+
+class WeightsFile:
+    """The external data file both graphs share: each initializer's bytes appended as it is produced, once per
+    name (the second graph's initializer of the same name references the same offset and length)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed by close() / __exit__
+        self.stored: dict[str, tuple[int, int, int, list[int]]] = {}  # name -> offset, length, type, dims
+
+    def __call__(self, name: str, t: torch.Tensor) -> TensorProto:
+        if name not in self.stored:
+            offset = self.file.tell()
+            if t.numel() * t.element_size() >= ALIGN_BYTES and offset % PAGE:
+                self.file.write(bytes(PAGE - offset % PAGE))
+                offset = self.file.tell()
+            self.stored[name] = (offset, write_tensor(self.file, t), ONNX_TYPES[t.dtype], list(t.shape))
+        offset, length, dtype, dims = self.stored[name]
+        if (dtype, dims) != (ONNX_TYPES[t.dtype], list(t.shape)):  # one name, two tensors: a bug of ours
+            raise RuntimeError(f"initializer {name} stored twice with different types or shapes")
+        p = TensorProto(name=name, data_type=dtype, dims=dims, data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+            entry = p.external_data.add()
+            entry.key, entry.value = key, value
+        return p
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> WeightsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -171,7 +232,7 @@ def linear(s: Step, x: str, module: torch.nn.Module) -> str:
     w = s.g.init(weight_name(name), lin.weight.detach().t().to(s.dtype))  # [in, out], as the kernel reads it
     lp = s.planned.pop(name, None)
     if lp is not None:
-        t = s.g.init(f"{name}.tau", tau(lp.threshold, column_norms(lin.weight), lp.alpha))
+        t = s.g.init(f"{name}.tau", tau(lp.threshold, column_norms(lin.weight), lp.alpha), inline=True)
         y = s.op(OP_TYPE, x, w, t, domain=DOMAIN, name=name, splits=[lin.out_features], **PLUGIN_ATTRS,
                  doc=f"sparsity {lp.sparsity}, alpha {lp.alpha}, threshold {lp.threshold!r}")
         s.counts["sparse_linear"] += 1
@@ -339,10 +400,14 @@ def sparse_linear_function() -> onnx.FunctionProto:
                                            "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
 
 
-def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype = torch.float32) -> onnx.ModelProto:
-    """The decoder-step graph of `model`: dense when plan is None, else each planned linear a SparseLinear node."""
+def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype = torch.float32,
+          store: Callable[[str, torch.Tensor], TensorProto] | None = None) -> onnx.ModelProto:
+    """The decoder-step graph of `model`: dense when plan is None, else each planned linear a SparseLinear node.
+
+    Weights go to `store` (a WeightsFile: external data, written as produced) or, without one, inline."""
     arch = describe(model)
-    s = Step(Graph(), model, arch, dtype, {m: n for n, m in model.named_modules()}, dict(plan.layers) if plan else {})
+    names = {m: n for n, m in model.named_modules()}
+    s = Step(Graph(store), model, arch, dtype, names, dict(plan.layers) if plan else {})
     s.masks, s.rope = attention_masks(s), rope_tables(s)
     h = embedding(s, model.model)
     for i, layer in enumerate(model.model.layers):

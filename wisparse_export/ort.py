@@ -13,6 +13,23 @@ import numpy as np
 from .errors import WisparseError
 
 NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def providers(name: str) -> list[str]:
+    """ONNX Runtime providers for `name` (cpu | cuda), refused in one line when this ONNX Runtime lacks it. CUDA
+    comes from the onnxruntime-gpu package; the CPU provider stays as the fallback ONNX Runtime places shape ops
+    on."""
+    import onnxruntime as ort
+
+    if name not in PROVIDERS:
+        raise WisparseError(f"unknown provider {name!r}; choose one of {', '.join(PROVIDERS)}")
+    if PROVIDERS[name] not in ort.get_available_providers():
+        raise WisparseError(f"this ONNX Runtime ({ort.__version__}) has no {name.upper()} execution provider: "
+                            "pip install onnxruntime-gpu (in place of onnxruntime) on a machine with CUDA")
+    if name == "cuda" and hasattr(ort, "preload_dlls"):  # CUDA / cuDNN from the nvidia-* wheels torch brings
+        ort.preload_dlls()
+    return [PROVIDERS[name]] + (["CPUExecutionProvider"] if name != "cpu" else [])
 
 
 class GraphSession:
@@ -25,10 +42,14 @@ class GraphSession:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
+        providers = providers or ["CPUExecutionProvider"]
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own types; the first line says what is wrong
             raise WisparseError(f"ONNX Runtime cannot load {path}: {str(e).splitlines()[0]}") from e
+        if self.session.get_providers()[0] != providers[0]:  # ORT falls back to the CPU when CUDA fails to load
+            raise WisparseError(f"ONNX Runtime could not start {providers[0]} for {path} (it fell back to "
+                                f"{self.session.get_providers()[0]}): check the CUDA and cuDNN libraries")
         inputs = {i.name: i for i in self.session.get_inputs()}
         past = inputs["past_key_values.0.key"]
         if past.type not in NP_DTYPES:
@@ -50,6 +71,10 @@ class GraphSession:
         return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, start + seq), np.int64),
                 "position_ids": np.broadcast_to(np.arange(start, start + seq, dtype=np.int64), (batch, seq)).copy(),
                 **past}
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """Logits of a prefill from position 0, without bringing the cache back to the host."""
+        return self.session.run(["logits"], self.feeds(ids))[0]
 
     def step(self, ids: np.ndarray, past: dict[str, np.ndarray] | None = None):
         """Logits [batch, seq, vocab] float32 and the cache to pass to the next step."""
