@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import logging
 import os
 import socket
 import struct
@@ -34,6 +35,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 PROBE_S = 3.0  # how long to wait for the hub before loading a hub id from the local cache only
 # What a corrupt or cut-short model file raises inside transformers / gguf (no common type): one line, exit 2.
 LOAD_ERRORS = (OSError, ValueError, IndexError, KeyError, EOFError, struct.error)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,9 +139,6 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    if not progress:
-        hf_logging.disable_progress_bar()
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     if source and source.startswith(random_models.PREFIX):
@@ -148,6 +147,10 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
     offline = None if os.path.exists(where) else hub_unreachable()
     if offline:
         kwargs["local_files_only"] = True  # a warm cache still works
+    log.debug("loading %s from %s (%s, %s, %s)", label, where, kwargs, torch_dtype, device)
+    bars = hf_logging.is_progress_bar_enabled()  # progress=False hides transformers' bars for this load only:
+    if not progress:                             # logging and bars are the application's (the CLI's) to set
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
@@ -158,6 +161,9 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
         elif "gguf_file" in kwargs:
             why = f"the GGUF file is cut short or corrupt ({why})"
         raise WisparseError(f"cannot load model {label}: {why}") from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     loaded = Loaded(model=model, tokenizer=tokenizer, source=label)
     loaded.blocks = find_blocks(model)
