@@ -20,10 +20,10 @@ from onnx import helper
 from .errors import WisparseError
 from .files import atomic_dir, clean_stale, write_json
 from .identity import weight_sample
-from .manifest import FORMAT, MANIFEST, VERSION, owned, read_manifest
-from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear
+from .manifest import FORMAT, MANIFEST, PROVENANCE, VERSION, owned, read_manifest
+from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear, revision
 from .onnx_graph import DOMAIN, IR_VERSION, OP_TYPE, OP_VERSION, OPSET, PLUGIN_ATTRS, build, counts_of, describe
-from .plan import Plan
+from .plan import Plan, versions
 
 EXTERNAL_DATA_BYTES = 256 << 20  # weights above this go to a side file (protobuf stops at 2 GiB; big files load slowly)
 
@@ -87,7 +87,7 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
                  "layers": {n: {"sparsity": lp.sparsity, "threshold": lp.threshold, "alpha": lp.alpha}
                             for n, lp in plan.layers.items()}},
         "model": {"source": loaded.source, "architecture": loaded.architecture, "model_type": arch.model_type,
-                  "fingerprint": fingerprint(model), "max_positions": arch.max_positions,
+                  "revision": revision(loaded), "fingerprint": fingerprint(model), "max_positions": arch.max_positions,
                   "weights": {n: weight_sample(get_linear(model, n).weight) for n in plan.layers}},
         "opset": OPSET,
         "ir_version": IR_VERSION,
@@ -103,6 +103,7 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
         "counts": {"sparse_linear_nodes": counts["sparse"]["sparse_linear"],
                    "dense_linear_nodes_in_sparse": counts["sparse"]["dense_linear"],
                    "dense_linear_nodes_in_dense": counts["dense"]["dense_linear"]},
+        "provenance": versions(*PROVENANCE),
     }
 
 

@@ -266,10 +266,43 @@ def context_length(model: nn.Module) -> int | None:
 
 
 def model_section(loaded: Loaded, names: Iterable[str]) -> dict:
-    """A plan's `model` section: where the model came from, its fingerprint (names and shapes), and a few values
-    of each planned weight, which tell apart two models of the same shapes (a base model and its fine-tune)."""
-    return {"source": loaded.source, "architecture": loaded.architecture, "fingerprint": fingerprint(loaded.model),
+    """A plan's `model` section: where the model came from and which revision of it, its fingerprint (names and
+    shapes), and a few values of each planned weight, which tell apart two models of the same shapes (a base model
+    and its fine-tune)."""
+    return {"source": loaded.source, "architecture": loaded.architecture, "revision": revision(loaded),
+            "fingerprint": fingerprint(loaded.model),
             "weights": {n: weight_sample(get_linear(loaded.model, n).weight) for n in names}}
+
+
+def revision(loaded: Loaded) -> str | None:
+    """Which files the model came from, where that can be told, for provenance: "hub:<commit>" (the commit
+    transformers resolved, for a hub id or a folder of the hub cache); "gguf-sha256:<16 hex>" (the whole file);
+    "config-sha256:<16 hex>" for another local folder (its config.json only: hashing every weight file would cost a
+    minute on a large model, and the plan's weight samples already tell weights apart); None for random weights."""
+    commit = getattr(loaded.model.config, "_commit_hash", None)
+    if isinstance(commit, str) and commit:
+        return f"hub:{commit}"
+    source = loaded.source
+    if source.startswith(random_models.PREFIX):
+        return None
+    gguf = default_gguf() if source == DEFAULT_MODEL else Path(source) if source.endswith(".gguf") else None
+    if gguf is not None:
+        stat = gguf.stat()
+        return "gguf-sha256:" + _sha256(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)[:16]
+    config = Path(source) / "config.json"
+    if config.is_file():
+        return "config-sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    return None
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per process for a given size and time of modification (a GGUF is GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @functools.cache
