@@ -137,7 +137,7 @@ def evaluate_tasks(loaded: Loaded, plan: Plan, config: TaskConfig, progress: boo
     """Dense and sparse accuracy on lm-eval tasks, and the sparsity realized on their prompts (every position the
     model ran, padding included); tasks: load_tasks(config) done earlier (to fail before a long run), or None.
     The model is left with the plan applied."""
-    tasks = tasks or load_tasks(config)
+    tasks = load_tasks(config) if tasks is None else tasks
     apply(loaded.model, plan)
     lm = wrap(loaded, config.batch_size, progress)
     log.debug("tasks %s: dense pass", ",".join(config.names))
