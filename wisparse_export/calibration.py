@@ -54,8 +54,9 @@ class Stats:
 
 @torch.no_grad()
 def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: Iterable[float], batch_size: int,
-            progress: bool = True) -> Stats:
-    """Run the dense model over calibration sequences, histogramming every planned linear's scores."""
+            progress: bool = True, label: str = "calibrate") -> Stats:
+    """Run the dense model over calibration sequences, histogramming every planned linear's scores; label: the
+    progress bar's name."""
     stats = Stats(alphas=tuple(float(a) for a in alphas), tokens=0)
     hooks = []
     for block in blocks:
@@ -80,7 +81,7 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: I
             hooks.append(model.get_submodule(group[0]).register_forward_pre_hook(hook))
     device = next(model.parameters()).device
     try:
-        for i in tqdm(range(0, len(seqs), batch_size), desc="calibrate", unit="batch", disable=not progress):
+        for i in tqdm(range(0, len(seqs), batch_size), desc=label, unit="batch", disable=not progress):
             ids = seqs[i: i + batch_size].to(device)
             model(input_ids=ids, use_cache=False)
             stats.tokens += ids.numel()
@@ -120,7 +121,7 @@ def refit(loaded: Loaded, plan: Plan, allocation: Allocation, seqs: torch.Tensor
     alphas = tuple(sorted({a for _, a in allocation.values()}))
     apply(loaded.model, plan, check=False)
     try:
-        sparse_stats = collect(loaded.model, loaded.blocks, seqs, alphas, batch_size, progress)
+        sparse_stats = collect(loaded.model, loaded.blocks, seqs, alphas, batch_size, progress, label="refit")
     finally:
         remove(loaded.model)
     refitted = make_plan(loaded, allocation, sparse_stats.threshold, plan.method, plan.target_sparsity,

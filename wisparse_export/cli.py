@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import sys
 from dataclasses import replace
 
 import click
+from tqdm import std as tqdm_std
 
 from . import bench as b
 from . import check as checking
 from . import data, pipeline, trt
 from . import export as exporting
+from . import tasks as lm_tasks
 from .calibration import METHOD_ALPHA
 from .config import CalibrationConfig, EvaluationConfig, SearchConfig, check_sparsity, search_budgets
 from .data import load_text
@@ -21,7 +26,54 @@ from .models import DTYPES, check_plan, context_length, load_model
 from .plan import load_plan, save_plan
 from .report import evaluation_table, plot_allocation
 
-PROGRESS = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+@contextlib.contextmanager
+def output_policy(quiet: bool, verbose: bool):
+    """The process's output, chosen here and restored afterwards (the library changes no global logging): warnings
+    of transformers and lm-eval hidden unless --verbose, which shows their debug logs and ours; --quiet turns every
+    progress bar off, other libraries' too (transformers' GGUF conversion bar is a plain tqdm nothing else reaches)."""
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(name) for name in ("wisparse_export", "lm_eval")]
+    saved = hf_logging.get_verbosity(), [lg.level for lg in loggers], tqdm_std.tqdm.__init__
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    hf_logging.set_verbosity(logging.DEBUG if verbose else logging.ERROR)
+    loggers[1].setLevel(logging.DEBUG if verbose else logging.ERROR)
+    if verbose:
+        loggers[0].setLevel(logging.DEBUG)
+        for lg in loggers:
+            lg.addHandler(handler)
+    if quiet:
+        tqdm_std.tqdm.__init__ = functools.partialmethod(_silent_init, saved[2])
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(saved[0])
+        for lg, level in zip(loggers, saved[1], strict=True):
+            lg.setLevel(level)
+            lg.removeHandler(handler)
+        tqdm_std.tqdm.__init__ = saved[2]
+
+
+def _silent_init(self, init, *args, **kwargs) -> None:
+    init(self, *args, **{**kwargs, "disable": True})  # whatever the caller asked: --quiet means no bar at all
+
+
+def output_options(command):
+    """--quiet and --verbose on a command, applied through output_policy while it runs."""
+
+    @click.option("--quiet", is_flag=True, help="No progress bars (ours or any library's) and no progress lines.")
+    @click.option("--verbose", is_flag=True, help="Debug logs of wisparse, transformers and lm-eval on stderr.")
+    @functools.wraps(command)
+    def run(*args, quiet: bool, verbose: bool, **kwargs):
+        if quiet and verbose:
+            raise WisparseError("give --quiet or --verbose, not both")
+        with output_policy(quiet, verbose):
+            return command(*args, quiet=quiet, **kwargs)
+
+    return run
+
 MODEL = click.option("--model", "model_src", default=None,
                      help="Local folder, .gguf file or hub id (default: the embedded SmolLM2-135M); or random "
                      "weights of a real shape, for speed and capacity only: random:NAME (llama-3.1-8b, llama-3.1-70b, "
@@ -60,7 +112,7 @@ def cli() -> None:
 @click.option("--search-offspring", type=int, default=None, help="Override the preset's offspring per generation.")
 @click.option("--search-tokens", type=int, default=None,
               help="Override the preset's re-ranking tokens (offspring are screened on a quarter of them).")
-@PROGRESS
+@output_options
 def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, output,
               search_budget, search_generations, search_offspring, search_tokens, quiet):
     """Calibrate thresholds on text and write a plan file."""
@@ -93,14 +145,24 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
               help="At most this many evaluation tokens.")
 @click.option("--seq-len", type=int, default=EVALUATE.seq_len, show_default=True)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON.")
-@PROGRESS
-def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_out, quiet):
-    """Dense vs sparse: perplexity, KL, top-1 agreement, realized sparsity."""
+@click.option("--tasks", "task_names", default=None, help="Also zero-shot accuracy on lm-eval tasks, dense and sparse: "
+              "NAME[,NAME...] (arc_easy, hellaswag, piqa, ...; needs the [eval] extra and the tasks' datasets).")
+@click.option("--task-limit", type=click.IntRange(min=1), default=None, help="At most this many items per task.")
+@click.option("--task-path", type=click.Path(file_okay=False), default=None,
+              help="A folder of your own lm-eval YAML tasks, usable by name in --tasks.")
+@output_options
+def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_out, task_names, task_limit, task_path,
+             quiet):
+    """Dense vs sparse: perplexity, KL, top-1 agreement, realized sparsity (and task accuracy with --tasks)."""
 
     data.check_lengths(seq_len, tokens)
     plan = load_plan(plan_path)
     if json_out:
         check_writable(json_out)
+    tasks = None
+    if task_names is not None:  # load tasks and their datasets first: a missing one fails before the long run
+        task_config = lm_tasks.TaskConfig(lm_tasks.parse_names(task_names), task_limit, include_path=task_path)
+        tasks = lm_tasks.load_tasks(task_config)
     evaluation = data.load_text(list(text), "evaluation")
     calibration_text = data.reload_calibration(plan.calibration)
     if calibration_text is not None:
@@ -112,6 +174,9 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     result = evaluate_plan(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
     result["text"] = evaluation.description
     click.echo(evaluation_table(result))
+    if tasks is not None:
+        result["task_accuracy"] = lm_tasks.evaluate_tasks(loaded, plan, task_config, not quiet, tasks)
+        click.echo(lm_tasks.table_of(result["task_accuracy"]))
     if json_out:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}")
@@ -132,7 +197,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 @click.option("--no-fuse", is_flag=True, help="One launch per linear instead of fused q/k/v and gate/up.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decode step (dense and sparse alike).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
-@PROGRESS
+@output_options
 def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no_graphs, no_fuse, compile_,
           json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
@@ -179,7 +244,7 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
               "the model is loaded in it.")
 @click.option("--external-data/--no-external-data", default=True, show_default=True,
               help="Weights in one file both graphs share (weights.onnx.data), or inside each graph (small models).")
-@PROGRESS
+@output_options
 def export_cmd(model_src, device, plan_path, output, export_dtype, external_data, quiet):
     """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
 
@@ -207,7 +272,7 @@ def export_cmd(model_src, device, plan_path, output, export_dtype, external_data
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="ONNX Runtime execution provider (cuda: the onnxruntime-gpu package).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
-@PROGRESS
+@output_options
 def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreement, engine, provider, json_out, quiet):
     """Run dense.onnx and sparse.onnx (or the engines) on text; exit 1 if a gate fails."""
 
@@ -231,10 +296,12 @@ def check_cmd(out, text, tokens, seq_len, max_ppl_increase, max_kl, min_agreemen
 @click.option("--max-batch", type=int, default=1, show_default=True)
 @click.option("--max-prefill", type=int, default=512, show_default=True, help="Longest prompt of the prefill profile.")
 @click.option("--max-context", type=int, default=2048, show_default=True, help="Longest cache of the decode profile.")
-def build_cmd(out, workspace, max_batch, max_prefill, max_context):
+@output_options
+def build_cmd(out, workspace, max_batch, max_prefill, max_context, quiet):
     """Build OUT/dense.engine and OUT/sparse.engine with TensorRT (decode and prefill profiles)."""
 
-    info = trt.build(out, workspace, max_batch, max_prefill, max_context)
+    info = trt.build(out, workspace, max_batch, max_prefill, max_context,
+                     log=None if quiet else lambda line: click.echo(line, err=True))
     click.echo(f"wrote {', '.join(e['file'] for e in info['engines'].values())} in {out} "
                f"(TensorRT {info['tensorrt']}, {info['dtype']})")
 

@@ -24,8 +24,8 @@ from onnx import helper
 from .errors import WisparseError
 from .files import atomic_dir, clean_stale, write_json
 from .identity import weight_sample
-from .manifest import FORMAT, MANIFEST, VERSION, owned, read_manifest
-from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear
+from .manifest import FORMAT, MANIFEST, PROVENANCE, VERSION, owned, read_manifest
+from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear, revision
 from .onnx_graph import (
     DOMAIN,
     IR_VERSION,
@@ -38,7 +38,7 @@ from .onnx_graph import (
     counts_of,
     describe,
 )
-from .plan import Plan
+from .plan import Plan, versions
 
 WEIGHTS = "weights.onnx.data"  # the external data file both graphs reference
 INLINE_LIMIT = 2 << 30  # protobuf's limit for one file: beyond it, weights must be external
@@ -122,7 +122,7 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
                  "layers": {n: {"sparsity": lp.sparsity, "threshold": lp.threshold, "alpha": lp.alpha}
                             for n, lp in plan.layers.items()}},
         "model": {"source": loaded.source, "architecture": loaded.architecture, "model_type": arch.model_type,
-                  "fingerprint": fingerprint(model), "max_positions": arch.max_positions,
+                  "revision": revision(loaded), "fingerprint": fingerprint(model), "max_positions": arch.max_positions,
                   "weights": {n: weight_sample(get_linear(model, n).weight) for n in plan.layers}},
         "opset": OPSET,
         "ir_version": IR_VERSION,
@@ -138,6 +138,7 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
         "counts": {"sparse_linear_nodes": counts["sparse"]["sparse_linear"],
                    "dense_linear_nodes_in_sparse": counts["sparse"]["dense_linear"],
                    "dense_linear_nodes_in_dense": counts["dense"]["dense_linear"]},
+        "provenance": versions(*PROVENANCE),
     }
 
 

@@ -5,6 +5,8 @@ The manifest is input like a plan: every field a later stage reads is validated 
 file it names is a plain name inside the folder (no `..`, no absolute path, no symbolic link); and `verify_graph`
 reads each planned linear's weight back from an ONNX file at `identity.positions` (external data read by seeking,
 not loaded) so that a graph exported from other weights of the same shapes is refused, not measured.
+Optional (manifests written before them still load): "provenance", the versions of the packages that wrote the
+export, and "model.revision" (models.revision).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .files import read_json
 from .identity import SAMPLES, check_samples, positions
 from .models import DTYPES
 from .onnx_graph import ONNX_TYPES, weight_name
+from .plan import PROVENANCE as PLAN_PROVENANCE
+from .plan import check_provenance
 
 FORMAT = "wisparse-export"
 VERSION = 2  # 2: model.weights and model.max_positions; files lists external data and engines
@@ -31,6 +35,7 @@ GRAPHS = ("dense", "sparse")
 # external data file both graphs share; dense_data / sparse_data: one per graph (exports before the shared file).
 FILE_KEYS = ("dense", "sparse", "weights", "dense_data", "sparse_data", "tokenizer",
              "dense_engine", "sparse_engine", "timing_cache", "engines")
+PROVENANCE = (*PLAN_PROVENANCE, "onnx", "onnxruntime")  # packages whose versions a manifest records
 NUMPY = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"),
          TensorProto.BFLOAT16: np.dtype("<u2")}
 
@@ -80,6 +85,9 @@ def validate(m: dict) -> dict:
     for key in ("source", "fingerprint"):
         _str(model, key, "model")
     _int(model, "max_positions", "model")
+    if model.get("revision") is not None:
+        _str(model, "revision", "model")
+    check_provenance(m.get("provenance"), "invalid manifest: ")
     weights = _obj(model, "weights", "model")
     if not layers or set(weights) != set(layers):
         raise WisparseError("invalid manifest: model.weights must hold a sample for every planned layer")

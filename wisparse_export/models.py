@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import logging
 import os
 import socket
 import struct
@@ -34,6 +35,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 PROBE_S = 3.0  # how long to wait for the hub before loading a hub id from the local cache only
 # What a corrupt or cut-short model file raises inside transformers / gguf (no common type): one line, exit 2.
 LOAD_ERRORS = (OSError, ValueError, IndexError, KeyError, EOFError, struct.error)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -137,9 +139,6 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    if not progress:
-        hf_logging.disable_progress_bar()
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     if source and source.startswith(random_models.PREFIX):
@@ -148,6 +147,10 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
     offline = None if os.path.exists(where) else hub_unreachable()
     if offline:
         kwargs["local_files_only"] = True  # a warm cache still works
+    log.debug("loading %s from %s (%s, %s, %s)", label, where, kwargs, torch_dtype, device)
+    bars = hf_logging.is_progress_bar_enabled()  # progress=False hides transformers' bars for this load only:
+    if not progress:                             # logging and bars are the application's (the CLI's) to set
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
@@ -158,6 +161,9 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
         elif "gguf_file" in kwargs:
             why = f"the GGUF file is cut short or corrupt ({why})"
         raise WisparseError(f"cannot load model {label}: {why}") from e
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     loaded = Loaded(model=model, tokenizer=tokenizer, source=label)
     loaded.blocks = find_blocks(model)
@@ -250,10 +256,43 @@ def context_length(model: nn.Module) -> int | None:
 
 
 def model_section(loaded: Loaded, names: Iterable[str]) -> dict:
-    """A plan's `model` section: where the model came from, its fingerprint (names and shapes), and a few values
-    of each planned weight, which tell apart two models of the same shapes (a base model and its fine-tune)."""
-    return {"source": loaded.source, "architecture": loaded.architecture, "fingerprint": fingerprint(loaded.model),
+    """A plan's `model` section: where the model came from and which revision of it, its fingerprint (names and
+    shapes), and a few values of each planned weight, which tell apart two models of the same shapes (a base model
+    and its fine-tune)."""
+    return {"source": loaded.source, "architecture": loaded.architecture, "revision": revision(loaded),
+            "fingerprint": fingerprint(loaded.model),
             "weights": {n: weight_sample(get_linear(loaded.model, n).weight) for n in names}}
+
+
+def revision(loaded: Loaded) -> str | None:
+    """Which files the model came from, where that can be told, for provenance: "hub:<commit>" (the commit
+    transformers resolved, for a hub id or a folder of the hub cache); "gguf-sha256:<16 hex>" (the whole file);
+    "config-sha256:<16 hex>" for another local folder (its config.json only: hashing every weight file would cost a
+    minute on a large model, and the plan's weight samples already tell weights apart); None for random weights."""
+    commit = getattr(loaded.model.config, "_commit_hash", None)
+    if isinstance(commit, str) and commit:
+        return f"hub:{commit}"
+    source = loaded.source
+    if source.startswith(random_models.PREFIX):
+        return None
+    gguf = default_gguf() if source == DEFAULT_MODEL else Path(source) if source.endswith(".gguf") else None
+    if gguf is not None:
+        stat = gguf.stat()
+        return "gguf-sha256:" + _sha256(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)[:16]
+    config = Path(source) / "config.json"
+    if config.is_file():
+        return "config-sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+    return None
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per process for a given size and time of modification (a GGUF is GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @functools.cache

@@ -6,17 +6,21 @@ Format (version 1), readable by any tool without this code:
    "method", "target_sparsity", "budget",
    "calibration": {"text", "sources", "tokens", "seq_len", "seed"},
    "groups": [[linear, ...], ...],                      # linears that share one input (optional)
+   "provenance": {"wisparse-export": v, "torch": v, "transformers": v},  # versions that wrote it (optional)
    "layers": {"model.layers.0.mlp.down_proj": {"sparsity": f, "threshold": t, "alpha": a, "shape": [out, in]}},
    "search": {...}}                                     # settings and trace of the allocation search (optional)
 Input channel i of a planned linear is kept iff |x_i| * ||W[:, i]||_2 ** alpha > threshold, W as stored
 ([out, in]) in float32; other channels become 0. The fingerprint hashes parameter names and shapes; "weights"
 holds a few values of each planned weight (identity.weight_sample) so that a plan is refused on another model of
 the same shapes. Plans written before "weights" existed still load, checked by fingerprint only.
+Provenance, for people (never checked against the running versions): "provenance" holds the package versions that
+wrote the plan and "model.revision" the model's revision where known (models.revision); plans without them load.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import math
 from dataclasses import dataclass, field
@@ -34,6 +38,26 @@ SEMANTICS = (
     "W being that linear's weight [out, in] as loaded in float32; other channels become 0"
 )
 FLOAT32_MAX = 3.4028234663852886e38  # thresholds beyond it overflow the float32 comparison every runtime makes
+PROVENANCE = ("wisparse-export", "torch", "transformers")
+
+
+def versions(*packages: str) -> dict[str, str | None]:
+    """{package: installed version, or None}: what an artifact records of the software that wrote it."""
+    out = {}
+    for name in packages:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def check_provenance(value, where: str) -> dict | None:
+    """An optional {package: version string or null} object (artifacts written before it existed have none)."""
+    if value is not None and not (isinstance(value, dict) and all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items())):
+        raise WisparseError(f"{where}provenance must be an object of package: version string (or null)")
+    return value
 
 
 @dataclass
@@ -57,6 +81,7 @@ class Plan:
     layers: dict[str, LayerPlan]
     groups: list[list[str]] = field(default_factory=list)
     search: dict | None = None
+    provenance: dict | None = field(default_factory=lambda: versions(*PROVENANCE))  # None: a file without one
 
     @property
     def budget(self) -> float:
@@ -82,6 +107,8 @@ class Plan:
         }
         if self.search is not None:
             d["search"] = self.search
+        if self.provenance is not None:
+            d["provenance"] = self.provenance
         return d
 
     def digest(self) -> str:
@@ -142,6 +169,8 @@ def _model(d: dict, layers: dict[str, LayerPlan]) -> dict:
     for key in ("source", "fingerprint", "architecture"):
         if not isinstance(model.get(key), str) and (key != "architecture" or key in model):
             raise WisparseError(f"invalid plan: model.{key} must be a string, got {model.get(key)!r}")
+    if model.get("revision") is not None and not isinstance(model["revision"], str):
+        raise WisparseError(f"invalid plan: model.revision must be a string or null, got {model['revision']!r}")
     weights = model.get("weights")
     if weights is None and "weights" not in model:
         return model
@@ -193,7 +222,8 @@ def from_dict(d: dict) -> Plan:
     if search is not None and not isinstance(search, dict):
         raise WisparseError("invalid plan: search must be an object")
     return Plan(model=_model(d, layers), method=method, target_sparsity=target, calibration=_calibration(d),
-                layers=layers, groups=_groups(d, layers), search=search)
+                layers=layers, groups=_groups(d, layers), search=search,
+                provenance=check_provenance(d.get("provenance"), "invalid plan: "))
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -13,6 +13,10 @@ Each engine has two optimization profiles: 0 = decode (one new token after up to
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from .manifest import MANIFEST, file_path, read_manifest, verify_graphs
 from .ort import GraphSession, step_ms
 
 DECODE, PREFILL = 0, 1
+HEARTBEAT_S = 30.0  # a line this often while TensorRT builds (it says nothing for minutes on a large model)
 # What build writes, as manifest.json's files records it (so a later export knows them as ours).
 WRITES = {"dense_engine": "dense.engine", "sparse_engine": "sparse.engine", "timing_cache": "timing.cache",
           "engines": "engines.json"}
@@ -110,9 +115,30 @@ def record(out: Path, manifest: dict, roles: tuple[str, ...]) -> dict:
     return manifest
 
 
+@contextmanager
+def heartbeat(log: Callable[[str], None], what: str, every: float | None = None):
+    """log(f"still {what} (N s)") every `every` seconds (default HEARTBEAT_S) until the block ends."""
+    start, done = time.monotonic(), threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S if every is None else every):
+            log(f"  still {what} ({time.monotonic() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def build(out: str | os.PathLike, workspace_gib: float = 4.0, max_batch: int = 1, max_prefill: int = 512,
-          max_context: int = 2048, roles: tuple[str, ...] = ("dense", "sparse")) -> dict:
-    """Build OUT/<role>.engine for each role; returns what was written (also saved as OUT/engines.json)."""
+          max_context: int = 2048, roles: tuple[str, ...] = ("dense", "sparse"),
+          log: Callable[[str], None] | None = None) -> dict:
+    """Build OUT/<role>.engine for each role; returns what was written (also saved as OUT/engines.json).
+    log (None: silent) hears a line as each engine starts and ends, and a heartbeat while TensorRT works."""
+    log = log or (lambda line: None)
     trt = require()
     out = Path(out)
     manifest = read_manifest(out)
@@ -129,11 +155,15 @@ def build(out: str | os.PathLike, workspace_gib: float = 4.0, max_batch: int = 1
     manifest = record(out, manifest, roles)
     cache_path = out / WRITES["timing_cache"]
     built = {}
-    for role in roles:
-        engine, cache = build_engine(trt, builder, logger, paths[role], shapes, workspace_gib, cache_path)
-        path = write_atomic(out / WRITES[f"{role}_engine"], lambda p, e=engine: p.write_bytes(bytes(e)))
+    for i, role in enumerate(roles, 1):
+        name, start = WRITES[f"{role}_engine"], time.monotonic()
+        log(f"building {name} ({i}/{len(roles)}) from {paths[role].name} with TensorRT {trt.__version__}")
+        with heartbeat(log, f"building {name}"):
+            engine, cache = build_engine(trt, builder, logger, paths[role], shapes, workspace_gib, cache_path)
+        path = write_atomic(out / name, lambda p, e=engine: p.write_bytes(bytes(e)))
         write_atomic(cache_path, lambda p, c=cache: p.write_bytes(bytes(c.serialize())))
         built[role] = {"file": path.name, "bytes": path.stat().st_size}
+        log(f"built {name} in {time.monotonic() - start:.1f} s ({path.stat().st_size / 2**20:.1f} MiB)")
     info = {"tensorrt": trt.__version__, "plan": manifest["plan"]["digest"], "dtype": manifest["dtype"],
             "engines": built, "profiles": {"decode": DECODE, "prefill": PREFILL},
             "limits": {"max_batch": max_batch, "max_prefill": max_prefill, "max_context": max_context},
