@@ -163,8 +163,8 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @MODEL
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
-              "manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its manifest names "
-              "are replaced).")
+              "config.json, generation_config.json, genai_config.json, the tokenizer, manifest.json (new or empty, "
+              "or an earlier export's: only the files its manifest names are replaced).")
 @click.option("--dtype", "export_dtype", default="float32", show_default=True,
               help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16).")
 @click.option("--external-data/--no-external-data", default=None,
