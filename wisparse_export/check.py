@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from . import data, trt
 from .errors import WisparseError
 from .evaluate import Metrics
-from .manifest import file_path, read_manifest, verify_graphs
+from .manifest import read_manifest, tokenizer_files, verify_graphs
 from .ort import GraphSession, providers, step_ms
 
 METRICS = (("dense", "ppl"), ("sparse", "ppl"), ("sparse", "kl"), ("sparse", "top1_agreement"))
@@ -74,13 +74,8 @@ def evaluation_sequences(out: Path, manifest: dict, text: list[str] | None, toke
     if seq_len > manifest["model"]["max_positions"]:
         raise WisparseError(f"--seq-len {seq_len} exceeds the model's context of "
                             f"{manifest['model']['max_positions']} positions")
-    folder = file_path(out, manifest, "tokenizer")
-    if folder is None or not folder.is_dir():
-        raise WisparseError(f"{out} holds no tokenizer; re-run wisparse export with a model that has one")
-    link = next((p for p in folder.rglob("*") if p.is_symlink()), None)
-    if link is not None:
-        raise WisparseError(f"{link} is a symbolic link; an export folder holds its own files")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer_files(out, manifest)  # each present and the folder's own, before transformers reads them
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
     evaluation = data.load_text(list(text) if text else None, "evaluation")
     calibration = data.reload_calibration(manifest["plan"]["calibration"])
     if calibration is not None:

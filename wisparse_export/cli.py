@@ -237,8 +237,8 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @DEVICE
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
-              "weights.onnx.data, manifest.json, tokenizer/ (new or empty, or an earlier export's: only the files its "
-              "manifest names are replaced).")
+              "weights.onnx.data, config.json, generation_config.json, genai_config.json, the tokenizer, manifest.json "
+              "(new or empty, or an earlier export's: only the files its manifest names are replaced).")
 @click.option("--dtype", "export_dtype", default="float32", show_default=True,
               help="Weights and activations of the graphs: float32, float16 or bfloat16 (TensorRT: float16/bfloat16); "
               "the model is loaded in it.")

@@ -1,5 +1,7 @@
 """`wisparse export`: OUT/dense.onnx, OUT/sparse.onnx (graphs from `onnx_graph.build`), the weights file both
-reference (OUT/weights.onnx.data), OUT/tokenizer/ and OUT/manifest.json, written all or nothing.
+reference (OUT/weights.onnx.data), the files the field's runtimes read beside them (config.json,
+generation_config.json, genai_config.json, the tokenizer's files) and OUT/manifest.json, written all or nothing:
+Optimum's ORTModelForCausalLM (`file_name=`) and onnxruntime-genai open OUT as it is.
 
 At scale: no float32 copy of the model (the weights are read in whatever dtype and on whatever device they were
 loaded, cast and streamed to disk one tensor at a time), and each weight is written once.
@@ -22,7 +24,7 @@ import torch
 from onnx import helper
 
 from .errors import WisparseError
-from .files import atomic_dir, clean_stale, write_json
+from .files import atomic_dir, clean_stale, read_json, write_json
 from .identity import weight_sample
 from .manifest import FORMAT, MANIFEST, PROVENANCE, VERSION, owned, read_manifest
 from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear, revision
@@ -33,6 +35,7 @@ from .onnx_graph import (
     OP_VERSION,
     OPSET,
     PLUGIN_ATTRS,
+    Arch,
     WeightsFile,
     build,
     counts_of,
@@ -42,6 +45,10 @@ from .plan import Plan, versions
 
 WEIGHTS = "weights.onnx.data"  # the external data file both graphs reference
 INLINE_LIMIT = 2 << 30  # protobuf's limit for one file: beyond it, weights must be external
+GENAI_GRAPH = "sparse.onnx"  # the graph genai_config.json names; docs/EXPORT.md shows the overlay that picks dense
+# transformers 5's name for a tokenizer backed by tokenizer.json alone; 4.x knows it as PreTrainedTokenizerFast,
+# which 5.x keeps as an alias.
+TOKENIZER_CLASSES_4X = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 
 
 def weight_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
@@ -111,6 +118,74 @@ def replaceable(out: Path, loaded: Loaded) -> list[str]:
     return entries
 
 
+def hf_config(loaded: Loaded, dtype: str) -> dict:
+    """config.json: the model's config in the export dtype, readable by transformers 4.x and 5.x. 5.x keeps RoPE in
+    `rope_parameters` (per layer type for Gemma3), 4.x reads `rope_theta`, `rope_scaling` and Gemma3's
+    `rope_local_base_freq`: both spellings are written, and 4.x's `torch_dtype` beside `dtype`."""
+    config = {**loaded.model.config.to_dict(), "architectures": [loaded.architecture], "dtype": dtype,
+              "torch_dtype": dtype, "use_cache": True}
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict):
+        full = rope.get("full_attention", rope)
+        legacy = {"rope_theta": full.get("rope_theta")}
+        if full.get("rope_type", "default") != "default":
+            legacy["rope_scaling"] = {k: v for k, v in full.items() if k != "rope_theta"}
+        if "sliding_attention" in rope:
+            legacy["rope_local_base_freq"] = rope["sliding_attention"].get("rope_theta")
+        config.update({k: v for k, v in legacy.items() if config.get(k) is None})
+    return config
+
+
+def genai_config(arch: Arch, config: dict, gen: dict, graph: str) -> dict:
+    """genai_config.json for onnxruntime-genai: the decoder graph, its input/output names, and the search settings
+    of the model's generation config. The cache is not shared between past and present (the graph concatenates)."""
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    pad = gen.get("pad_token_id", config.get("pad_token_id"))
+    decoder = {
+        "session_options": {"log_id": "onnxruntime-genai", "provider_options": []}, "filename": graph,
+        "head_size": arch.head_dim, "hidden_size": config["hidden_size"], "num_attention_heads": arch.heads,
+        "num_hidden_layers": arch.layers, "num_key_value_heads": arch.kv_heads,
+        "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                   "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+        "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value"}}
+    search = {"max_length": arch.max_positions, "min_length": 0, "num_beams": 1, "num_return_sequences": 1,
+              "past_present_share_buffer": False, "do_sample": bool(gen.get("do_sample", False)),
+              "temperature": gen.get("temperature", 1.0), "top_k": gen.get("top_k", 50),
+              "top_p": gen.get("top_p", 1.0), "repetition_penalty": gen.get("repetition_penalty", 1.0)}
+    return {"model": {"type": arch.model_type, "bos_token_id": gen.get("bos_token_id", config.get("bos_token_id")),
+                      "eos_token_id": eos, "pad_token_id": (eos[0] if isinstance(eos, list) else eos) if pad is None
+                      else pad, "context_length": arch.max_positions, "vocab_size": arch.vocab, "decoder": decoder},
+            "search": search}
+
+
+def save_tokenizer(tokenizer, folder: Path) -> list[str]:
+    """The tokenizer's files at the folder's root (where both runtimes look), with a `tokenizer_class` that
+    transformers 4.x reads too; returns their names."""
+    before = set(os.listdir(folder))
+    tokenizer.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    if path.is_file():
+        config = read_json(path, "tokenizer_config.json")
+        name = config.get("tokenizer_class")
+        if name in TOKENIZER_CLASSES_4X:
+            write_json(path, {**config, "tokenizer_class": TOKENIZER_CLASSES_4X[name]})
+    return sorted(set(os.listdir(folder)) - before)
+
+
+def runtime_files(loaded: Loaded, arch: Arch, dtype: str, folder: Path) -> dict:
+    """What Optimum and onnxruntime-genai read beside the graphs, written into `folder`: roles -> names, for the
+    manifest's `files` (tokenizer: the list of its files, or None for a model without one)."""
+    config = hf_config(loaded, dtype)
+    gen = loaded.model.generation_config.to_diff_dict()
+    tokenizer = None if loaded.tokenizer is None else save_tokenizer(loaded.tokenizer, folder)
+    write_json(folder / "config.json", config)
+    write_json(folder / "generation_config.json", gen)
+    write_json(folder / "genai_config.json", genai_config(arch, config, gen, GENAI_GRAPH))
+    return {"config": "config.json", "generation_config": "generation_config.json",
+            "genai_config": "genai_config.json", "tokenizer": tokenizer}
+
+
 def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dict) -> dict:
     """manifest.json: what was exported, from which model and plan, the graphs' shape and the custom op."""
     model, arch = loaded.model, describe(loaded.model)
@@ -144,8 +219,9 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
 
 def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "float32",
            external_data: bool = True, log: Callable[[str], None] | None = None) -> dict:
-    """Write OUT/dense.onnx, OUT/sparse.onnx, OUT/weights.onnx.data (shared), OUT/tokenizer/ and
-    OUT/manifest.json; all or nothing. external_data=False puts the weights inside each graph instead (twice).
+    """Write OUT/dense.onnx, OUT/sparse.onnx, OUT/weights.onnx.data (shared), the runtimes' files
+    (`runtime_files`) and OUT/manifest.json; all or nothing. external_data=False puts the weights inside each graph
+    instead (twice).
 
     The model may be in any dtype and on any device: weights are cast to `dtype` and streamed to the file one
     tensor at a time; thresholds use the column norms of each weight upcast to float32 alone. Replaces only what
@@ -168,10 +244,7 @@ def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "flo
             + ", ".join(p.name for p in stale))
     with torch.no_grad(), atomic_dir(out, replaces) as tmp:
         counts, files = write_graphs(model, plan, DTYPES[dtype], tmp, external_data)
-        files["tokenizer"] = None
-        if loaded.tokenizer is not None:
-            loaded.tokenizer.save_pretrained(tmp / "tokenizer")
-            files["tokenizer"] = "tokenizer"
+        files.update(runtime_files(loaded, describe(model), dtype, tmp))
         manifest = manifest_of(loaded, plan, dtype, files, counts)
         write_json(tmp / MANIFEST, manifest)
     return manifest

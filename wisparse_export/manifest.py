@@ -28,13 +28,16 @@ from .plan import PROVENANCE as PLAN_PROVENANCE
 from .plan import check_provenance
 
 FORMAT = "wisparse-export"
-VERSION = 2  # 2: model.weights and model.max_positions; files lists external data and engines
+VERSION = 3  # 2: model.weights, model.max_positions, external data and engines; 3: the runtimes' files at the root
 MANIFEST = "manifest.json"
 GRAPHS = ("dense", "sparse")
 # files: role -> plain file name in the folder. dense/sparse always; the rest null when absent. `weights`: the
 # external data file both graphs share; dense_data / sparse_data: one per graph (exports before the shared file).
-FILE_KEYS = ("dense", "sparse", "weights", "dense_data", "sparse_data", "tokenizer",
+# config, generation_config and genai_config are what Optimum and onnxruntime-genai read beside the graphs.
+FILE_KEYS = ("dense", "sparse", "weights", "dense_data", "sparse_data", "config", "generation_config", "genai_config",
              "dense_engine", "sparse_engine", "timing_cache", "engines")
+# files: role -> list of plain file names, or null: the tokenizer's files (which ones depends on the tokenizer).
+LIST_KEYS = ("tokenizer",)
 PROVENANCE = (*PLAN_PROVENANCE, "onnx", "onnxruntime")  # packages whose versions a manifest records
 NUMPY = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"),
          TensorProto.BFLOAT16: np.dtype("<u2")}
@@ -76,8 +79,8 @@ def validate(m: dict) -> dict:
         raise WisparseError(f"manifest version {version} is newer than this tool supports ({VERSION}); "
                             "upgrade wisparse")
     if version < VERSION:
-        raise WisparseError(f"manifest version {version} predates weight identity checks; re-run wisparse export "
-                            "into a new folder")
+        raise WisparseError(f"manifest version {version} predates this tool's format ({VERSION}); re-run wisparse "
+                            "export into a new folder")
     plan, model, files, graph = _obj(m, "plan"), _obj(m, "model"), _obj(m, "files"), _obj(m, "graph")
     _str(plan, "digest", "plan")
     layers = _obj(plan, "layers", "plan")
@@ -97,13 +100,19 @@ def validate(m: dict) -> dict:
             raise WisparseError(f"invalid manifest: model.weights[{name!r}] must be {SAMPLES} finite numbers")
     if m.get("dtype") not in DTYPES:
         raise WisparseError(f"invalid manifest: dtype must be one of {', '.join(DTYPES)}, got {m.get('dtype')!r}")
-    unknown = sorted(set(files) - set(FILE_KEYS))
+    unknown = sorted(set(files) - set(FILE_KEYS) - set(LIST_KEYS))
     if unknown:
         raise WisparseError(f"invalid manifest: files.{unknown[0]} is not a file this tool writes")
     for key in FILE_KEYS:
         if key in GRAPHS or files.get(key) is not None:
             _plain_name(files.get(key), f"files.{key}")
-    names = [v for v in files.values() if v is not None]
+    for key in LIST_KEYS:
+        v = files.get(key)
+        if v is not None and not (isinstance(v, list) and v):
+            raise WisparseError(f"invalid manifest: files.{key} must be a non-empty list of file names or null")
+        for i, name in enumerate(v or ()):
+            _plain_name(name, f"files.{key}[{i}]")
+    names = named(files)
     if len(set(names)) != len(names):
         raise WisparseError("invalid manifest: files names one file twice")
     for key in ("layers", "kv_heads", "head_dim", "vocab"):
@@ -127,20 +136,40 @@ def read_manifest(out: str | os.PathLike) -> dict:
         raise WisparseError(f"{path}: {e}") from None
 
 
+def named(files: dict) -> list[str]:
+    """Every file name in a manifest's `files`, the tokenizer's list flattened."""
+    return [n for v in files.values() if v is not None for n in (v if isinstance(v, list) else [v])]
+
+
 def owned(manifest: dict) -> set[str]:
     """The entries of an export folder that wisparse wrote: the manifest and every file it names."""
-    return {MANIFEST, *(v for v in manifest["files"].values() if v is not None)}
+    return {MANIFEST, *named(manifest["files"])}
 
 
-def file_path(out: Path, manifest: dict, key: str) -> Path | None:
-    """OUT/<files[key]>, confined to OUT: a symbolic link (which could point anywhere) is refused."""
-    name = manifest["files"].get(key)
-    if name is None:
-        return None
+def confined(out: Path, name: str) -> Path:
+    """OUT/name, refused if it is a symbolic link (which could point anywhere)."""
     path = out / name
     if path.is_symlink() or (path.exists() and path.resolve().parent != out.resolve()):
         raise WisparseError(f"{path} is a symbolic link; an export folder holds its own files")
     return path
+
+
+def file_path(out: Path, manifest: dict, key: str) -> Path | None:
+    """OUT/<files[key]>, confined to OUT; None when the manifest names no such file."""
+    name = manifest["files"].get(key)
+    return None if name is None else confined(out, name)
+
+
+def tokenizer_files(out: Path, manifest: dict) -> list[Path]:
+    """The tokenizer's files at OUT's root, each present and confined to OUT; refused when there are none."""
+    names = manifest["files"].get("tokenizer") or []
+    if not names:
+        raise WisparseError(f"{out} holds no tokenizer; re-run wisparse export with a model that has one")
+    paths = [confined(out, n) for n in names]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise WisparseError(f"{missing} is missing; re-run wisparse export")
+    return paths
 
 
 def verify_graph(out: Path, manifest: dict, role: str) -> Path:
