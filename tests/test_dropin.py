@@ -18,6 +18,7 @@ import subprocess
 import pytest
 import torch
 from _plans import run_cli, save_tiny, write_plan
+from transformers import AutoTokenizer
 
 from wisparse_export.manifest import owned, read_manifest
 from wisparse_export.models import load_model
@@ -84,6 +85,10 @@ def test_optimum_generates_pytorch_tokens(made, reference, role):
     model = ort.ORTModelForCausalLM.from_pretrained(out, file_name=f"{role}.onnx", provider="CPUExecutionProvider")
     tokens = model.generate(torch.tensor([PROMPT]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
     assert tokens[0, len(PROMPT):].tolist() == reference[role]
+    tok = AutoTokenizer.from_pretrained(out)  # the folder's own tokenizer, as a user calls it: no token_type_ids
+    inputs = tok("Hello, wisparse!", return_tensors="pt")
+    assert set(inputs) == {"input_ids", "attention_mask"}
+    assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 4
 
 
 @pytest.mark.parametrize("role", ["dense", "sparse"])

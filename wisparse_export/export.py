@@ -168,8 +168,9 @@ def save_tokenizer(tokenizer, folder: Path) -> list[str]:
     if path.is_file():
         config = read_json(path, "tokenizer_config.json")
         name = config.get("tokenizer_class")
-        if name in TOKENIZER_CLASSES_4X:
-            write_json(path, {**config, "tokenizer_class": TOKENIZER_CLASSES_4X[name]})
+        # The graphs take no token_type_ids: a 4.x fast tokenizer would return them, and generate() refuses them.
+        write_json(path, {**config, "tokenizer_class": TOKENIZER_CLASSES_4X.get(name, name),
+                          "model_input_names": ["input_ids", "attention_mask"]})
     return sorted(set(os.listdir(folder)) - before)
 
 
