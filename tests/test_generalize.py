@@ -54,7 +54,7 @@ def test_split_is_by_document_disjoint_seeded_and_recorded():
     split = plan.calibration["split"]
     assert split["search"] == {"documents": 24, "tokens": 64 * 8} and split["fraction"] == 0.2
     assert split["validation"] == {"documents": 6, "tokens": 64 * 3}
-    with pytest.raises(WisparseError, match="at least 2 are needed"):
+    with pytest.raises(WisparseError, match="too short to hold part of it out"):
         pipeline.split_text(Text(["one line only"], "x"), 0.2, 0)
 
 

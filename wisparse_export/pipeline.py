@@ -34,8 +34,8 @@ def split_text(text: Text, fraction: float, seed: int) -> tuple[Text, Text, str]
     if len(docs) < 2:
         docs, unit = [ln for d in docs for ln in d.splitlines() if ln.strip()], "lines"
     if len(docs) < 2:
-        raise WisparseError(f"calibration text has {len(docs)} document(s); at least 2 are needed to hold some "
-                            f"out for validation ({text.description})")
+        raise WisparseError(f"calibration text is too short to hold part of it out for validation: {len(docs)} "
+                            f"document(s) or line(s), need at least 2 ({text.description})")
     order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = min(max(1, round(fraction * len(docs))), len(docs) - 1)
     held = sorted(order[:n_val])
