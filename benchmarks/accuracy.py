@@ -52,7 +52,7 @@ def decision(plan) -> str:
         return ""
     kls = v["alpha"]["uniform_validation_kl"]
     alpha = f"alpha {v['alpha']['chosen']} (val KL " + ", ".join(f"{a}: {k:.3f}" for a, k in kls.items()) + ")"
-    final = f"{rec['final']['candidate']} {v['candidates_kl'][rec['final']['candidate']]:.3f}"
+    final = f"{rec['final']['candidate']} {rec['final']['kl'][rec['final']['candidate']]:.3f}"
     return f"{alpha}; {final}; " + (f"fallback to {rec['fallback']['to']}" if rec.get("fallback") else "searched")
 
 

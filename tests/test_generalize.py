@@ -70,7 +70,7 @@ def test_alpha_is_chosen_on_validation_and_recorded():
     if plan.method == "wisparse":
         assert {lp.alpha for lp in plan.layers.values()} == {1.0}
     assert plan.search["final"]["judged_by"] == "validation KL"
-    assert set(plan.search["validation"]["candidates_kl"]) == {"refined", "uniform split", "uniform levels"}
+    assert set(plan.search["final"]["kl"]) == {"refined", "uniform split", "uniform levels"}
 
 
 def test_fallback_when_the_searched_plan_is_worse(monkeypatch, capsys):
@@ -99,7 +99,7 @@ def test_no_fallback_when_search_wins_and_record_is_json():
     plan = pipeline.calibrate(tiny(spread=3.0), corpus(), 0.5, method="wisparse", search=SEARCH, progress=False,
                               **CAL)
     rec = json.loads(json.dumps(plan.to_dict()))["search"]
-    kls = rec["validation"]["candidates_kl"]
+    kls = rec["final"]["kl"]
     base = min(rec["validation"]["alpha"]["uniform_validation_kl"][k] for k in ("0.0", "1.0"))
     if rec["fallback"] is None:
         assert rec["result"] == "searched" and kls[rec["final"]["candidate"]] < base

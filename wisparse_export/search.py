@@ -523,7 +523,6 @@ def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, co
         population, baselines, trace = search_levels(problem, target, cfg, state, save, progress)
         best_kl, best = population[0]
         choice, allocation, final_kls = final_choice(problem, best, target, val if val is not None else problem.fit)
-        flat_split_kl = problem.kl(best, refined=False)
     finally:
         remove(model)
     if path is not None:
@@ -532,10 +531,10 @@ def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, co
     if back is not None:
         allocation = uniform(stats.hist, target, BASELINES[back["to"]])
     record = search_record(loaded, stats, problem, cfg, best, batches, t_split, trace)
-    record["fitness"] = {"best_kl": best_kl, "uniform_split_kl": flat_split_kl, **baselines}
-    record["validation"] = None if val is None else {
-        "tokens": validation.numel(), "alpha": alpha, "candidates_kl": final_kls}
-    record["final"] = {"candidate": choice, "judged_by": "validation KL" if val is not None else "calibration KL"}
+    record["fitness"] = {"best_kl": best_kl, **baselines}
+    record["validation"] = None if val is None else {"tokens": validation.numel(), "alpha": alpha}
+    record["final"] = {"candidate": choice, "judged_by": "validation KL" if val is not None else "calibration KL",
+                       "kl": final_kls}
     record["result"] = back["to"] if back else "searched"
     record["fallback"] = back
     return allocation, record
