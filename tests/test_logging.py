@@ -113,7 +113,7 @@ def test_load_model_leaves_transformers_logging_as_it_was(tiny):
 
 def test_refit_pass_is_labelled_refit(tiny, capsys):
     loaded, _, _, _ = tiny
-    text = Text(["The quick brown fox jumps over the lazy dog. " * 40], "test text")
+    text = Text(["The quick brown fox jumps over the lazy dog. " * 8 + f"Line {i}." for i in range(10)], "test text")
     capsys.readouterr()
     pipeline.calibrate(loaded, text, 0.5, method="wina", seq_len=64, tokens=256)
     err = capsys.readouterr().err

@@ -18,7 +18,8 @@ from wisparse_export.errors import WisparseError
 from wisparse_export.models import Loaded, find_blocks
 
 TINY = replace(SearchConfig.preset("fast"), seq_len=32, intra_tokens=64, screen_tokens=64, rank_tokens=128,
-               population=3, generations=2, offspring=3, survivors=1, unit_step=0.5, level_step=0.1)
+               population=3, generations=2, offspring=3, survivors=1, unit_step=0.5, level_step=0.1,
+               alphas=(1.0,))
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,9 @@ def test_bad_search_settings_are_one_line_errors(override):
 
 def test_allocate_budget_exact_grouped_deterministic(tiny, tmp_path):
     loaded, stats, seqs = tiny
-    a1, rec = search.allocate(loaded, stats, seqs, 0.5, replace(TINY, alphas=[0.0, 1.0]), progress=False)
-    a2, _ = search.allocate(loaded, stats, seqs, 0.5, replace(TINY, alphas=[0.0, 1.0]), progress=False)
+    per_unit = replace(TINY, alphas=[0.0, 1.0], unit_alpha=True)
+    a1, rec = search.allocate(loaded, stats, seqs, 0.5, per_unit, progress=False)
+    a2, _ = search.allocate(loaded, stats, seqs, 0.5, per_unit, progress=False)
     assert a1 == a2
     assert set(a1) == set(stats.hist)
     assert budget(loaded, stats, a1) == pytest.approx(0.5, abs=1e-6)
@@ -126,7 +128,7 @@ def test_checkpoint_resumes(tiny, tmp_path, capsys):
 def test_cli_calibrate_wisparse_and_plot(tmp_path):
     folder = save_tiny("llama", tmp_path / "tiny")
     text = tmp_path / "calib.txt"
-    text.write_text(" ".join(f"word{i} and some text about item {i}." for i in range(400)))
+    text.write_text("\n".join(f"word{i} and some text about item {i}." for i in range(400)))  # 400 lines
     plan = tmp_path / "plan.json"
     rc = run_cli("calibrate", "--model", str(folder), "--sparsity", "0.5", "--calib-text", str(text),
                  "--calib-tokens", "512", "--seq-len", "64", "--search-budget", "fast", "--search-generations", "1",
@@ -135,6 +137,8 @@ def test_cli_calibrate_wisparse_and_plot(tmp_path):
     d = json.loads(plan.read_text())
     assert d["method"] == "wisparse" and abs(d["budget"] - 0.5) < 1e-4
     assert d["search"]["settings"]["generations"] == 1 and d["search"]["trace"]
+    split = d["calibration"]["split"]  # one file: held out by lines
+    assert split["search"]["lines"] + split["validation"]["lines"] == 400 and split["validation"]["tokens"] > 0
     png = tmp_path / "alloc.png"
     assert run_cli("plot", str(plan), "-o", str(png)) == 0
     assert png.stat().st_size > 1000

@@ -71,11 +71,17 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: I
 
             def hook(mod, args, group=group, logn=logn):
                 logx = args[0].detach().float().abs().flatten(0, -2).log()
+                magnitude = None  # alpha 0 scores are the group's shared input: one histogram serves all
                 for name in group:
                     for j, a in enumerate(stats.alphas):
+                        if not a and magnitude is not None:
+                            stats.hist[name][j] += magnitude
+                            continue
                         v = (logx + a * logn[name]) if a else logx
                         h = torch.histc(v.clamp(LOG_LO, LOG_HI - 1e-6), bins=BINS, min=LOG_LO, max=LOG_HI)
-                        stats.hist[name][j] += h.double().cpu()
+                        h = h.double().cpu()
+                        stats.hist[name][j] += h
+                        magnitude = magnitude if a else h
 
             # Hook the module at the path, not the linear inside a SparseLinear: scores are of the unmasked input.
             hooks.append(model.get_submodule(group[0]).register_forward_pre_hook(hook))

@@ -98,12 +98,18 @@ def cli() -> None:
 @click.option("--sparsity", type=float, required=True, help="Target parameter-weighted sparsity in [0, 1).")
 @click.option("--method", type=click.Choice(list(METHOD_ALPHA)), default=CALIBRATE.method, show_default=True,
               help="teal: magnitude, uniform; wina: weight-aware, uniform; wisparse: weight-aware + allocation search.")
-@click.option("--calib-text", multiple=True, help="Text file, folder or hf:NAME[:CONFIG] (repeatable; "
+@click.option("--calib-text", multiple=True, help="Text file, folder, hf:NAME[:CONFIG] or builtin:pydoc (repeatable; "
               "default: the embedded corpus's calibration split).")
 @click.option("--calib-tokens", type=int, default=CALIBRATE.tokens, show_default=True)
 @click.option("--seq-len", type=int, default=CALIBRATE.seq_len, show_default=True,
               help="Tokens per sequence, at most the model's context.")
-@click.option("--seed", type=int, default=CALIBRATE.seed, show_default=True)
+@click.option("--seed", type=int, default=CALIBRATE.seed, show_default=True,
+              help="Seeds the calibration sequences and the search/validation split.")
+@click.option("--validation", type=float, default=CALIBRATE.validation, show_default=True,
+              help="Fraction of the calibration documents held out; wisparse decides its alpha, final plan and "
+              "fallback to teal/wina on them.")
+@click.option("--validation-tokens", type=int, default=CALIBRATE.validation_tokens, show_default=True,
+              help="At most this many held-out tokens.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Plan file to write.")
 @click.option("--search-budget", type=click.Choice(search_budgets()), default=None,
               help="wisparse search preset (calibration/search_presets.json; default: 'default' on a GPU, "
@@ -113,11 +119,13 @@ def cli() -> None:
 @click.option("--search-tokens", type=int, default=None,
               help="Override the preset's re-ranking tokens (offspring are screened on a quarter of them).")
 @output_options
-def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, output,
-              search_budget, search_generations, search_offspring, search_tokens, quiet):
-    """Calibrate thresholds on text and write a plan file."""
+def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, validation,
+              validation_tokens, output, search_budget, search_generations, search_offspring, search_tokens, quiet):
+    """Calibrate thresholds on text and write a plan file (wisparse: never worse than teal and wina on the
+    held-out validation documents; it writes the better of them otherwise, and says so)."""
     check_sparsity(sparsity, "--sparsity")
-    config = replace(CALIBRATE, method=method, seq_len=seq_len, tokens=calib_tokens, seed=seed)
+    config = replace(CALIBRATE, method=method, seq_len=seq_len, tokens=calib_tokens, seed=seed, validation=validation,
+                     validation_tokens=validation_tokens)
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
     loaded = load_model(model_src, dtype, device, progress=not quiet)
@@ -131,7 +139,7 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
     plan = pipeline.calibrate(loaded, text, sparsity, config, search=search, checkpoint=f"{output}.search.json",
                               progress=not quiet)  # an interrupted search resumes from the checkpoint
     save_plan(plan, output)
-    click.echo(f"wrote {output}: {len(plan.layers)} linears, method {method}, budget {plan.budget:.4f}")
+    click.echo(f"wrote {output}: {len(plan.layers)} linears, method {plan.method}, budget {plan.budget:.4f}")
 
 
 @cli.command()

@@ -43,6 +43,8 @@ class CalibrationConfig:
     tokens: int        # at most this many calibration tokens, in whole sequences
     seed: int          # which sequences are drawn from the text
     batch_size: int    # sequences per forward pass
+    validation: float  # fraction of the calibration documents held out to judge the final choices (wisparse)
+    validation_tokens: int  # at most this many held-out tokens, in whole sequences of seq_len
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_ALPHA:
@@ -51,6 +53,10 @@ class CalibrationConfig:
         _integer("batch size", self.batch_size, 1)
         _integer("sequence length", self.seq_len, 1)
         _integer("calibration tokens", self.tokens, 1)
+        _integer("validation tokens", self.validation_tokens, 1)
+        _number("validation fraction", self.validation, 0.0, 1.0, lo_open=True)
+        if self.validation >= 1.0:
+            raise WisparseError(f"validation fraction must be below 1, got {self.validation}")
         if self.tokens < self.seq_len:  # would still read one whole sequence: more than asked for
             raise WisparseError(f"calibration tokens ({self.tokens}) are fewer than one sequence of {self.seq_len}")
 
@@ -97,7 +103,8 @@ class SearchConfig:
     max_level: float
     unit_cap: float
     max_deviation: float    # how far a unit may stray from its block's level
-    alphas: tuple[float, ...]  # alphas a unit may pick (each is calibrated)
+    alphas: tuple[float, ...]  # alphas tried: for the whole model by validation KL, or per unit (unit_alpha)
+    unit_alpha: bool        # each unit picks its alpha among `alphas` by reconstruction error
     seed: int
     budget: str             # the preset's name
 
@@ -110,6 +117,8 @@ class SearchConfig:
         for k in ("level_step", "unit_step", "max_level", "unit_cap"):
             _number(f"search setting {k}", getattr(self, k), 0.0, 1.0, lo_open=True)
         _number("search setting max_deviation", self.max_deviation, 0.0, 1.0)
+        if not isinstance(self.unit_alpha, bool):
+            raise WisparseError(f"search setting unit_alpha must be true or false, got {self.unit_alpha!r}")
         if not self.alphas:
             raise WisparseError("search setting alphas must name at least one alpha")
         for a in self.alphas:

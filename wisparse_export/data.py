@@ -1,4 +1,5 @@
-"""Calibration and evaluation text: files, folders, a Hugging Face dataset, or the embedded default corpus.
+"""Calibration and evaluation text: files, folders, a Hugging Face dataset, a built-in text, or the embedded
+default corpus.
 
 Text becomes fixed-length token sequences. Each sequence starts with BOS when the tokenizer adds one by itself
 (Gemma-family models degrade badly without it). Calibration and evaluation never share text: passages of
@@ -13,6 +14,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,18 @@ def default_text(split: str) -> Text:
     return Text(docs, f"default:{r['name']}:{split}:" + "+".join(parts))
 
 
+def builtin_text(spec: str) -> Text:
+    """'builtin:pydoc': the Python reference documentation's topics (technical prose, `pydoc_data.topics` of the
+    standard library, always installed), one document per topic: a second domain, unlike the news corpus."""
+    if spec != "builtin:pydoc":
+        raise WisparseError(f"unknown built-in text {spec!r}; choose builtin:pydoc")
+    import pydoc_data.topics  # standard library; only this source needs it
+
+    topics = pydoc_data.topics.topics
+    return Text([topics[k] for k in sorted(topics)], f"{spec}:python-{sys.version_info[0]}.{sys.version_info[1]}",
+                [spec])
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
@@ -106,8 +120,8 @@ def load_text(sources: list[str] | None, split: str) -> Text:
     docs: list[str] = []
     described = []
     for src in sources:
-        if src.startswith("hf:"):
-            t = hf_dataset(src, split)
+        if src.startswith(("hf:", "builtin:")):
+            t = hf_dataset(src, split) if src.startswith("hf:") else builtin_text(src)
             docs += t.docs
             described.append(t.description)
             continue
