@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import WisparseError
+from .identity import ATOL, RTOL
 
 PER_OUTPUT_CHANNEL = "per_output_channel"
 
@@ -90,6 +91,8 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
 
 def within_step(expected: float, actual: float, scale: float, fmt: WeightFormat) -> bool:
     """Two dequantized values of the same weight, quantized from differently rounded loads (float32 vs bfloat16):
-    at most one grid step apart (a value near a rounding midpoint may land on either side)."""
-    u = torch.tensor(max(abs(expected), abs(actual)) / scale)
-    return math.isfinite(actual) and abs(actual - expected) <= float(fmt.step(u)) * scale * (1 + 2 ** -7) + 1e-6
+    at most one grid step apart (a value near a rounding midpoint may land on either side), plus the shift of a
+    scale whose absmax was rounded too (identity.RTOL: about one bfloat16 step)."""
+    v = max(abs(expected), abs(actual))
+    step = float(fmt.step(torch.tensor(v / scale))) * scale
+    return math.isfinite(actual) and abs(actual - expected) <= step + RTOL * v + ATOL
