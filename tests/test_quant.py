@@ -16,7 +16,7 @@ import torch
 from _plans import make_plan, run_cli, save_tiny
 from torch import nn
 
-from wisparse_export import quantize
+from wisparse_export import load, quantize, save
 from wisparse_export.errors import WisparseError
 from wisparse_export.export import export
 from wisparse_export.files import read_json, write_json
@@ -70,7 +70,8 @@ def test_bf16_weights_quantize_like_float32_ones_within_a_step():
         b = dequantize(q, scale, torch.float32)
         v = a.abs().maximum(b.abs())
         assert ((a - b).abs() <= fmt.step(v / scale[:, None]) * scale[:, None] + RTOL * v).all()
-        assert all(within_step(x, y, float(s), fmt) for x, y, s in zip(a[:, 0].tolist(), b[:, 0].tolist(), scale))
+        assert all(within_step(x, y, float(s), fmt) for x, y, s in zip(a[:, 0].tolist(), b[:, 0].tolist(), scale,
+                                                                        strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +264,8 @@ def test_quantized_graphs_hold_the_stored_form_once(quantized_export, name):
     for proto in (dense, sparse):
         inits = {t.name: t for t in proto.graph.initializer}
         assert weight_name(layer) not in inits
-        assert inits[q_name].data_type == {"int8": onnx.TensorProto.INT8, "fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN}[name]
+        storage = {"int8": onnx.TensorProto.INT8, "fp8_e4m3": onnx.TensorProto.FLOAT8E4M3FN}[name]
+        assert inits[q_name].data_type == storage
         assert inits[scale_name].data_type == onnx.TensorProto.FLOAT
         assert list(inits[q_name].dims) == [128, 64] and list(inits[scale_name].dims) == [64]
     dq = [n for n in dense.graph.node if n.op_type == "DequantizeLinear"]
@@ -300,3 +302,16 @@ def test_check_refuses_a_quantized_graph_that_is_not_the_manifests(quantized_exp
     write_json(copy / "manifest.json", {**manifest, "weights": {"format": "int8", "scale": "per_output_channel"}})
     with pytest.raises(WisparseError, match="is not int8 with a float32 scale"):
         verify_graphs(copy, read_manifest(copy))
+
+
+def test_sparse_checkpoint_of_a_quantized_model(llama_dir, tmp_path):
+    """ws.save writes the dequantized weights; ws.load quantizes them back in the plan's format before applying."""
+    loaded = load_model(str(llama_dir), "float32", "cpu")
+    quantize(loaded.model, INT8)
+    plan = make_plan(loaded)
+    save(loaded.model, plan, tmp_path / "ckpt", loaded.tokenizer)
+    back, back_plan = load(tmp_path / "ckpt", "float32", "cpu")
+    assert back_plan.weights is INT8
+    down = back.model.model.layers[0].mlp.down_proj
+    ref = loaded.model.model.layers[0].mlp.down_proj
+    assert torch.equal(down.weight_q, ref.weight_q) and torch.allclose(down.weight, ref.weight, rtol=1e-6, atol=0)
