@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wisparse_export"
 
 # Lower layers never import higher ones. The face (cli, the package's own __init__) may import anything.
 LAYERS = {
-    "contract": ("errors", "files", "plan", "scores", "identity"),
+    "contract": ("errors", "files", "plan", "scores", "identity", "quant"),
     "model access": ("models", "data", "random_models"),
     "sparse runtime": ("runtime", "kernels"),
     "method": ("calibration", "search", "pipeline", "config", "evaluate"),

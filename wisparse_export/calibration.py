@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import WisparseError
-from .models import Block, Loaded, get_linear, model_section
+from .models import Block, Loaded, get_linear, model_section, weight_format
 from .plan import LayerPlan, Plan
 from .runtime import apply, remove
 from .scores import column_norms
@@ -105,7 +105,8 @@ def uniform(names: Iterable[str], sparsity: float, alpha: float) -> Allocation:
 def make_plan(loaded: Loaded, allocation: Allocation, threshold: Callable[[str, float, float], float],
               method: str, target: float, calibration: dict, search: dict | None = None) -> Plan:
     """Turn per-linear (sparsity, alpha) into a plan; threshold(name, sparsity, alpha) gives each layer's score cut
-    (Stats.threshold for calibration; bench and tests pass exact quantiles of their own samples)."""
+    (Stats.threshold for calibration; bench and tests pass exact quantiles of their own samples). The plan records
+    the model's weight format (quantized or not: models.quantize_weights)."""
     layers = {}
     for name, (s, a) in allocation.items():
         lin = get_linear(loaded.model, name)
@@ -113,7 +114,7 @@ def make_plan(loaded: Loaded, allocation: Allocation, threshold: Callable[[str, 
                                  shape=(lin.out_features, lin.in_features))
     groups = [g for b in loaded.blocks for g in b.groups if len(g) > 1 and all(n in layers for n in g)]
     return Plan(model=model_section(loaded, layers), method=method, target_sparsity=target, calibration=calibration,
-                layers=layers, groups=groups, search=search)
+                layers=layers, groups=groups, search=search, weights=weight_format(loaded.model, layers))
 
 
 def refit(loaded: Loaded, plan: Plan, allocation: Allocation, seqs: torch.Tensor,

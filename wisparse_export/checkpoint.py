@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import WisparseError
 from .files import atomic_dir, read_json, write_json
-from .models import Loaded, check_plan, load_model
+from .models import Loaded, check_plan, load_model, quantize_weights
 from .plan import Plan, load_plan, save_plan
 from .runtime import apply
 
@@ -55,9 +55,11 @@ def plan_path(folder: str | os.PathLike) -> Path:
 
 def load(folder: str | os.PathLike, dtype: str | None = None, device: str | None = None,
          progress: bool = True) -> tuple[Loaded, Plan]:
-    """The checkpoint's model with its plan applied (checked against the weights), and the plan."""
+    """The checkpoint's model with its plan applied (checked against the weights), and the plan; quantized first in
+    the plan's weight format, if it has one (the folder holds the dequantized weights, which quantize back to
+    themselves)."""
     path = plan_path(folder)
     plan = load_plan(path)
     loaded = load_model(str(folder), dtype, device, progress=progress)
-    apply(loaded.model, plan)
+    apply(quantize_weights(loaded.model, plan.weights), plan)
     return loaded, plan

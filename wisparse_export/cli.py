@@ -22,8 +22,9 @@ from .data import load_text
 from .errors import WisparseError
 from .evaluate import evaluate as evaluate_plan
 from .files import check_writable, write_json
-from .models import DTYPES, check_plan, context_length, load_model
+from .models import DTYPES, check_plan, context_length, load_model, quantize_weights
 from .plan import load_plan, save_plan
+from .quant import OPTIONS, by_option
 from .report import evaluation_table, plot_allocation
 
 
@@ -118,17 +119,24 @@ def cli() -> None:
 @click.option("--search-offspring", type=int, default=None, help="Override the preset's offspring per generation.")
 @click.option("--search-tokens", type=int, default=None,
               help="Override the preset's re-ranking tokens (offspring are screened on a quarter of them).")
+@click.option("--weights", "weights", default="none", show_default=True, metavar="|".join(OPTIONS),
+              help="Quantize the decoder-block weights first (fp8: e4m3, int8: symmetric; one float32 scale per "
+              "output channel) and calibrate on the quantized model; the plan records the format and evaluate, "
+              "export and bench quantize the same way.")
 @output_options
 def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, validation,
-              validation_tokens, output, search_budget, search_generations, search_offspring, search_tokens, quiet):
+              validation_tokens, output, search_budget, search_generations, search_offspring, search_tokens, weights,
+              quiet):
     """Calibrate thresholds on text and write a plan file (wisparse: never worse than teal and wina on the
     held-out validation documents; it writes the better of them otherwise, and says so)."""
     check_sparsity(sparsity, "--sparsity")
+    weight_format = by_option(weights)
     config = replace(CALIBRATE, method=method, seq_len=seq_len, tokens=calib_tokens, seed=seed, validation=validation,
                      validation_tokens=validation_tokens)
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
     loaded = load_model(model_src, dtype, device, progress=not quiet)
+    quantize_weights(loaded.model, weight_format)
     search = None
     if method == "wisparse":
         overrides = {"generations": search_generations, "offspring": search_offspring}
@@ -176,7 +184,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     if calibration_text is not None:
         data.check_disjoint(calibration_text, evaluation)
     loaded = load_model(model_src or plan.model.get("source"), dtype, device, progress=not quiet)
-    check_plan(loaded.model, plan)
+    check_plan(quantize_weights(loaded.model, plan.weights), plan)
     data.check_lengths(seq_len, tokens, context_length(loaded.model))
     seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
     result = evaluate_plan(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
@@ -222,7 +230,7 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
     plan = load_plan(plan_path) if plan_path else None
     loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, progress=not quiet)
     if plan is not None:
-        check_plan(loaded.model, plan)
+        check_plan(quantize_weights(loaded.model, plan.weights), plan)
     result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
                    plan=plan, label=loaded.source, compile=compile_)
     click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
@@ -260,6 +268,7 @@ def export_cmd(model_src, device, plan_path, output, export_dtype, external_data
         raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = load_plan(plan_path)
     loaded = load_model(model_src or plan.model.get("source"), export_dtype, device, progress=not quiet)
+    quantize_weights(loaded.model, plan.weights)
     m = exporting.export(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
                f"{m['files']['weights'] or 'weights inside each graph'}, {export_dtype}, opset {m['opset']}, "

@@ -33,6 +33,7 @@ from .onnx_graph import (
     IR_VERSION,
     OP_TYPE,
     OP_VERSION,
+    OP_VERSION_QUANTIZED,
     OPSET,
     PLUGIN_ATTRS,
     Arch,
@@ -190,6 +191,10 @@ def runtime_files(loaded: Loaded, arch: Arch, dtype: str, folder: Path) -> dict:
 def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dict) -> dict:
     """manifest.json: what was exported, from which model and plan, the graphs' shape and the custom op."""
     model, arch = loaded.model, describe(loaded.model)
+    quantized = {"weights": plan.weights.to_dict()} if plan.weights is not None else {}
+    op = {**PLUGIN_ATTRS, "version": OP_VERSION_QUANTIZED, "plugin_version": str(OP_VERSION_QUANTIZED),
+          "weight_inputs": "W_q [in, out] (input 4), W_scale [out] (input 5)"} if quantized else \
+        {"version": OP_VERSION, **PLUGIN_ATTRS}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -209,12 +214,12 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
                   "inputs": ["input_ids", "attention_mask", "position_ids", "past_key_values.{i}.key",
                              "past_key_values.{i}.value"],
                   "outputs": ["logits", "present.{i}.key", "present.{i}.value"]},
-        "custom_op": {"domain": DOMAIN, "op_type": OP_TYPE, "version": OP_VERSION, **PLUGIN_ATTRS,
-                      "weight_layout": "[in, out]"},
+        "custom_op": {"domain": DOMAIN, "op_type": OP_TYPE, **op, "weight_layout": "[in, out]"},
         "counts": {"sparse_linear_nodes": counts["sparse"]["sparse_linear"],
                    "dense_linear_nodes_in_sparse": counts["sparse"]["dense_linear"],
                    "dense_linear_nodes_in_dense": counts["dense"]["dense_linear"]},
         "provenance": versions(*PROVENANCE),
+        **quantized,
     }
 
 

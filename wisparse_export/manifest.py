@@ -6,7 +6,8 @@ file it names is a plain name inside the folder (no `..`, no absolute path, no s
 reads each planned linear's weight back from an ONNX file at `identity.positions` (external data read by seeking,
 not loaded) so that a graph exported from other weights of the same shapes is refused, not measured.
 Optional (manifests written before them still load): "provenance", the versions of the packages that wrote the
-export, and "model.revision" (models.revision).
+export, "model.revision" (models.revision), and "weights", the plan's weight format when the graphs hold quantized
+weights (then each planned weight is read back as its quantized values times their scale: the dequantized weight).
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto
 
 from .errors import WisparseError
 from .files import read_json
 from .identity import SAMPLES, check_samples, positions
 from .models import DTYPES
-from .onnx_graph import ONNX_TYPES, weight_name
+from .onnx_graph import ONNX_TYPES, quantized_names, weight_name
 from .plan import PROVENANCE as PLAN_PROVENANCE
 from .plan import check_provenance
+from .quant import WeightFormat, from_record
 
 FORMAT = "wisparse-export"
 VERSION = 3  # 2: model.weights, model.max_positions, external data and engines; 3: the runtimes' files at the root
@@ -40,7 +43,8 @@ FILE_KEYS = ("dense", "sparse", "weights", "dense_data", "sparse_data", "config"
 LIST_KEYS = ("tokenizer",)
 PROVENANCE = (*PLAN_PROVENANCE, "onnx", "onnxruntime")  # packages whose versions a manifest records
 NUMPY = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"),
-         TensorProto.BFLOAT16: np.dtype("<u2")}
+         TensorProto.BFLOAT16: np.dtype("<u2"), TensorProto.INT8: np.dtype("i1"),
+         TensorProto.FLOAT8E4M3FN: np.dtype("u1")}
 
 
 def _int(d: dict, key: str, where: str) -> None:
@@ -91,6 +95,8 @@ def validate(m: dict) -> dict:
     if model.get("revision") is not None:
         _str(model, "revision", "model")
     check_provenance(m.get("provenance"), "invalid manifest: ")
+    if "weights" in m:
+        from_record(m["weights"], "invalid manifest: ")
     weights = _obj(model, "weights", "model")
     if not layers or set(weights) != set(layers):
         raise WisparseError("invalid manifest: model.weights must hold a sample for every planned layer")
@@ -192,9 +198,13 @@ def verify_graph(out: Path, manifest: dict, role: str) -> Path:
     if past is None or past.type.tensor_type.elem_type != want:
         raise WisparseError(f"{path}: its cache is not {manifest['dtype']}, the dtype {MANIFEST} names")
     inits = {t.name: t for t in proto.graph.initializer}
+    fmt = from_record(manifest["weights"], "") if "weights" in manifest else None
     actual = {}
     with ExternalData(out, manifest, role, path) as data:
         for name in manifest["model"]["weights"]:
+            if fmt is not None:
+                actual.update(quantized_sample(path, inits, name, fmt, data))
+                continue
             t = inits.get(weight_name(name))
             if t is not None:
                 if t.data_type != want or len(t.dims) != 2:
@@ -205,6 +215,24 @@ def verify_graph(out: Path, manifest: dict, role: str) -> Path:
     return path
 
 
+def quantized_sample(path: Path, inits: dict, name: str, fmt: WeightFormat, data: ExternalData) -> dict:
+    """{name: dequantized values at identity.positions} of a quantized weight ([in, out] values in the storage
+    dtype, float32 scale [out]), or {} when the graph holds no such weight."""
+    q_name, scale_name = quantized_names(name)
+    q, scale = inits.get(q_name), inits.get(scale_name)
+    if q is None:
+        return {}
+    if q.data_type != ONNX_TYPES[fmt.storage] or len(q.dims) != 2 or scale is None \
+            or scale.data_type != TensorProto.FLOAT or list(scale.dims) != [q.dims[1]]:
+        raise WisparseError(f"{path}: weight {name} is not {fmt.name} with a float32 scale per output channel, as "
+                            f"{MANIFEST} says")
+    n_in, n_out = q.dims
+    pos = positions((n_out, n_in))
+    values = values_at(q, [c * n_out + r for r, c in pos], data)
+    scales = values_at(scale, [r for r, _ in pos], data)
+    return {name: [float(np.float32(v) * np.float32(s)) for v, s in zip(values, scales, strict=True)]}
+
+
 def verify_graphs(out: Path, manifest: dict, roles: tuple[str, ...] = GRAPHS) -> dict[str, Path]:
     """role -> path of each graph, verified (`verify_graph`)."""
     return {role: verify_graph(out, manifest, role) for role in roles}
@@ -213,7 +241,11 @@ def verify_graphs(out: Path, manifest: dict, roles: tuple[str, ...] = GRAPHS) ->
 def sample(t: TensorProto, data: ExternalData) -> list[float]:
     """The values of a weight stored [in, out] at identity.positions of its [out, in] shape: (r, c) is W_t[c, r]."""
     n_in, n_out = t.dims
-    flat = [c * n_out + r for r, c in positions((n_out, n_in))]
+    return values_at(t, [c * n_out + r for r, c in positions((n_out, n_in))], data)
+
+
+def values_at(t: TensorProto, flat: list[int], data: ExternalData) -> list[float]:
+    """The elements of a tensor at flat indices, as float32 numbers (external data read by seeking)."""
     dt = NUMPY[t.data_type]
     if t.data_location == TensorProto.EXTERNAL:
         raw = data.read(t, flat, dt.itemsize)
@@ -225,6 +257,8 @@ def sample(t: TensorProto, data: ExternalData) -> list[float]:
         return [float(v) for v in vals]
     if t.data_type == TensorProto.BFLOAT16:
         vals = (vals.astype(np.uint32) << 16).view(np.float32)
+    elif t.data_type == TensorProto.FLOAT8E4M3FN:
+        vals = torch.from_numpy(vals.copy()).view(torch.float8_e4m3fn).float().numpy()
     return [float(v) for v in vals.astype(np.float32)]
 
 

@@ -27,8 +27,9 @@ from torch import nn
 from . import random_models
 from .errors import WisparseError
 from .files import read_json
-from .identity import check_samples, weight_sample
+from .identity import check_samples, positions, weight_sample
 from .plan import Plan
+from .quant import WeightFormat, dequantize, quantize, within_step
 
 DEFAULT_MODEL = "smollm2-135m"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -301,10 +302,76 @@ def _said_unchecked(source: str) -> None:
           "parameter names and shapes only, not content", file=sys.stderr)
 
 
+def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every linear inside a decoder block, by name: what quantization and plans may touch."""
+    prefix, layers = decoder_layers(model)
+    return {f"{prefix}.{i}.{n}": m for i, layer in enumerate(layers) for n, m in layer.named_modules()
+            if isinstance(m, nn.Linear)}
+
+
+@torch.no_grad()
+def quantize_weights(model: nn.Module, fmt: WeightFormat | None) -> nn.Module:
+    """Quantize every decoder-block linear in place (fmt None: leave the model as it is). Each keeps its class and
+    parameter names: `weight` becomes the dequantized weight in the model's dtype (what calibration, `apply` and
+    evaluation compute with), and the stored form lives in non-persistent buffers `weight_q` [out, in] and
+    `weight_scale` [out] (float32) for export. Quantizing again in the same format changes nothing."""
+    if fmt is None:
+        return model
+    for name, lin in block_linears(model).items():
+        if type(lin) is not nn.Linear:
+            raise WisparseError(f"quantize the model before applying a plan ({name} is a {type(lin).__name__})")
+        done = getattr(lin, "weight_format", None)
+        if done is not None and done != fmt:
+            raise WisparseError(f"{name} is already quantized as {done.name}; load the model again to use {fmt.name}")
+        if done is None:
+            q, scale = quantize(lin.weight, fmt)
+            lin.weight.data = dequantize(q, scale, lin.weight.dtype)
+            lin.register_buffer("weight_q", q, persistent=False)
+            lin.register_buffer("weight_scale", scale, persistent=False)
+            lin.weight_format = fmt
+    return model
+
+
+def weight_format(model: nn.Module, names: Iterable[str]) -> WeightFormat | None:
+    """The format the named linears are quantized in (None: not quantized); refused when they differ."""
+    formats = {getattr(get_linear(model, n), "weight_format", None) for n in names}
+    if len(formats) > 1:
+        raise WisparseError("the planned linears are quantized in different formats; load the model again")
+    return next(iter(formats), None)
+
+
+def _check_format(model: nn.Module, plan: Plan) -> WeightFormat | None:
+    """The plan's weight format must be the model's: both unquantized, or both the same format."""
+    have, want = weight_format(model, plan.layers), plan.weights
+    if have == want:
+        return have
+    source = plan.model.get("source")
+    if have is None:
+        raise WisparseError(f"plan was made on {want.name} weights ({source}) and this model's are not quantized: "
+                            "quantize it first (wisparse_export.quantize(model, plan.weights); the CLI does so)")
+    if want is None:
+        raise WisparseError(f"plan was made on unquantized weights ({source}) and this model's are {have.name}; "
+                            "load the model again without quantizing it")
+    raise WisparseError(f"plan was made on {want.name} weights ({source}) and this model's are {have.name}")
+
+
+def _check_quantized(expected: dict[str, list[float]], model: nn.Module, fmt: WeightFormat, what: str) -> None:
+    """Quantized samples: the same weights quantized from another dtype's load may differ by one grid step."""
+    for name, values in expected.items():
+        lin = get_linear(model, name)
+        rows = [r for r, _ in positions(tuple(lin.weight.shape))]
+        actual = weight_sample(lin.weight)
+        if not all(within_step(e, a, float(lin.weight_scale[r]), fmt)
+                   for e, a, r in zip(values, actual, rows, strict=True)):
+            raise WisparseError(f"{what}: the weights differ from those recorded (first {name}): other weights of "
+                                "the same shapes")
+
+
 def check_plan(model: nn.Module, plan: Plan) -> None:
     """Refuse a plan made for another model, in one line: fingerprint; each planned linear's name, shape, and place
     (inside a decoder block: export and the kernels handle only those, so evaluate must not sparsify more); and the
-    recorded weight values. A plan without values (older files) is checked without them, saying so once."""
+    recorded weight values. A plan without values (older files) is checked without them, saying so once. The plan's
+    weight format (plan.weights) must be the model's (`quantize_weights`)."""
     fp = fingerprint(model)
     source = plan.model.get("source")
     if plan.model.get("fingerprint") != fp:
@@ -321,9 +388,13 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
         if (lin.out_features, lin.in_features) != tuple(lp.shape):
             raise WisparseError(f"plan layer {name} has shape {list(lp.shape)}, the model's is "
                                 f"{[lin.out_features, lin.in_features]}")
+    fmt = _check_format(model, plan)
     weights = plan.model.get("weights")
     if weights is None:
         _said_unchecked(str(source))
+        return
+    if fmt is not None:
+        _check_quantized(weights, model, fmt, f"plan was made for another model ({source})")
         return
     check_samples(weights, {n: weight_sample(get_linear(model, n).weight) for n in weights},
                   f"plan was made for another model ({source})")

@@ -9,7 +9,10 @@ Inputs:  input_ids, attention_mask [batch, past + sequence], position_ids, past_
 Outputs: logits (float32), present.{i}.key / .value
 The SparseLinear node follows docs/KERNEL_ABI.md: inputs (X, W [in, out], tau [in]); the model carries a local
 function `wisparse.SparseLinear` with a standard-op body, so any ONNX runtime runs it, and TensorRT maps the node
-to the plugin through its `plugin_namespace` / `plugin_version` attributes.
+to the plugin through its `plugin_namespace` / `plugin_version` attributes. A linear quantized by
+`models.quantize_weights` is stored as its quantized [in, out] weight and float32 scale per output channel: the
+dense graph dequantizes it (DequantizeLinear, axis 1, then a Cast to the graph's dtype) in front of MatMul, and
+its SparseLinear node (op version 2) takes them as inputs 4 and 5 in place of W.
 
 Weights are not held in the graph: `Graph.init` hands every initializer above INLINE_BYTES to a store, and
 `WeightsFile` (the store export uses) streams its bytes to one external data file as it is produced, chunk by
@@ -35,7 +38,7 @@ import torch
 from onnx import TensorProto, helper
 
 from .errors import WisparseError
-from .models import get_linear
+from .models import get_linear, weight_format
 from .plan import LayerPlan, Plan
 from .scores import column_norms, tau
 
@@ -44,11 +47,13 @@ IR_VERSION = 10  # the oldest IR that opset 21 allows: ONNX Runtime >= 1.18 and 
 DOMAIN = "wisparse"
 OP_TYPE = "SparseLinear"
 OP_VERSION = 1
+OP_VERSION_QUANTIZED = 2  # inputs 4 and 5: the quantized weight and its scale, in place of W (KERNEL_ABI.md)
 # Attributes TensorRT's ONNX parser reads to map the node to the plugin (KERNEL_ABI.md); the parser looks the
 # plugin up as (op type, plugin_version, plugin_namespace), and prefers it over the local function when present.
 PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1", "aot": 1}
 ONNX_TYPES = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
-              torch.bfloat16: TensorProto.BFLOAT16, torch.int64: TensorProto.INT64, torch.bool: TensorProto.BOOL}
+              torch.bfloat16: TensorProto.BFLOAT16, torch.int64: TensorProto.INT64, torch.bool: TensorProto.BOOL,
+              torch.float8_e4m3fn: TensorProto.FLOAT8E4M3FN, torch.int8: TensorProto.INT8}
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 F32 = TensorProto.FLOAT
 INLINE_BYTES = 1024  # smaller tensors (constants, scalars) stay inside the graph
@@ -60,6 +65,12 @@ CHUNK_BYTES = 64 << 20  # host memory a weight passes through while it is writte
 def weight_name(linear: str) -> str:
     """The initializer holding a linear's weight as [in, out] (the transpose of nn.Linear.weight), in both graphs."""
     return f"{linear}.weight_t"
+
+
+def quantized_names(linear: str) -> tuple[str, str]:
+    """The initializers of a quantized linear, in both graphs: its weight [in, out] in the storage dtype and its
+    float32 scale [out] (one per output channel: axis 1 of the [in, out] weight)."""
+    return f"{linear}.weight_t_q", f"{linear}.weight_scale"
 
 
 class Graph:
@@ -225,19 +236,33 @@ def softcap(s: Step, x: str, cap: float | None) -> str:
     return s.op("Mul", s.op("Tanh", s.op("Div", x, c)), c)
 
 
+def weight_inputs(s: Step, name: str, lin: torch.nn.Linear, sparse: bool) -> tuple[str, ...]:
+    """A linear's weight as the node reading it takes it: W [in, out] in the graph's dtype; for a quantized linear,
+    a MatMul gets it dequantized (DequantizeLinear, then Cast), a SparseLinear node the stored form as inputs 4, 5."""
+    if getattr(lin, "weight_format", None) is None:
+        return (s.g.init(weight_name(name), lin.weight.detach().t().to(s.dtype)),)  # [in, out], as kernels read it
+    q_name, scale_name = quantized_names(name)
+    q, scale = s.g.init(q_name, lin.weight_q.t()), s.g.init(scale_name, lin.weight_scale)
+    if sparse:
+        return "", "", q, scale  # W (input 1) and B (input 3) absent; W_q, W_scale
+    return (s.from_f32(s.op("DequantizeLinear", q, scale, axis=1)),)
+
+
 def linear(s: Step, x: str, module: torch.nn.Module) -> str:
     """x @ W^T (+ b): a SparseLinear node for a planned linear, a MatMul otherwise. W is stored [in, out]."""
     name = s.names[module]
     lin = get_linear(s.model, name)  # a linear already wrapped by `apply` counts as its dense linear
-    w = s.g.init(weight_name(name), lin.weight.detach().t().to(s.dtype))  # [in, out], as the kernel reads it
     lp = s.planned.pop(name, None)
+    w = weight_inputs(s, name, lin, lp is not None)
     if lp is not None:
         t = s.g.init(f"{name}.tau", tau(lp.threshold, column_norms(lin.weight), lp.alpha), inline=True)
-        y = s.op(OP_TYPE, x, w, t, domain=DOMAIN, name=name, splits=[lin.out_features], **PLUGIN_ATTRS,
+        attrs = {**PLUGIN_ATTRS, "plugin_version": str(OP_VERSION_QUANTIZED)} if len(w) > 1 else PLUGIN_ATTRS
+        inputs = (x, w[0], t, *w[1:])  # (X, W, tau) or (X, "", tau, "", W_q, W_scale)
+        y = s.op(OP_TYPE, *inputs, domain=DOMAIN, name=name, splits=[lin.out_features], **attrs,
                  doc=f"sparsity {lp.sparsity}, alpha {lp.alpha}, threshold {lp.threshold!r}")
         s.counts["sparse_linear"] += 1
     else:
-        y = s.op("MatMul", x, w, name=name)
+        y = s.op("MatMul", x, w[0], name=name)
         s.counts["dense_linear"] += 1
     if lin.bias is not None:  # a standard Add, so the custom op keeps one fixed signature (KERNEL_ABI.md)
         y = s.op("Add", y, s.g.init(f"{name}.bias", lin.bias.detach().to(s.dtype)))
@@ -377,14 +402,18 @@ def io_signature(arch: Arch, dtype: torch.dtype) -> tuple[list, list]:
     return inputs, outputs
 
 
-def sparse_linear_function() -> onnx.FunctionProto:
+def sparse_linear_function(quantized: bool = False) -> onnx.FunctionProto:
     """The standard-op body of wisparse.SparseLinear: Y = (X where float32(|X|) > tau, else 0) @ W.
 
     The attributes the node carries for TensorRT are declared so that ONNX Runtime accepts them; the body needs
     none of them. `splits` (several fused projections) is declared for the ABI, but the exporter emits one node
-    per linear, so the body handles tau [in] only.
+    per linear, so the body handles tau [in] only. `quantized` (op version 2, every planned linear quantized): W
+    is DequantizeLinear(W_q, W_scale, axis 1) cast to X's type, and the signature is (X, W, tau, B, W_q, W_scale)
+    with W and B left out by the nodes.
     """
-    nodes = [
+    dq = [helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["w_f"], axis=1),
+          helper.make_node("CastLike", ["w_f", "X"], ["W"])] if quantized else []
+    nodes = dq + [
         helper.make_node("Abs", ["X"], ["absx"]),
         helper.make_node("Cast", ["absx"], ["absf"], to=TensorProto.FLOAT),
         helper.make_node("Greater", ["absf", "tau"], ["keep"]),
@@ -393,8 +422,10 @@ def sparse_linear_function() -> onnx.FunctionProto:
         helper.make_node("Where", ["keep", "X", "zero"], ["xm"]),
         helper.make_node("MatMul", ["xm", "W"], ["Y"]),
     ]
-    defaults = [helper.make_attribute(k, v) for k, v in PLUGIN_ATTRS.items()]
-    return helper.make_function(DOMAIN, OP_TYPE, ["X", "W", "tau"], ["Y"], nodes, [helper.make_opsetid("", OPSET)],
+    version = {"plugin_version": str(OP_VERSION_QUANTIZED)} if quantized else {}
+    defaults = [helper.make_attribute(k, v) for k, v in {**PLUGIN_ATTRS, **version}.items()]
+    inputs = ["X", "W_unused", "tau", "B_unused", "W_q", "W_scale"] if quantized else ["X", "W", "tau"]
+    return helper.make_function(DOMAIN, OP_TYPE, inputs, ["Y"], nodes, [helper.make_opsetid("", OPSET)],
                                 attributes=["splits"], attribute_protos=defaults,
                                 doc_string="Activation-sparse linear: input channel i is kept iff float32(|x_i|) > "
                                            "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
@@ -417,8 +448,11 @@ def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype =
         raise WisparseError(f"plan layer {next(iter(s.planned))} is not one of the decoder's linears")
     role = "dense" if plan is None else "sparse"
     graph = helper.make_graph(s.g.nodes, role, *io_signature(arch, dtype), s.g.inits)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, OP_VERSION)] if plan else [])
-    proto = helper.make_model(graph, opset_imports=opsets, functions=[sparse_linear_function()] if plan else [],
+    quantized = plan is not None and weight_format(model, plan.layers) is not None
+    version = OP_VERSION_QUANTIZED if quantized else OP_VERSION
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, version)] if plan else [])
+    proto = helper.make_model(graph, opset_imports=opsets,
+                              functions=[sparse_linear_function(quantized)] if plan else [],
                               ir_version=IR_VERSION, producer_name="wisparse-export")
     helper.set_model_props(proto, {"wisparse.role": role, "wisparse.counts": json.dumps(s.counts)})
     return proto

@@ -14,6 +14,10 @@ from .errors import WisparseError
 
 NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# ONNX Runtime fuses an int8 DequantizeLinear -> MatMul into MatMulNBits and, by default (level 4), quantizes the
+# activations to int8 there too: not the weight-only computation the graph states (logits off by ~5e-2 on a tiny
+# model). Level 1 keeps the activations in float32; graphs without int8 weights are unaffected.
+WEIGHT_ONLY = {"session.qdq_matmulnbits_accuracy_level": "1"}
 
 
 def providers(name: str) -> list[str]:
@@ -40,6 +44,8 @@ class GraphSession:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        for key, value in WEIGHT_ONLY.items():
+            opts.add_session_config_entry(key, value)
         if threads:
             opts.intra_op_num_threads = threads
         providers = providers or ["CPUExecutionProvider"]

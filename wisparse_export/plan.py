@@ -8,11 +8,15 @@ Format (version 1), readable by any tool without this code:
    "groups": [[linear, ...], ...],                      # linears that share one input (optional)
    "provenance": {"wisparse-export": v, "torch": v, "transformers": v},  # versions that wrote it (optional)
    "layers": {"model.layers.0.mlp.down_proj": {"sparsity": f, "threshold": t, "alpha": a, "shape": [out, in]}},
-   "search": {...}}                                     # settings and trace of the allocation search (optional)
+   "search": {...},                                     # settings and trace of the allocation search (optional)
+   "weights": {"format": "fp8_e4m3" | "int8", "scale": "per_output_channel"}}  # quantized weights (optional)
 Input channel i of a planned linear is kept iff |x_i| * ||W[:, i]||_2 ** alpha > threshold, W as stored
 ([out, in]) in float32; other channels become 0. The fingerprint hashes parameter names and shapes; "weights"
 holds a few values of each planned weight (identity.weight_sample) so that a plan is refused on another model of
 the same shapes. Plans written before "weights" existed still load, checked by fingerprint only.
+Quantized weights (quant.py): with a top-level "weights" format, W is the dequantized weight of that format (the
+weights a quantized deployment computes with), and model.weights samples those; without it (every older plan), W
+is the unquantized weight, as before.
 Provenance, for people (never checked against the running versions): "provenance" holds the package versions that
 wrote the plan and "model.revision" the model's revision where known (models.revision); plans without them load.
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 from .errors import WisparseError
 from .files import read_json, write_json
 from .identity import positions
+from .quant import WeightFormat, from_record
 
 FORMAT = "wisparse-plan"
 VERSION = 1
@@ -82,6 +87,7 @@ class Plan:
     groups: list[list[str]] = field(default_factory=list)
     search: dict | None = None
     provenance: dict | None = field(default_factory=lambda: versions(*PROVENANCE))  # None: a file without one
+    weights: WeightFormat | None = None  # the quantized weight format the plan was made on (None: unquantized)
 
     @property
     def budget(self) -> float:
@@ -109,6 +115,8 @@ class Plan:
             d["search"] = self.search
         if self.provenance is not None:
             d["provenance"] = self.provenance
+        if self.weights is not None:
+            d["weights"] = self.weights.to_dict()
         return d
 
     def digest(self) -> str:
@@ -223,7 +231,8 @@ def from_dict(d: dict) -> Plan:
         raise WisparseError("invalid plan: search must be an object")
     return Plan(model=_model(d, layers), method=method, target_sparsity=target, calibration=_calibration(d),
                 layers=layers, groups=_groups(d, layers), search=search,
-                provenance=check_provenance(d.get("provenance"), "invalid plan: "))
+                provenance=check_provenance(d.get("provenance"), "invalid plan: "),
+                weights=from_record(d["weights"], "invalid plan: ") if "weights" in d else None)
 
 
 def load_plan(path: str | Path) -> Plan:
