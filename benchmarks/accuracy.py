@@ -25,7 +25,7 @@ from wisparse_export import data, pipeline
 from wisparse_export.config import CalibrationConfig, SearchConfig
 from wisparse_export.evaluate import Metrics, weighted_sparsity
 from wisparse_export.models import load_model
-from wisparse_export.plan import save_plan
+from wisparse_export.plan import load_plan, save_plan
 from wisparse_export.report import plot_allocation
 from wisparse_export.runtime import apply, remove, sparse_linears, track_sparsity
 
@@ -62,6 +62,9 @@ def build_plans(loaded, out: Path, tag: str, args) -> tuple[dict, dict]:
     device = next(loaded.model.parameters()).device
     search = SearchConfig.preset(args.search_budget, device)
     search = replace(search, generations=args.generations) if args.generations is not None else search
+    files = {(m, s): out / f"{tag}-{m}-{s}.json" for s in args.sparsity for m in args.methods}
+    if args.reuse_plans and all(f.is_file() for f in files.values()):  # an earlier run's plans: evaluate them again
+        return {k: load_plan(f) for k, f in files.items()}, {}
     t = time.perf_counter()
     cal = pipeline.prepare(loaded, data.load_text(None, "calibration"), config, (0.0, 0.5, 1.0), progress=True)
     step(f"statistics (alphas 0, 0.5, 1; {cal.stats.tokens} search tokens, {cal.validation.numel()} validation)", t)
@@ -150,6 +153,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, help="Allocation plot of the wisparse plan at 0.5.")
+    p.add_argument("--reuse-plans", action="store_true",
+                   help="Evaluate the plans an earlier run wrote in --out (all of them must be there) instead of "
+                   "calibrating again (they are checked against the model as any plan is).")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
