@@ -10,13 +10,16 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from wisparse_export import calibration
 from wisparse_export.calibration import uniform
 from wisparse_export.models import Loaded, find_blocks, get_linear
+from wisparse_export.ort import GraphSession
 from wisparse_export.plan import Plan, save_plan
+from wisparse_export.runtime import apply, remove
 from wisparse_export.scores import channel_scores, column_norms
 
 
@@ -135,3 +138,19 @@ def run_cli(*args: str) -> int:
 def write_plan(loaded: Loaded, path: Path, **kwargs) -> Path:
     save_plan(make_plan(loaded, **kwargs), path)
     return path
+
+
+def graphs_match_pytorch(loaded: Loaded, plan: Plan, out: Path, seed: int, tol: float = 1e-4) -> None:
+    """dense.onnx against the dense model and sparse.onnx against the model with the plan applied, one prefill step
+    on random token ids: the largest logit difference at most `tol`."""
+    ids = torch.randint(4, 260, (2, 24), generator=torch.Generator().manual_seed(seed))
+    for role, p in (("dense", None), ("sparse", plan)):
+        logits, _ = GraphSession(out / f"{role}.onnx").step(ids.numpy())
+        if p is not None:
+            apply(loaded.model, p)
+        try:
+            with torch.no_grad():
+                ref = loaded.model(input_ids=ids, use_cache=False).logits.numpy()
+        finally:
+            remove(loaded.model)
+        assert np.abs(logits - ref).max() <= tol, role

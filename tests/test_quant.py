@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
-from _plans import make_plan, run_cli, save_tiny
+from _plans import graphs_match_pytorch, make_plan, run_cli, save_tiny
 from torch import nn
 
 from wisparse_export import load, quantize, save
@@ -228,17 +227,7 @@ CASES = [("llama", "fp8_e4m3"), ("llama", "int8"), ("qwen2", "fp8_e4m3"), ("qwen
 @pytest.mark.parametrize(("kind", "name"), CASES)
 def test_onnx_runtime_matches_quantized_pytorch(quantized_export, kind, name):
     loaded, plan, out = quantized_export(kind, name)
-    ids = torch.randint(4, 260, (2, 24), generator=torch.Generator().manual_seed(1))
-    for role, p in (("dense", None), ("sparse", plan)):
-        logits, _ = GraphSession(out / f"{role}.onnx").step(ids.numpy())
-        if p is not None:
-            apply(loaded.model, p)
-        try:
-            with torch.no_grad():
-                ref = loaded.model(input_ids=ids, use_cache=False).logits.numpy()
-        finally:
-            remove(loaded.model)
-        assert np.abs(logits - ref).max() <= 1e-4, role
+    graphs_match_pytorch(loaded, plan, out, seed=1)
 
 
 def test_quantized_greedy_decode_matches_pytorch(quantized_export):

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from _plans import make_plan, run_cli, tokenizer, write_plan
+from _plans import graphs_match_pytorch, make_plan, run_cli, tokenizer, write_plan
 
 from wisparse_export import bench
 from wisparse_export.export import WEIGHTS, export, weight_bytes
@@ -25,7 +25,7 @@ from wisparse_export.manifest import read_manifest, verify_graphs
 from wisparse_export.models import load_model
 from wisparse_export.ort import GraphSession, providers
 from wisparse_export.plan import load_plan
-from wisparse_export.runtime import apply, remove, sparse_linears
+from wisparse_export.runtime import remove, sparse_linears
 
 DISK_BAR, MEMORY_BAR = 1.05, 1.25
 
@@ -72,17 +72,7 @@ def test_one_weights_file_both_graphs_match_pytorch(medium):
         assert len(taus) == (len(plan.layers) if role == "sparse" else 0)
         assert all(t.data_location == onnx.TensorProto.DEFAULT for t in taus)  # inline, not in the shared file
     assert set(verify_graphs(out, read_manifest(out))) == {"dense", "sparse"}  # weight samples read by seeking
-    ids = torch.randint(4, 260, (2, 24), generator=torch.Generator().manual_seed(0))
-    for role, p in (("dense", None), ("sparse", plan)):
-        logits, _ = GraphSession(out / f"{role}.onnx").step(ids.numpy())
-        if p is not None:
-            apply(loaded.model, p)
-        try:
-            with torch.no_grad():
-                ref = loaded.model(input_ids=ids, use_cache=False).logits.numpy()
-        finally:
-            remove(loaded.model)
-        assert np.abs(logits - ref).max() <= 1e-4, role
+    graphs_match_pytorch(loaded, plan, out, seed=0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -126,7 +116,7 @@ from wisparse_export import random_models
 from wisparse_export.export import export, weight_bytes
 from wisparse_export.models import default_gguf, load_model
 sys.path.insert(0, sys.argv[3])
-from _plans import make_plan
+from _plans import graphs_match_pytorch, make_plan
 
 def rss(field):
     for line in open("/proc/self/status"):
