@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data, trt
+from .config import EvaluationConfig
 from .errors import WisparseError
 from .evaluate import Metrics
 from .manifest import read_manifest, tokenizer_files, verify_graphs
@@ -63,12 +64,10 @@ def evaluation_sequences(out: Path, manifest: dict, text: list[str] | None, toke
                          seq_len: int | None) -> tuple[torch.Tensor, str]:
     """Token sequences built exactly as `wisparse evaluate` builds them, with the tokenizer saved by export."""
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    preset = data.recipe("presets")["evaluate"]
-    tokens = preset["eval_tokens"] if tokens is None else tokens
-    seq_len = preset["seq_len"] if seq_len is None else seq_len
+    preset = EvaluationConfig.preset()
+    tokens = preset.tokens if tokens is None else tokens
+    seq_len = preset.seq_len if seq_len is None else seq_len
     if tokens < 1:
         raise WisparseError(f"--tokens must be at least 1, got {tokens}")
     if seq_len > manifest["model"]["max_positions"]:

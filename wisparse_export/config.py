@@ -67,7 +67,7 @@ class CalibrationConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """Default evaluation text size (presets.json "evaluate", which `check` reads too)."""
+    """Default evaluation text size (presets.json "evaluate"): `evaluate` and `check` alike."""
 
     seq_len: int
     tokens: int
