@@ -8,6 +8,11 @@ accuracy-TAG.json and accuracy-TAG.md (and the plans) to --out, and prints how l
 
     python benchmarks/accuracy.py --out docs/accuracy --search-budget fast                 # embedded SmolLM2
     python benchmarks/accuracy.py --model /tmp/gemma-3-270m-q4_k_m.gguf --tag gemma3-270m --out docs/accuracy
+    python benchmarks/accuracy.py --weights fp8 --methods teal wisparse --out docs/accuracy/quantized
+
+--weights fp8|int8 quantizes the decoder-block weights first (as `wisparse calibrate --weights`): every plan, and
+the dense reference its KL and top-1 are measured against, are then the quantized model's; the table also gives
+the dense quantized model against the float one.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from tqdm.auto import tqdm
 from wisparse_export import data, pipeline
 from wisparse_export.config import CalibrationConfig, SearchConfig
 from wisparse_export.evaluate import Metrics, weighted_sparsity
-from wisparse_export.models import load_model
+from wisparse_export.models import block_linears, load_model, quantize_weights
 from wisparse_export.plan import load_plan, save_plan
+from wisparse_export.quant import OPTIONS, by_option
 from wisparse_export.report import plot_allocation
 from wisparse_export.runtime import apply, remove, sparse_linears, track_sparsity
 
@@ -106,6 +112,25 @@ def evaluate_all(loaded, plans: dict, seqs: torch.Tensor, batch_size: int = 4) -
     return out
 
 
+@torch.no_grad()
+def quantized_vs_float(loaded, float_weights: dict, seqs: torch.Tensor, batch_size: int = 4) -> dict:
+    """The dense quantized model against the dense float one (its `dense_ppl`) on the same batches: the float
+    weights are swapped in for the reference pass and back out."""
+    model, metrics = loaded.model, Metrics()
+    linears = {n: m for n, m in model.named_modules() if n in float_weights}
+    device = next(model.parameters()).device
+    for i in tqdm(range(0, len(seqs), batch_size), desc="dense quantized vs float", unit="batch"):
+        ids = seqs[i: i + batch_size].to(device)
+        quantized = {n: m.weight.data for n, m in linears.items()}
+        for n, m in linears.items():
+            m.weight.data = float_weights[n]
+        reference = model(input_ids=ids, use_cache=False).logits
+        for n, m in linears.items():
+            m.weight.data = quantized[n]
+        metrics.update(reference, model(input_ids=ids, use_cache=False).logits, ids)
+    return metrics.result()
+
+
 def domains(args) -> list[data.Text]:
     """The evaluation texts; each is checked to share no passage with the calibration text."""
     calibration = data.load_text(None, "calibration")
@@ -128,7 +153,13 @@ def report(loaded, plans: dict, results: dict, args) -> tuple[dict, str]:
                             "decision": plan.search and {k: plan.search.get(k) for k in
                                                          ("validation", "final", "result", "fallback")}, **r})
         first = next(iter(res["plans"].values()))
-        md.append(f"### {domain}\n\ndense ppl {first['dense_ppl']:.4g} on {first['tokens']} tokens\n\n"
+        q = res.get("dense_vs_float")
+        versus = "" if q is None else (
+            f" ({args.weights} weights; dense float ppl {q['dense_ppl']:.4g}: {q['ppl'] / q['dense_ppl'] - 1:+.2%}, "
+            f"KL {q['kl']:.4f}, top-1 agree {q['top1_agreement']:.4f} against it)")
+        if q is not None:
+            records.append({"domain": domain, "method": f"dense {args.weights} vs float", **q})
+        md.append(f"### {domain}\n\ndense ppl {first['dense_ppl']:.4g} on {first['tokens']} tokens{versus}\n\n"
                   + md_table(["method", "target", "realized", "ppl", "ppl increase", "KL", "top-1 agree",
                            "validation decisions"], rows))
     return {"model": loaded.source, "results": records}, f"## {loaded.source}\n\n" + "\n\n".join(md) + "\n"
@@ -140,6 +171,8 @@ def main() -> None:
     p.add_argument("--tag", default=None, help="Name of this model's files in --out (default: from the model).")
     p.add_argument("--device", default="cpu", help="cpu or cuda; float32 either way unless --dtype.")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--weights", default="none", choices=list(OPTIONS),
+                   help="Quantize the decoder-block weights first (as calibrate --weights); tag gets the suffix.")
     p.add_argument("--out", default="docs/accuracy")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     p.add_argument("--methods", nargs="+", default=["teal", "wina", "wisparse"])
@@ -162,7 +195,10 @@ def main() -> None:
     t = time.perf_counter()
     texts = domains(args)
     loaded = load_model(args.model, args.dtype, args.device)
-    tag = args.tag or Path(loaded.source).name.split(".")[0]
+    tag = (args.tag or Path(loaded.source).name.split(".")[0]) + ("" if args.weights == "none" else f"-{args.weights}")
+    fmt = by_option(args.weights)
+    float_weights = {} if fmt is None else {n: m.weight.data.clone() for n, m in block_linears(loaded.model).items()}
+    quantize_weights(loaded.model, fmt)
     t = step(f"load {loaded.source} on {args.device}, {args.dtype}", t)
     plans, seconds = build_plans(loaded, out, tag, args)
     results = {}
@@ -170,11 +206,13 @@ def main() -> None:
         t = time.perf_counter()
         seqs = data.sequences(loaded.tokenizer, text, args.seq_len, args.eval_tokens)
         results[text.description] = {"plans": evaluate_all(loaded, plans, seqs)}
+        if float_weights:
+            results[text.description]["dense_vs_float"] = quantized_vs_float(loaded, float_weights, seqs)
         seconds[f"evaluate {text.description}"] = round(step(f"evaluate {len(plans)} plans on {text.description}",
                                                              t) - t, 1)
     summary, md = report(loaded, plans, results, args)
     summary.update(seconds={**seconds, "total": round(time.perf_counter() - T0, 1)},
-                   torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype,
+                   torch_threads=torch.get_num_threads(), device=args.device, dtype=args.dtype, weights=args.weights,
                    search_budget=args.search_budget, argv=vars(args))
     (out / f"accuracy-{tag}.json").write_text(json.dumps(summary, indent=1))
     (out / f"accuracy-{tag}.md").write_text(md)

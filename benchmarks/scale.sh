@@ -11,7 +11,8 @@
 #
 # Knobs: models="llama-3.1-8b qwen2.5-7b" (default llama-3.1-8b), stages (calibrate evaluate export check bench),
 # PLAN (a plan to use instead of calibrating; with several models, a folder holding <model>-plan.json),
-# CALIB_ARGS (extra calibrate options, e.g. "--search-generations 8"), TOKENS (evaluate/check tokens, 16384),
+# CALIB_ARGS (extra calibrate options, e.g. "--search-generations 8"), RESUME (a search checkpoint that an
+# interrupted calibrate left in $OUT, <model>-plan.json.search.json: the search resumes from it), TOKENS (evaluate/check tokens, 16384),
 # WORK (where the export folder goes, /tmp/wisparse-scale: 16 GB per 8B model, not brought back).
 # Needs only this repo and the machine's torch / transformers / onnx / onnxruntime; onnxruntime-gpu is installed
 # from .whl/onnxruntime_gpu-*.whl when present (check --provider cuda is refused in one line without it).
@@ -92,7 +93,8 @@ for model in $models; do
     if [ -d "$PLAN" ]; then cp "$PLAN/$model-plan.json" "$plan"; else cp "$PLAN" "$plan"; fi
   fi
   src="random:$model"
-  want calibrate && stage "$model" calibrate - "$plan" 590 -- calibrate --model "$src" --sparsity 0.5 \
+  [ -n "$RESUME" ] && cp "$RESUME" "$plan.search.json"
+  want calibrate && stage "$model" calibrate - "$plan" "${CALIB_LIMIT:-590}" -- calibrate --model "$src" --sparsity 0.5 \
     --method wisparse -o "$plan" --quiet $CALIB_ARGS
   want evaluate && stage "$model" evaluate "$WORK/$model-eval.json" - 590 -- evaluate --model "$src" \
     --plan "$plan" --tokens "$TOKENS" --json "$WORK/$model-eval.json" --quiet

@@ -9,6 +9,7 @@ export dtype; peak host memory of a process that loads a model in that dtype and
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,11 @@ import pytest
 import torch
 from _plans import graphs_match_pytorch, make_plan, run_cli, tokenizer, write_plan
 
-from wisparse_export import bench
+from wisparse_export import bench, evaluate
+from wisparse_export.evaluate import LOGPROB_BUDGET, Metrics, half_log_probs, kl_pieces, kl_sum, log_probs
 from wisparse_export.export import WEIGHTS, export, weight_bytes
 from wisparse_export.manifest import read_manifest, verify_graphs
-from wisparse_export.models import load_model
+from wisparse_export.models import load_model, run_blocks
 from wisparse_export.ort import GraphSession, providers
 from wisparse_export.plan import load_plan
 from wisparse_export.runtime import remove, sparse_linears
@@ -223,3 +225,81 @@ def test_bench_cli_plan_and_sparsity_conflict(medium, tmp_path, capsys):
     r = json.loads((tmp_path / "b.json").read_text())
     assert r["thresholds"] == "plan" and r["plan"] == load_plan(p).digest()
     assert "thresholds: plan" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- bounded per-token state at large vocabularies
+
+
+def _logits(b: int, t: int, v: int, seed: int) -> torch.Tensor:
+    return torch.randn(b, t, v, generator=torch.Generator().manual_seed(seed)) * 4
+
+
+def test_within_the_budget_metrics_and_fitness_compute_exactly_as_one_piece():
+    """The embedded model's batches (2048 x 49152) fit: values bit for bit what the unpieced formulas give."""
+    d, s = _logits(2, 64, 512, 0), _logits(2, 64, 512, 1)
+    assert d.numel() <= LOGPROB_BUDGET
+    ids = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(2))
+    cached = half_log_probs(d, torch.device("cpu"))
+    assert torch.equal(cached, log_probs(d).half())
+    assert kl_pieces(cached, s) == kl_sum(log_probs(d).half().float(), log_probs(s))
+    m = Metrics()
+    m.update(d, s, ids)
+    ld, ls = log_probs(d[:, :-1]), log_probs(s[:, :-1])
+    assert m.kl == kl_sum(ld, ls)
+    assert m.nll_sparse == -ls.gather(-1, ids[:, 1:].unsqueeze(-1)).sum().item()
+
+
+def test_above_the_budget_pieces_bound_memory_and_agree(monkeypatch):
+    """Above the budget the log-probabilities are made in pieces of at most a quarter of it; the metrics and the
+    search's KL agree with the whole-tensor values to float32 summation order."""
+    d, s = _logits(3, 50, 1000, 3), _logits(3, 50, 1000, 4)
+    ids = torch.randint(0, 1000, (3, 50), generator=torch.Generator().manual_seed(5))
+    whole = evaluate.Metrics()
+    whole.update(d, s, ids)
+    whole_kl = evaluate.kl_pieces(evaluate.half_log_probs(d, torch.device("cpu")), s)
+    monkeypatch.setattr(evaluate, "LOGPROB_BUDGET", 40 * 1000)
+    parts = evaluate.pieces(d.shape)
+    assert len(parts) == 3 * 5 and all(len(range(50)[t]) * 1000 <= 10_000 for _, t in parts)
+    covered = torch.zeros(3, 50, dtype=torch.int)
+    for b, t in parts:
+        covered[b, t] += 1
+    assert bool((covered == 1).all())  # every position exactly once
+    pieced = evaluate.Metrics()
+    pieced.update(d, s, ids)
+    for k, v in whole.result().items():
+        assert pieced.result()[k] == pytest.approx(v, rel=1e-6), k
+    cached = evaluate.half_log_probs(d, torch.device("cpu"))
+    assert evaluate.kl_pieces(cached, s) == pytest.approx(whole_kl, rel=1e-6)
+
+
+def test_statistics_forward_makes_no_full_logits():
+    """The statistics and block-capture forwards ask for the last position's logits only; the blocks see the same
+    inputs either way."""
+    loaded = load_model("random:smollm2-135m", "float32", "cpu")
+    model = loaded.model
+    model.model.layers = model.model.layers[:2]
+    model.config.num_hidden_layers = 2
+    seen, outs = [], []
+    h1 = model.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    h2 = model.lm_head.register_forward_hook(lambda m, a, o: outs.append(o.shape))
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        run_blocks(model, ids)
+        model(input_ids=ids, use_cache=False)
+    h1.remove(), h2.remove()
+    assert outs[0][1] == 1 and outs[1][1] == 16
+    assert torch.equal(seen[0], seen[1])
+
+
+def test_calibrate_and_evaluate_ask_for_expandable_segments_unless_set(monkeypatch, tmp_path):
+    """The allocator setting that kept 8B calibration at 1.12x the weights on the GPU (docs/SCALE.md); a user's own
+    PYTORCH_CUDA_ALLOC_CONF is left alone."""
+    missing = str(tmp_path / "missing.json")
+    calibrate = ("calibrate", "--sparsity", "0.5", "-o", str(tmp_path / "p.json"), "--calib-text", missing)
+    for args in (calibrate, ("evaluate", "--plan", missing)):
+        monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+        assert run_cli(*args) == 2
+        assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True", args[0]
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+    assert run_cli("evaluate", "--plan", missing) == 2
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:64"

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import WisparseError
-from .models import Block, Loaded, get_linear, model_section, weight_format
+from .models import Block, Loaded, get_linear, model_section, run_blocks, weight_format
 from .plan import LayerPlan, Plan
 from .runtime import apply, remove
 from .scores import column_norms
@@ -89,7 +89,7 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: I
     try:
         for i in tqdm(range(0, len(seqs), batch_size), desc=label, unit="batch", disable=not progress):
             ids = seqs[i: i + batch_size].to(device)
-            model(input_ids=ids, use_cache=False)
+            run_blocks(model, ids)
             stats.tokens += ids.numel()
     finally:
         for h in hooks:

@@ -28,6 +28,39 @@ def kl_sum(dense: torch.Tensor, sparse: torch.Tensor) -> float:
     return (dense.exp() * (dense - sparse)).sum().item()
 
 
+# Float32 log-probabilities made at once: 2048 positions of a 49k vocabulary (384 MiB), the embedded model's batches
+# whole. Larger [B, T, V] logits are taken in pieces: same values per position, sums in another order.
+LOGPROB_BUDGET = 2048 * 49152
+
+
+def pieces(shape: torch.Size) -> list[tuple[slice, slice]]:
+    """(batch, position) ranges of [B, T, V] logits whose log-probabilities stay within LOGPROB_BUDGET together
+    with their temporaries; the whole at once where it fits (then nothing is computed differently)."""
+    b, t, v = shape
+    if b * t * v <= LOGPROB_BUDGET:
+        return [(slice(None), slice(None))]
+    step = max(1, LOGPROB_BUDGET // (4 * v))  # ~4 float32 temporaries of a piece's size at a time
+    return [(slice(i, i + 1), slice(j, j + step)) for i in range(b) for j in range(0, t, step)]
+
+
+def half_log_probs(logits: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """float16 log-probabilities of [B, T, V] logits, made piece by piece and kept on `device`: the host for a
+    model on the GPU (the search's 8192 ranking positions of a 128k vocabulary are 2 GB)."""
+    pin = device.type == "cpu" and logits.is_cuda
+    out = torch.empty(logits.shape, dtype=torch.float16, device=device, pin_memory=pin)
+    for bi, ti in pieces(logits.shape):
+        out[bi, ti] = log_probs(logits[bi, ti]).half()
+    return out
+
+
+def kl_pieces(dense: torch.Tensor, logits: torch.Tensor) -> float:
+    """Sum over positions of KL(dense || sparse): dense as half_log_probs keeps it, sparse as raw logits."""
+    total = 0.0
+    for bi, ti in pieces(logits.shape):
+        total += kl_sum(dense[bi, ti].to(logits.device, non_blocking=True).float(), log_probs(logits[bi, ti]))
+    return total
+
+
 class Metrics:
     """Accumulates next-token statistics over batches of (dense logits, sparse logits, token ids)."""
 
@@ -36,9 +69,14 @@ class Metrics:
         self.agree = self.tokens = 0
 
     def update(self, dense_logits: torch.Tensor, sparse_logits: torch.Tensor, ids: torch.Tensor) -> None:
-        ld = log_probs(dense_logits[:, :-1])
-        ls = log_probs(sparse_logits[:, :-1])
-        target = ids[:, 1:].to(ld.device).unsqueeze(-1)
+        dense, sparse, target = dense_logits[:, :-1], sparse_logits[:, :-1], ids[:, 1:]
+        for bi, ti in pieces(dense.shape):  # bounded memory at 128k+ vocabularies
+            self._add(dense[bi, ti], sparse[bi, ti], target[bi, ti])
+
+    def _add(self, dense_logits: torch.Tensor, sparse_logits: torch.Tensor, target: torch.Tensor) -> None:
+        ld = log_probs(dense_logits)
+        ls = log_probs(sparse_logits)
+        target = target.to(ld.device).unsqueeze(-1)
         self.nll_dense -= ld.gather(-1, target).sum().item()
         self.nll_sparse -= ls.gather(-1, target).sum().item()
         self.kl += kl_sum(ld, ls)

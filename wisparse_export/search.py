@@ -40,10 +40,10 @@ from .calibration import Allocation, Stats, make_plan, uniform
 from .config import SearchConfig
 from .data import adds_bos
 from .errors import WisparseError
-from .evaluate import kl_sum, log_probs
+from .evaluate import half_log_probs, kl_pieces
 from .files import check_writable, read_json, write_json
 from .identity import digest, weight_sample
-from .models import Loaded, get_linear
+from .models import Loaded, get_linear, run_blocks
 from .runtime import SparseLinear, apply, dense_mode, remove, sparse_linears
 
 Scored = tuple[float, list[float]]  # (KL, block levels): a member of the population
@@ -125,7 +125,7 @@ def capture_blocks(model: nn.Module, names: list[str], batches: list[torch.Tenso
     try:
         with dense_mode(model):
             for ids in batches:
-                model(input_ids=ids, use_cache=False)
+                run_blocks(model, ids)
     finally:
         for h in hooks:
             h.remove()
@@ -217,14 +217,16 @@ def realize(levels: list[float], tables: dict, units: list[list[Unit]], refined:
 
 
 class KLFitness:
-    """Mean KL(dense || sparse) per token on fixed calibration batches; dense log-probs cached once (float16)."""
+    """Mean KL(dense || sparse) per token on fixed calibration batches; dense log-probs cached once (float16, in
+    host memory: on the GPU they would cost 2 GB at a 128k vocabulary), log-probs made in bounded pieces."""
 
     def __init__(self, model: nn.Module, stats: Stats, batches: list[torch.Tensor]):
         self.model, self.stats, self.batches = model, stats, batches
         self.mods = sparse_linears(model)
         self.calls = 0
         with torch.no_grad(), dense_mode(model):
-            self.dense = [log_probs(model(input_ids=ids, use_cache=False).logits).half() for ids in batches]
+            self.dense = [half_log_probs(model(input_ids=ids, use_cache=False).logits, torch.device("cpu"))
+                          for ids in batches]
 
     def set(self, allocation: Allocation) -> None:
         for n, (s, a) in allocation.items():
@@ -236,7 +238,7 @@ class KLFitness:
         self.calls += 1
         total, count = 0.0, 0
         for ids, ld in list(zip(self.batches, self.dense, strict=True))[:n_batches]:
-            total += kl_sum(ld.float(), log_probs(self.model(input_ids=ids, use_cache=False).logits))
+            total += kl_pieces(ld, self.model(input_ids=ids, use_cache=False).logits)
             count += ids.numel()
         return total / count
 
