@@ -21,7 +21,11 @@
 // Configuration comes from -D macros (NVRTC options), so each PTX holds exactly one entry point:
 //   WSP_NAME kernel name, WSP_F16 (0: bfloat16, 1: float16), WSP_R rows per block (1, 2, 4, 8),
 //   WSP_TN output columns per block, WSP_V elements per load (8 or 1), WSP_BIAS (0 or 1),
-//   WSP_C blocks per cluster sharing one column tile (1, 2, 4, 8; above 1 needs sm_90).
+//   WSP_C blocks per cluster sharing one column tile (1, 2, 4, 8; above 1 needs sm_90),
+//   WSP_WQ weight storage (0: x's 16-bit dtype; 1: fp8 e4m3, sm_89+; 2: int8), with one float32 scale per output
+//   column (input `scale`) for 1 and 2: the kept rows are read in their 1-byte form (16 weights per 16-byte load,
+//   WSP_V 16, 8 or 1), converted in registers, accumulated in fp32 unscaled, and each output is multiplied by its
+//   scale once, before the bias. x, the mask and the compaction are the same for every WSP_WQ.
 // WSP_MASK=1 compiles the masking kernel of the cuBLAS path instead (same source, so the helpers are shared).
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
@@ -55,6 +59,9 @@ typedef unsigned int u32;
 #ifndef WSP_MASK
 #define WSP_MASK 0
 #endif
+#ifndef WSP_WQ
+#define WSP_WQ 0
+#endif
 // Benchmark-only build (benchmarks/profile_kernel.py), never shipped: WSP_PROF=1 appends a pointer after y and
 // records %globaltimer and clock64 at seven points per block.
 #ifndef WSP_PROF
@@ -77,10 +84,18 @@ constexpr int PASS = THREADS * CPT;    // channels per mask pass
 #define WSP_NPASS (R <= 2 ? 2 : 1)
 #endif
 #ifndef WSP_U
+#if WSP_WQ  // 16 weights per load: 2 rows' accumulators leave room for 4 loads per batch
+#define WSP_U (R == 1 && C <= 2 ? 8 : 4)
+#else
 #define WSP_U (R <= 2 && C <= 2 ? 8 : 4)
 #endif
+#endif
 #ifndef WSP_MINB
+#if WSP_WQ  // twice the accumulators per thread (16 weights per load): 2 rows fit 2 blocks per multiprocessor, not 3
+#define WSP_MINB (R > 2 ? 1 : R == 2 || C <= 2 ? 2 : 3)
+#else
 #define WSP_MINB (R > 2 ? 1 : C <= 2 ? 2 : 3)
+#endif
 #endif
 // Cluster reduction: 1 = push (each block stores its partials straight into the shared memory of the block that
 // finishes each output, then one cluster barrier), 0 = pull (partials stay home, owners read them after a barrier,
@@ -92,7 +107,14 @@ constexpr int NPASS = WSP_NPASS;       // mask passes per chunk: a chunk's x sta
 constexpr int KC = PASS * NPASS;       // input channels per chunk
 constexpr int U = WSP_U;               // weight loads per batch and thread (two batches in flight)
 
+#if WSP_WQ
+typedef unsigned char wt_t;            // stored weight: one byte (fp8 e4m3 or int8)
+static_assert(V == 16 || V == 8 || V == 1, "V is 16 (16-byte loads), 8 (8-byte loads) or 1");
+#else
+typedef u16 wt_t;                      // stored weight: x's dtype
 static_assert(V == 8 || V == 1, "V is 8 (16-byte loads) or 1");
+#endif
+constexpr int NW = V * (int)sizeof(wt_t) >= 4 ? V * (int)sizeof(wt_t) / 4 : 1;  // 32-bit words per load
 static_assert(TPR >= 1 && TPR <= 32 && 32 % TPR == 0, "a row segment must fit in one warp");
 static_assert(NPASS * CPT <= 32, "a thread's keep bits fit one word");
 static_assert(C == 1 || C == 2 || C == 4 || C == 8, "cluster of 1, 2, 4 or 8 blocks");
@@ -156,11 +178,29 @@ __device__ __forceinline__ void unpack2(u32 w, float& lo, float& hi) {
 }
 
 struct Vec {
+#if WSP_WQ
+    u32 w[NW];
+#else
     u32 w[V == 8 ? 4 : 1];
+#endif
 };
 
 // Weights are read once: keep them out of L1, and let L2 fetch the 256-byte neighbourhood that the blocks
 // owning the neighbouring columns of the same row read next.
+#if WSP_WQ
+__device__ __forceinline__ Vec load_w(const wt_t* p) {
+    Vec v;
+#if WSP_V == 16
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p));
+#elif WSP_V == 8
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];" : "=r"(v.w[0]), "=r"(v.w[1]) : "l"(p));
+#else
+    asm("ld.global.nc.L1::no_allocate.u8 %0, [%1];" : "=r"(v.w[0]) : "l"(p));
+#endif
+    return v;
+}
+#else
 __device__ __forceinline__ Vec load_w(const u16* p) {
     Vec v;
 #if WSP_V == 8
@@ -173,11 +213,37 @@ __device__ __forceinline__ Vec load_w(const u16* p) {
 #endif
     return v;
 }
+#endif
 
 __device__ __forceinline__ void zero(Vec& v) {
 #pragma unroll
+#if WSP_WQ
+    for (int j = 0; j < NW; j++) v.w[j] = 0u;
+#else
     for (int j = 0; j < (V == 8 ? 4 : 1); j++) v.w[j] = 0u;
+#endif
 }
+
+#if WSP_WQ == 1
+// Four e4m3 weights of a word (byte 0 first) to float32: the sm_89+ e4m3x2 -> f16x2 conversion, then exact halves.
+__device__ __forceinline__ void dequant4(u32 w, float* f) {
+    u32 lo, hi;
+    asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, a;\n\tcvt.rn.f16x2.e4m3x2 %1, b; }"
+        : "=r"(lo), "=r"(hi) : "r"(w));
+    asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"
+        : "=f"(f[0]), "=f"(f[1]) : "r"(lo));
+    asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"
+        : "=f"(f[2]), "=f"(f[3]) : "r"(hi));
+}
+#elif WSP_WQ == 2
+// Four int8 weights of a word (byte 0 first) to float32, exactly: byte b + 128 becomes the low mantissa byte of
+// 2^23 (one byte permute), and 2^23 + 128 is subtracted (one add); no conversion instruction.
+__device__ __forceinline__ void dequant4(u32 w, float* f) {
+    const u32 b = w ^ 0x80808080u;
+#pragma unroll
+    for (int k = 0; k < 4; k++) f[k] = __uint_as_float(__byte_perm(b, 0x4b000000u, 0x7440u + k)) - 8388736.f;
+}
+#endif
 
 // The R masked x values of kept entry e, from shared memory (R halves, contiguous).
 __device__ __forceinline__ void load_x(const u16* xc, int e, float (&xv)[R]) {
@@ -202,7 +268,14 @@ __device__ __forceinline__ void load_x(const u16* xc, int e, float (&xv)[R]) {
 
 __device__ __forceinline__ void fma_row(const Vec& wv, const float (&xv)[R], float (&acc)[R][V]) {
     float wf[V];
-#if WSP_V == 8
+#if WSP_WQ && WSP_V == 1
+    float f4[4];
+    dequant4(wv.w[0], f4);  // the byte was loaded zero-extended: byte 0 is the weight
+    wf[0] = f4[0];
+#elif WSP_WQ
+#pragma unroll
+    for (int j = 0; j < NW; j++) dequant4(wv.w[j], wf + 4 * j);
+#elif WSP_V == 8
 #pragma unroll
     for (int j = 0; j < 4; j++) unpack2(wv.w[j], wf[2 * j], wf[2 * j + 1]);
 #else
@@ -233,8 +306,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
 #else
 extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_NAME(
     const u16* __restrict__ x,      // [n_rows, in]
-    const u16* __restrict__ w,      // [in, ldw], columns 0..out0+out1+out2
+    const wt_t* __restrict__ w,     // [in, ldw], columns 0..out0+out1+out2
     const float* __restrict__ tau,  // [P, in]
+#if WSP_WQ
+    const float* __restrict__ scale,  // [out0 + out1 + out2]: the stored weights' per-output-column scales
+#endif
 #if WSP_BIAS
     const u16* __restrict__ bias,   // [out0 + out1 + out2]
 #endif
@@ -399,7 +475,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 
         // 2. Stream the kept rows' segments: entry e of the walk is channel list[e]. Batch b + 1 is issued before
         //    batch b is consumed, so each thread keeps up to 2U loads in flight.
-        const u16* wk = w + (size_t)k0 * ldw + col;
+        const wt_t* wk = w + (size_t)k0 * ldw + col;
         auto issue = [&](int e0, Vec (&wv)[U], int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -468,6 +544,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         float s = 0.f;
 #pragma unroll
         for (int k = 0; k < C; k++) s += slot[k][j];
+#if WSP_WQ
+        s *= scale[c];
+#endif
 #if WSP_BIAS
         s += to_f32(bias[c]);
 #endif
@@ -498,6 +577,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 #if WSP_C > 1
 #pragma unroll
         for (int j = 1; j < C; j++) s += ld_cluster(red + i, (rank + j) % C);
+#endif
+#if WSP_WQ
+        s *= scale[c];
 #endif
 #if WSP_BIAS
         s += to_f32(bias[c]);

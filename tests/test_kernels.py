@@ -206,7 +206,7 @@ def _apply_uniform(model, threshold=0.5):
 @pytest.fixture
 def cpu_kernels(monkeypatch):
     """`to_kernels` converts CPU bfloat16 linears (layout, fusion) without compiling or loading any kernel."""
-    monkeypatch.setattr(kernels, "supports", lambda w: w.dtype == torch.bfloat16)
+    monkeypatch.setattr(kernels, "supports", lambda w, fmt=None: w.dtype == torch.bfloat16)
     monkeypatch.setattr(kernels, "preload", lambda layers: list(layers))
 
 

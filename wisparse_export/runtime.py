@@ -67,6 +67,8 @@ class SparseLinear(nn.Linear):
             self.weight.data = _owned(self.weight.data)
             if self.bias is not None:
                 self.bias.data = _owned(self.bias.data)
+            if kernels.quantized(self):  # the stored form: [out, in] contiguous again, as export reads it
+                self.weight_q, self.weight_scale = _owned(self.weight_q), _owned(self.weight_scale)
         del self.norms, self.tau
         for name in _STATE:
             self.__dict__.pop(name, None)
@@ -132,12 +134,14 @@ def apply(model: nn.Module, plan: Plan, check: bool = True, kernels: bool = True
 def to_kernels(model: nn.Module, groups: Sequence[Sequence[str]] | None = None) -> nn.Module:
     """Switch the sparse linears on a CUDA device in bfloat16/float16 to the kernels, once, in place.
 
-    Each weight is converted to the kernel layout ([in, out]; `.weight` stays its [out, in] view, held once), and
-    each of `groups` (names of linears sharing an input: q/k/v, gate/up; None: `models.find_blocks` finds them) that
+    Each weight is converted to the kernel layout ([in, out]; `.weight` stays its [out, in] view, held once; a
+    quantized linear's `weight_q` too, while `.weight` keeps its dequantized values for many rows), and each of
+    `groups` (names of linears sharing an input: q/k/v, gate/up; None: `models.find_blocks` finds them) that
     the kernels can fuse becomes one launch. The kernels are compiled (or read from the disk cache) and loaded here,
     outside any graph capture.
     """
-    mods = {n: m for n, m in sparse_linears(model).items() if not m.on_kernels and kernels.supports(m.weight)}
+    mods = {n: m for n, m in sparse_linears(model).items()
+            if not m.on_kernels and kernels.supports(m.weight, getattr(m, "weight_format", None))}
     if not mods:
         return model
     if groups is None:
@@ -152,10 +156,14 @@ def to_kernels(model: nn.Module, groups: Sequence[Sequence[str]] | None = None) 
             m.weight.data = weight
             if bias is not None:
                 m.bias.data = bias
+            if fused.wq is not None:
+                m.weight_q, m.weight_scale = fused.q_views(p)
             m.fused, m.index = fused, p
     for m in mods.values():
         if m.fused is None:
             m.weight.data = kernels.kernel_layout(m.weight)
+            if kernels.quantized(m):
+                m.weight_q = kernels.kernel_layout(m.weight_q)
         m.on_kernels = True
     kernels.preload((m, m.fused) for m in mods.values())
     return model

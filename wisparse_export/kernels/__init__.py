@@ -7,7 +7,19 @@ These modules work on tensors and on what the runtime hands them; none imports t
 """
 
 from .build import SOURCE, cache_dir, compile_ptx, nvrtc_version
-from .dispatch import KEEP_MAX, Fused, Planned, fusable, kernel_layout, preload, sparse_linear, supports, use_kernel
+from .dispatch import (
+    KEEP_MAX,
+    Q_ROWS,
+    Fused,
+    Planned,
+    fusable,
+    kernel_layout,
+    preload,
+    quantized,
+    sparse_linear,
+    supports,
+    use_kernel,
+)
 from .driver import check_versions, device_arch, driver_version, function, launch, sm_count
 from .geometry import (
     CLUSTERS,
@@ -17,15 +29,17 @@ from .geometry import (
     THREADS,
     TILES,
     LaunchSpec,
+    as_weight_format,
     bytes_moved,
     launch_spec,
     mask_spec,
     pick_tiling,
 )
-from .ops import mask_op, reference, sparse_linear_op
+from .ops import STORAGE, dequantized, mask_op, reference, sparse_linear_op, sparse_linear_q_op
 
-__all__ = ["CLUSTERS", "DTYPES", "KEEP_MAX", "MAX_SPLITS", "ROWS", "SOURCE", "THREADS", "TILES", "Fused", "LaunchSpec",
-           "Planned", "bytes_moved", "cache_dir", "check_versions", "compile_ptx", "device_arch", "driver_version",
-           "fusable", "function", "kernel_layout", "launch", "launch_spec", "mask_op", "mask_spec", "nvrtc_version",
-           "pick_tiling", "preload", "reference", "sparse_linear", "sparse_linear_op", "sm_count", "supports",
-           "use_kernel"]
+__all__ = ["CLUSTERS", "DTYPES", "KEEP_MAX", "MAX_SPLITS", "Q_ROWS", "ROWS", "SOURCE", "STORAGE", "THREADS", "TILES",
+           "Fused", "LaunchSpec", "Planned", "bytes_moved", "cache_dir", "check_versions", "compile_ptx",
+           "dequantized", "device_arch", "driver_version", "function", "fusable", "kernel_layout", "launch",
+           "launch_spec", "mask_op", "mask_spec", "nvrtc_version", "pick_tiling", "preload", "quantized", "reference",
+           "sm_count", "sparse_linear", "sparse_linear_op", "sparse_linear_q_op", "supports", "use_kernel",
+           "as_weight_format"]

@@ -1,4 +1,5 @@
-"""Launch geometry: shapes and a dtype in, kernel name, PTX, grid, block, shared memory and int32 arguments out.
+"""Launch geometry: shapes, a dtype and a weight format in; kernel name, PTX, grid, block, shared memory and int32
+arguments out.
 
 `launch_spec` is the one plain function that computes all of it (docs/KERNEL_ABI.md); the torch op and the
 TensorRT plugin's ahead-of-time function both call it, so what the GPU tests launch is what an engine embeds.
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import WisparseError
+from ..quant import FORMATS, WeightFormat
 from .build import SOURCE, compile_ptx
 
 THREADS = 256
@@ -21,6 +23,7 @@ ROWS = (1, 2, 4, 8)        # rows of x per block (template R)
 TILES = (128, 64, 32, 16)  # output columns per block (template TN), widest first
 CLUSTERS = (1, 2, 4, 8)    # blocks sharing one column tile, splitting the input channels (template C)
 MAX_SPLITS = 3
+WQ = {"fp8_e4m3": 1, "int8": 2}  # weight format -> the kernel's WSP_WQ (0: weights in x's dtype)
 DTYPES = {"bf16": "bf16", "bfloat16": "bf16", torch.bfloat16: "bf16",
           "f16": "f16", "fp16": "f16", "float16": "f16", torch.float16: "f16"}
 
@@ -40,6 +43,7 @@ class LaunchSpec:
     vec: int
     cluster: int
     bias: bool
+    weights: str | None = None   # quantized weights' format (quant.FORMATS): the kernel also takes `scale`
 
 
 def _cdiv(a, b):
@@ -47,7 +51,7 @@ def _cdiv(a, b):
 
 
 def pick_tiling(splits: Sequence[int], in_features: int, row_blocks: int = 1, vec: int = 8, sms: int = 132,
-                arch: int = 90) -> tuple[int, int]:
+                arch: int = 90, tiles: Sequence[int] = TILES) -> tuple[int, int]:
     """(column tile, cluster size): about 1.5 to 2.5 blocks per multiprocessor, widest row segments first.
 
     A cluster splits the input channels of one column tile over its blocks (sm_90), so narrow outputs still fill
@@ -55,8 +59,8 @@ def pick_tiling(splits: Sequence[int], in_features: int, row_blocks: int = 1, ve
     """
     lo, hi = 1.45 * sms, 2.6 * sms  # measured on an H200 (docs/BENCHMARKS.md: tiling sweep)
     options = []
-    for t in TILES:
-        if vec != 8 and t > 32:
+    for t in tiles:
+        if vec == 1 and t > 32:
             continue
         tiles = sum(_cdiv(s, t) for s in splits) * row_blocks
         for c in CLUSTERS if arch >= 90 else (1,):
@@ -79,25 +83,50 @@ def _dtype(dtype: Any, what: str) -> str:
     return dt
 
 
-def _check_weight(in_features: int, splits: Sequence[int], ldw: int, vec: int | None) -> int:
-    """Refuse what the kernel cannot read; returns the elements per load (8: 16-byte loads, 1: any alignment)."""
+def as_weight_format(weights: WeightFormat | str | None) -> WeightFormat | None:
+    """None (weights in x's dtype), a quant.WeightFormat, or its name; anything else refused in one line."""
+    fmt = FORMATS.get(weights) if isinstance(weights, str) else weights
+    if weights is not None and (not isinstance(fmt, WeightFormat) or fmt.name not in WQ):
+        raise WisparseError(f"the kernels take weights in x's dtype (None) or {' or '.join(WQ)}, not {weights!r}")
+    return fmt
+
+
+def _tiles(fmt: WeightFormat | None, vec: int, rows: int) -> tuple[int, ...]:
+    """Column tiles of a variant. 1-byte weights read with 16-byte loads also take 256 columns (the 256-byte row
+    segments of 128 16-bit columns) up to 4 rows: 8 rows x 256 columns of partial sums exceed 48 KB of shared memory."""
+    if vec == 1:
+        return tuple(t for t in TILES if t <= 32)
+    return (256, *TILES) if fmt is not None and vec == 16 and rows <= 4 else TILES
+
+
+def _check_weight(in_features: int, splits: Sequence[int], ldw: int, vec: int | None, vecs: Sequence[int] = (8, 1)
+                  ) -> int:
+    """Refuse what the kernel cannot read; returns the elements per load: 16-byte loads (8 16-bit or 16 one-byte
+    weights), 8-byte loads (8 one-byte weights), or 1 (any alignment). `vecs`: the choices, widest first."""
     if not 1 <= len(splits) <= MAX_SPLITS or min(splits) <= 0:
         raise WisparseError(f"splits must be 1 to {MAX_SPLITS} positive widths, got {list(splits)}")
     out = sum(splits)
     if in_features <= 0 or ldw < out or in_features * ldw >= 2**31:
         raise WisparseError(f"unsupported weight shape [in={in_features}, ld={ldw}] for out={out}")
     if vec is None:
-        vec = 8 if ldw % 8 == 0 and all(s % 8 == 0 for s in splits) else 1
-    if vec == 8 and (ldw % 8 or any(s % 8 for s in splits)):
-        raise WisparseError("16-byte loads need every split width and the weight's row stride to be multiples of 8")
+        vec = next(v for v in vecs if ldw % v == 0 and all(s % v == 0 for s in splits))
+    if vec not in vecs:
+        raise WisparseError(f"{vec}-element loads are not one of {list(vecs)} for these weights")
+    if ldw % vec or any(s % vec for s in splits):
+        raise WisparseError(f"{vec}-element loads need every split width and the weight's row stride to be "
+                            f"multiples of {vec}")
     return vec
 
 
 def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
                 ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
                 cluster: int | None = None, vec: int | None = None, arch: int | None = None, sms: int = 132,
-                cdiv: Callable[[Any, int], Any] = _cdiv, tune: dict[str, int] | None = None) -> LaunchSpec:
+                cdiv: Callable[[Any, int], Any] = _cdiv, tune: dict[str, int] | None = None,
+                weights: WeightFormat | str | None = None) -> LaunchSpec:
     """Kernel name, PTX, grid, block, shared memory and int32 arguments for y = W (x * [|x| > tau]).
+
+    `weights`: None for W in x's dtype, or the format (quant.WeightFormat or its name) of a 1-byte W whose values
+    are W * scale[column] (the kernel then takes the float32 `scale` input after tau: docs/KERNEL_ABI.md).
 
     `splits` are the output widths of the fused projections (one entry for a plain linear). `n_rows` may be an
     int or, for TensorRT, a symbolic expression: then `rows_per_block` must be given and `cdiv` must handle it.
@@ -105,9 +134,10 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
     for benchmark sweeps, never chosen by the heuristics.
     """
     dt = _dtype(dtype, "sparse kernels take")
+    fmt = as_weight_format(weights)
     splits = [int(s) for s in splits]
     ldw = sum(splits) if ldw is None else int(ldw)
-    vec = _check_weight(in_features, splits, ldw, vec)
+    vec = _check_weight(in_features, splits, ldw, vec, (16, 8, 1) if fmt is not None else (8, 1))
     if rows_per_block is None:
         if not isinstance(n_rows, int):
             raise WisparseError("rows_per_block is required when n_rows is symbolic")
@@ -116,21 +146,29 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
         raise WisparseError(f"rows_per_block must be one of {ROWS}")
     row_blocks = cdiv(n_rows, rows_per_block)
     arch = arch or 90
+    if fmt is not None and fmt.name == "fp8_e4m3" and arch < 89:
+        raise WisparseError(f"fp8_e4m3 weights need sm_89 or newer (the e4m3 conversion), not sm_{arch}")
+    tiles = _tiles(fmt, vec, rows_per_block)
     if tile is None or cluster is None:
-        t, c = pick_tiling(splits, in_features, row_blocks if isinstance(row_blocks, int) else 1, vec, sms, arch)
+        t, c = pick_tiling(splits, in_features, row_blocks if isinstance(row_blocks, int) else 1, vec, sms, arch,
+                           tiles)
         tile, cluster = tile or t, cluster or c
-    if tile not in (TILES + (256,) if tune is not None else TILES) or (vec == 1 and tile > 32):
-        raise WisparseError(f"tile {tile} is not supported with {vec}-element loads")
+    if tile not in (tiles + (256,) if tune is not None else tiles) or (vec == 1 and tile > 32):
+        raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows_per_block} rows")
     if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
         raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
-    name = f"wsp_gemv_{dt}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "")
+    wq = f"_{fmt.name}" if fmt is not None else ""
+    name = f"wsp_gemv_{dt}{wq}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "")
     name += "".join(f"_{k[4:].lower()}{v}" for k, v in sorted((tune or {}).items()))
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows_per_block, "WSP_TN": tile,
                "WSP_V": vec, "WSP_C": cluster, "WSP_BIAS": int(bias), **(tune or {})}
+    if fmt is not None:  # absent for 16-bit weights: their PTX stays byte for byte what it was
+        defines["WSP_WQ"] = WQ[fmt.name]
     padded = splits + [0] * (MAX_SPLITS - len(splits))
     grid = (sum(_cdiv(s, tile) for s in splits) * cluster, row_blocks, 1)
     return LaunchSpec(name, compile_ptx(SOURCE, defines, arch), grid, (THREADS, 1, 1), 0,
-                      (n_rows, in_features, ldw, *padded), rows_per_block, tile, vec, cluster, bias)
+                      (n_rows, in_features, ldw, *padded), rows_per_block, tile, vec, cluster, bias,
+                      fmt.name if fmt is not None else None)
 
 
 def mask_spec(dtype: Any, in_features: int, n_rows: int, arch: int | None = None, sms: int = 132) -> LaunchSpec:
@@ -142,7 +180,10 @@ def mask_spec(dtype: Any, in_features: int, n_rows: int, arch: int | None = None
     return LaunchSpec(name, ptx, (blocks, 1, 1), (THREADS, 1, 1), 0, (n_rows, in_features), 1, 0, 1, 1, False)
 
 
-def bytes_moved(in_features: int, out: int, n_rows: int, keep: float, elem: int = 2) -> int:
-    """Fewest bytes a sparse GEMV must move: kept weight rows, x, tau, y."""
-    return int(math.ceil(keep * in_features) * out * elem + n_rows * in_features * elem + in_features * 4
-               + n_rows * out * elem)
+def bytes_moved(in_features: int, out: int, n_rows: int, keep: float, elem: int = 2,
+                weights: WeightFormat | str | None = None) -> int:
+    """Fewest bytes a sparse GEMV must move: kept weight rows (1 byte per weight and a float32 scale per output for
+    quantized `weights`), x, tau, y."""
+    w_elem, scales = (1, out * 4) if as_weight_format(weights) is not None else (elem, 0)
+    return int(math.ceil(keep * in_features) * out * w_elem + scales + n_rows * in_features * elem
+               + in_features * 4 + n_rows * out * elem)

@@ -1,6 +1,9 @@
-"""The torch custom ops `wisparse::sparse_linear` and `wisparse::mask`: plain PyTorch on CPU, our kernels on CUDA.
+"""The torch custom ops `wisparse::sparse_linear`, `wisparse::sparse_linear_q` and `wisparse::mask`: plain PyTorch
+on CPU, our kernels on CUDA.
 
-Registered through torch.library, so they work under CUDA graphs and torch.compile.
+Registered through torch.library, so they work under CUDA graphs and torch.compile. The quantized op is a second op
+rather than optional inputs of the first: its weight has another dtype and its scale is required, so neither op's
+schema admits a 1-byte weight without its scale, and the 16-bit op's schema (and compiled graphs) stay as they were.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from collections.abc import Sequence
 
 import torch
 
+from ..quant import dequantize
 from ..scores import masked
 from .driver import device_arch, launch, sm_count
 from .geometry import LaunchSpec, launch_spec, mask_spec
+
+STORAGE = {torch.float8_e4m3fn: "fp8_e4m3", torch.int8: "int8"}  # a quantized weight's dtype -> its format
 
 
 def reference(x: torch.Tensor, wt: torch.Tensor, tau: torch.Tensor, bias: torch.Tensor | None,
@@ -36,8 +42,14 @@ def sparse_linear_op(x: torch.Tensor, wt: torch.Tensor, tau: torch.Tensor, bias:
 _specs: dict[tuple, LaunchSpec] = {}  # the ops' hot path: shapes -> spec, without re-reading any file
 
 
-@sparse_linear_op.register_kernel("cuda")
-def _sparse_linear_cuda(x, wt, tau, bias, splits):
+def _vec(wt: torch.Tensor, splits: Sequence[int], vecs: Sequence[int]) -> int:
+    """The widest load (elements) the weight's base address, row stride and split widths allow."""
+    return next(v for v in vecs if wt.data_ptr() % (v * wt.element_size()) == 0 and wt.stride(0) % v == 0
+                and all(s % v == 0 for s in splits))
+
+
+def _launch_cuda(x, wt, tau, bias, splits, scale=None):
+    """One kernel launch for y = masked(x) @ wt (* scale per column) (+ bias); `scale` given: wt is quantized."""
     k = x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()
     n = x2.shape[0]
@@ -45,25 +57,58 @@ def _sparse_linear_cuda(x, wt, tau, bias, splits):
     y = torch.empty(x.shape[:-1] + (out,), dtype=x.dtype, device=x.device)
     if n == 0:
         return y
-    if wt.stride(1) != 1 or wt.shape[0] != k or wt.shape[1] != out or wt.dtype != x.dtype:
-        raise ValueError(f"weight must be [in={k}, out={out}] of {x.dtype} with unit column stride")
+    fmt = STORAGE.get(wt.dtype) if scale is not None else None
+    dtype_ok = wt.dtype == x.dtype if scale is None else fmt is not None
+    if wt.stride(1) != 1 or tuple(wt.shape) != (k, out) or not dtype_ok:
+        raise ValueError(f"weight must be [in={k}, out={out}] of {x.dtype if scale is None else list(STORAGE)} "
+                         f"with unit column stride, got {list(wt.shape)} {wt.dtype}")
+    if scale is not None and (scale.dtype != torch.float32 or scale.shape != (out,) or scale.stride(0) != 1):
+        raise ValueError(f"scale must be float32 [{out}] with unit stride, got {list(scale.shape)} {scale.dtype}")
     tau = tau.contiguous()
-    aligned = wt.data_ptr() % 16 == 0 and x2.data_ptr() % 2 == 0
-    vec = None if aligned else 1
-    if vec is None and (wt.stride(0) % 8 or any(s % 8 for s in splits)):
-        vec = 1
-    key = (x.dtype, k, tuple(splits), n, bias is not None, wt.stride(0), vec, x.device)
+    vec = _vec(wt, splits, (16, 8, 1) if fmt else (8, 1))
+    key = (x.dtype, fmt, k, tuple(splits), n, bias is not None, wt.stride(0), vec, x.device)
     spec = _specs.get(key)
     if spec is None:
         spec = _specs[key] = launch_spec(x.dtype, k, splits, n, bias=bias is not None, ldw=wt.stride(0), vec=vec,
-                                         sms=sm_count(x.device), arch=device_arch(x.device))
-    ptrs = [x2.data_ptr(), wt.data_ptr(), tau.data_ptr()] + ([bias.contiguous().data_ptr()] if bias is not None else [])
+                                         sms=sm_count(x.device), arch=device_arch(x.device), weights=fmt)
+    ptrs = [x2.data_ptr(), wt.data_ptr(), tau.data_ptr()] + ([scale.data_ptr()] if scale is not None else [])
+    ptrs += [bias.contiguous().data_ptr()] if bias is not None else []
     launch(spec, ptrs, y.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream, x.device.index or 0)
     return y
 
 
+@sparse_linear_op.register_kernel("cuda")
+def _sparse_linear_cuda(x, wt, tau, bias, splits):
+    return _launch_cuda(x, wt, tau, bias, splits)
+
+
 @sparse_linear_op.register_fake
 def _sparse_linear_fake(x, wt, tau, bias, splits):
+    return x.new_empty(x.shape[:-1] + (sum(splits),))
+
+
+def dequantized(wq: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A quantized weight in the kernel layout ([in, out], one scale per column) as its dequantized values in
+    `dtype`, [in, out]: quant.dequantize on the [out, in] view, so every path computes the same weight."""
+    return dequantize(wq.t(), scale, dtype).t()
+
+
+@torch.library.custom_op("wisparse::sparse_linear_q", mutates_args=())
+def sparse_linear_q_op(x: torch.Tensor, wq: torch.Tensor, scale: torch.Tensor, tau: torch.Tensor,
+                       bias: torch.Tensor | None, splits: list[int]) -> torch.Tensor:
+    """y = x_masked @ (wq * scale) (+ bias); wq [in, out] float8_e4m3fn or int8 with unit column stride, scale
+    float32 [out] (one per column), tau [P, in] float32. CPU: the dequantized weight (quant.dequantize) in x's dtype,
+    then `reference`; the CUDA kernel converts the stored bytes in registers and scales each output once in fp32."""
+    return reference(x, dequantized(wq, scale, x.dtype), tau, bias, splits)
+
+
+@sparse_linear_q_op.register_kernel("cuda")
+def _sparse_linear_q_cuda(x, wq, scale, tau, bias, splits):
+    return _launch_cuda(x, wq, tau, bias, splits, scale)
+
+
+@sparse_linear_q_op.register_fake
+def _sparse_linear_q_fake(x, wq, scale, tau, bias, splits):
     return x.new_empty(x.shape[:-1] + (sum(splits),))
 
 
