@@ -10,6 +10,12 @@ name, its PTX, KernelLaunchParams and extra int32 SymExprs), which the kernel is
 whole output. Kernel parameters follow TensorRT's order: input pointers, the extra int32 arguments, output pointers.
 ONNX node and layouts: docs/KERNEL_ABI.md. The exported graphs add a bias after the node (a standard Add), so the
 plugin has one fixed signature (X, W, tau) and no bias input.
+
+Quantized weights (op version 2's stored form): a second plugin, `wisparse::SparseLinearQ` (X, W_q [in, out] in
+float8e4m3fn or int8, tau, W_scale float32 [out]), the same kernel source built with WSP_WQ through the same
+`launch_spec`. Its input order is the kernel's pointer order. The exporter's version-2 node is still
+`SparseLinear` with empty inputs 1 and 3 (docs/KERNEL_ABI.md), which TensorRT imports as its local function: mapping
+it to this plugin is the exporter's half, not done yet.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ def _int(v) -> int:
 def aot_launch(x_shape: Sequence[Any], w_shape: Sequence[Any], tau_shape: Sequence[Any], dtype: str, *,
                splits: Sequence[int] | None = None, tactic: int = 1,
                cdiv: Callable[[Any, int], Any] = _int_cdiv, const: Callable[[Any], int] = _int,
-               arch: int = 90) -> tuple[str, str, dict[str, Any], list[Any]]:
+               arch: int = 90, weights: str | None = None,
+               scale_shape: Sequence[Any] | None = None) -> tuple[str, str, dict[str, Any], list[Any]]:
     """(kernel name, PTX, launch parameters, int32 arguments) for X [..., in] @ W [in, out] with tau [P, in] or [in].
 
     Shape entries may be ints or TensorRT shape expressions: `const` reads a build-time constant (W's dims),
     `cdiv` divides a possibly symbolic row count. Every returned value is an int or a symbolic expression.
+    `weights` names W's quantized format (fp8_e4m3 or int8; None: X's dtype); then `scale_shape` must be [out].
     """
     from wisparse_export.kernels import launch_spec
 
@@ -52,18 +60,34 @@ def aot_launch(x_shape: Sequence[Any], w_shape: Sequence[Any], tau_shape: Sequen
     taus = [const(d) for d in tau_shape]
     if taus not in ([in_features], [len(splits), in_features]) or (len(taus) == 1 and len(splits) > 1):
         raise ValueError(f"tau must be [{in_features}] or [{len(splits)}, {in_features}], got {taus}")
+    if (weights is None) != (scale_shape is None) or (
+            scale_shape is not None and [const(d) for d in scale_shape] != [out]):
+        raise ValueError(f"W_scale [{out}] comes with quantized weights and only with them, got {scale_shape}")
     lead = list(x_shape[:-1]) or [1]
     n_rows = lead[0]
     for d in lead[1:]:
         n_rows = n_rows * d
-    spec = launch_spec(dtype, in_features, splits, n_rows, rows_per_block=TACTIC_ROWS[tactic], cdiv=cdiv, arch=arch)
+    spec = launch_spec(dtype, in_features, splits, n_rows, rows_per_block=TACTIC_ROWS[tactic], cdiv=cdiv, arch=arch,
+                       weights=weights)
     params = {"grid_x": spec.grid[0], "grid_y": spec.grid[1], "grid_z": spec.grid[2], "block_x": spec.block[0],
               "block_y": spec.block[1], "block_z": spec.block[2], "shared_mem": spec.shared_mem}
     return spec.name, spec.ptx, params, list(spec.args)
 
 
+def _kernel(trtp, name: str, ptx: str, params: dict[str, Any], args: list[Any]):
+    """What a TensorRT aot_impl returns, from `aot_launch`'s values."""
+    launch = trtp.KernelLaunchParams()
+    for k, v in params.items():
+        setattr(launch, k, v)
+    return name.encode(), ptx.encode(), launch, trtp.SymIntExprs.from_tuple([trtp.SymInt32(a) for a in args])
+
+
+def _const(e) -> int:
+    return e if isinstance(e, int) else e.constant_value()
+
+
 def register() -> None:
-    """Register the plugin with TensorRT (10.9 or later). Call once before parsing an ONNX file that uses it."""
+    """Register the plugins with TensorRT (10.9 or later). Call once before parsing an ONNX file that uses them."""
     import numpy as np
     import numpy.typing as npt
     import tensorrt as trt
@@ -92,11 +116,39 @@ def register() -> None:
     def _aot(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, splits: npt.NDArray[np.int32],
              outputs: tuple[trtp.TensorDesc], tactic: int):
         check_types(x, w, tau)
-        name, ptx, p, args = aot_launch(
-            x.shape_expr, w.shape_expr, tau.shape_expr, dtypes[x.dtype], splits=list(splits), tactic=tactic,
-            cdiv=trtp.cdiv, const=lambda e: e if isinstance(e, int) else e.constant_value())
-        launch = trtp.KernelLaunchParams()
-        for k, v in p.items():
-            setattr(launch, k, v)
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(a) for a in args])
-        return name.encode(), ptx.encode(), launch, extra
+        return _kernel(trtp, *aot_launch(x.shape_expr, w.shape_expr, tau.shape_expr, dtypes[x.dtype],
+                                         splits=list(splits), tactic=tactic, cdiv=trtp.cdiv, const=_const))
+
+    _register_quantized(trt, trtp, np, npt, dtypes)
+
+
+def _register_quantized(trt, trtp, np, npt, dtypes) -> None:
+    """`wisparse::SparseLinearQ`: X, W_q (fp8 or int8), tau, W_scale."""
+    stored = {trt.fp8: "fp8_e4m3", trt.int8: "int8"}
+
+    def check_types(x, w_q, tau, w_scale):
+        if x.dtype not in dtypes or w_q.dtype not in stored or tau.dtype != trt.float32 or (
+                w_scale.dtype != trt.float32):
+            raise ValueError("SparseLinearQ takes X in float16 or bfloat16, W_q in fp8 or int8, tau and W_scale in "
+                             "float32")
+
+    @trtp.register(f"{NAMESPACE}::SparseLinearQ")
+    def _desc(x: trtp.TensorDesc, w_q: trtp.TensorDesc, tau: trtp.TensorDesc, w_scale: trtp.TensorDesc,
+              splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
+        check_types(x, w_q, tau, w_scale)
+        y = x.like()
+        y.shape_expr[x.ndim - 1] = w_q.shape_expr[1]
+        return y
+
+    @trtp.autotune(f"{NAMESPACE}::SparseLinearQ")
+    def _tune(x, w_q, tau, w_scale, outputs):
+        return [trtp.AutoTuneCombination(f"{t}, {q}, FP32, FP32, {t}", "LINEAR", sorted(TACTIC_ROWS))
+                for t in ("BF16", "FP16") for q in ("FP8", "INT8")]
+
+    @trtp.aot_impl(f"{NAMESPACE}::SparseLinearQ")
+    def _aot(x: trtp.TensorDesc, w_q: trtp.TensorDesc, tau: trtp.TensorDesc, w_scale: trtp.TensorDesc,
+             splits: npt.NDArray[np.int32], outputs: tuple[trtp.TensorDesc], tactic: int):
+        check_types(x, w_q, tau, w_scale)
+        return _kernel(trtp, *aot_launch(x.shape_expr, w_q.shape_expr, tau.shape_expr, dtypes[x.dtype],
+                                         splits=list(splits), tactic=tactic, cdiv=trtp.cdiv, const=_const,
+                                         weights=stored[w_q.dtype], scale_shape=w_scale.shape_expr))
