@@ -11,6 +11,13 @@ SparseLinear after runtime.to_kernels, which takes the kernel, or cuBLAS where i
 matmul for a layer planned at sparsity 0); the bars are read from that figure, with the op alone beside it.
 
     python benchmarks/bench_kernels.py --json OUT.json [--quick]
+    python benchmarks/bench_kernels.py --json OUT.json --weights fp8 int8   # only the quantized table (below)
+
+--weights: 1-byte weights (quant.py formats), bf16 activations, batch 1, each time the median of 3 repetitions of
+the graph-replay median: torch.matmul in bf16; the dense FP8/INT8 references that run here (torch._scaled_mm with x
+quantized per token to e4m3; torch._int_mm with x quantized per token to int8, x padded to the rows it requires);
+our quantized kernel at sparsity 0 (its dense walk), 0.25, 0.5 and 0.75; beside each, the physical bound: the bytes
+the call must move (kernels.bytes_moved) over the measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import time
 import torch
 from torch import nn
 
-from wisparse_export import kernels, scores
+from wisparse_export import kernels, quant, scores
 from wisparse_export.kernels import sparse_linear_op as op
 from wisparse_export.runtime import SparseLinear, to_kernels
 
@@ -231,14 +238,114 @@ def bars(rows, read_tbps: float) -> list[str]:
     return lines
 
 
+Q_SHAPES = ["8B gate/up 4096->14336", "8B down 14336->4096", "8B qkv fused 4096->6144", "70B gate/up 8192->28672",
+            "70B down 28672->8192"]
+Q_SPARSITIES = [0.0, 0.25, 0.5, 0.75]
+
+
+def per_token(x: torch.Tensor, fmt: quant.WeightFormat, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x quantized per row (absmax / qmax, float32 scales [rows, 1]), zero-padded to `rows` rows."""
+    scale = (x.float().abs().amax(1, keepdim=True) / fmt.qmax).clamp_min(1e-12)
+    q = (x.float() / scale).clamp(-fmt.qmax, fmt.qmax)
+    q = q.round().to(fmt.storage) if fmt.integer else q.to(fmt.storage)
+    pad = (0, 0, 0, rows - x.shape[0])
+    q = torch.nn.functional.pad(q.view(torch.int8), pad).view(fmt.storage)  # pad has no float8 kernel
+    return q, torch.nn.functional.pad(scale, pad, value=1.0)
+
+
+def dense_references(x, qs, scale, fmt) -> dict[str, list]:
+    """name -> calls over the weight copies: the dense 1-byte GEMMs torch offers, activation quantization included."""
+    if fmt.integer:  # torch._int_mm: int8 x int8 -> int32, more than 16 rows
+        def call(q):
+            xq, sx = per_token(x, fmt, 32)
+            return (torch._int_mm(xq, q.t()).float() * sx * scale)[:1].to(x.dtype)
+        return {"torch._int_mm, x per-token int8 (padded to 32 rows)": [lambda q=q: call(q) for q in qs]}
+    out = {}
+    for rows in (1, 16):  # cuBLASLt may want row counts in multiples of 16
+        def call(q, rows=rows):
+            xq, sx = per_token(x, fmt, rows)
+            return torch._scaled_mm(xq, q.t(), sx, scale[None, :], out_dtype=x.dtype)[:1]
+        out[f"torch._scaled_mm, x per-token e4m3 ({rows} rows)"] = [lambda q=q, c=call: c(q) for q in qs]
+    return out
+
+
+def bench_quantized(fmt: quant.WeightFormat, copy: float, reps: int = 3) -> list[dict]:
+    """One row per (shape, path): median over `reps` repetitions of the per-call median, and its physical bound."""
+    rows = []
+    for name in Q_SHAPES:
+        in_f, splits = SHAPES[name]
+        out = sum(splits)
+        q, scale = quant.quantize(torch.randn(out, in_f, device="cuda").div_(in_f**0.5), fmt)
+        n = copies(in_f * out * 2)
+        qs = [q.clone() for _ in range(copies(in_f * out))]           # [out, in]: the dense references' layout
+        wqs = [m.t().contiguous() for m in qs]                          # [in, out]: the kernel layout
+        bf = [quant.dequantize(q, scale, torch.bfloat16) for _ in range(n)]
+        x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
+        calls = {"torch.matmul bf16": ([lambda m=m, x=x: torch.matmul(x, m.t()) for m in bf], in_f * out * 2)}
+        for label, fns in dense_references(x, qs, scale, fmt).items():
+            try:
+                fns[0]()
+                calls[label] = (fns, in_f * out)
+            except (RuntimeError, ValueError) as e:  # not offered for these shapes or this GPU: said in the table
+                rows.append({"format": fmt.name, "shape": name, "path": label, "error": str(e).splitlines()[0]})
+        for sp in Q_SPARSITIES:
+            tau = thresholds(sp, in_f, len(splits))
+            keep = scores.keep(x, tau[0]).float().mean().item()
+            fns = [lambda m=m, t=tau, x=x, s=scale, sp=splits: kernels.sparse_linear_q_op(x, m, s, t, None, sp)
+                   for m in wqs]
+            calls[f"ours s={sp}"] = (fns, kernels.bytes_moved(in_f, out, 1, keep, weights=fmt))
+        for label, (fns, nbytes) in calls.items():
+            us = statistics.median(median_call_us(fns, len(fns)) for _ in range(reps))
+            rows.append({"format": fmt.name, "shape": name, "path": label, "us": us,
+                         "bound_us": nbytes / copy * 1e6, "bytes": nbytes})
+        del qs, wqs, bf
+        torch.cuda.empty_cache()
+    return rows
+
+
+def q_table(rows) -> str:
+    """Per format and shape: each path's us, its bound, and the speedups over bf16 and the fastest dense reference."""
+    lines = []
+    for fmt in dict.fromkeys(r["format"] for r in rows):
+        lines.append(f"\n{fmt} weights, bf16 x, batch 1: us [bound us] (x over bf16 matmul, x over best dense {fmt} "
+                     "reference)")
+        for name in Q_SHAPES:
+            sub = [r for r in rows if r["format"] == fmt and r["shape"] == name]
+            ok = [r for r in sub if "us" in r]
+            if not ok:
+                continue
+            bf = next(r["us"] for r in ok if r["path"] == "torch.matmul bf16")
+            refs = [r["us"] for r in ok if r["path"].startswith("torch._")]
+            ref = min(refs) if refs else None
+            lines.append(f"  {name}")
+            for r in sub:
+                if "error" in r:
+                    lines.append(f"    {r['path']:<52} did not run: {r['error']}")
+                    continue
+                vs_ref = f"{ref / r['us']:.2f}x" if ref else "n/a"
+                lines.append(f"    {r['path']:<52} {r['us']:8.1f} [{r['bound_us']:6.1f}]  ({bf / r['us']:.2f}x, "
+                             f"{vs_ref})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--quick", action="store_true", help="bf16, batch 1 only")
+    ap.add_argument("--weights", nargs="+", choices=["fp8", "int8"],
+                    help="only the quantized table, for these weight formats")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
     copy, read = ceilings()
+    if args.weights:
+        qrows = [r for w in args.weights for r in bench_quantized(quant.OPTIONS[w], copy)]
+        with open(args.json, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
+                       "torch": torch.__version__, "nvrtc": kernels.nvrtc_version(), "copy_tbps": copy / 1e12,
+                       "read_tbps": read / 1e12, "quantized": qrows, "seconds": time.time() - t0}, f, indent=1)
+        print(q_table(qrows) + f"\ncopy bandwidth (read + write): {copy / 1e12:.2f} TB/s")
+        return
     tiny = torch.zeros(1, device="cuda")
     floor_us = median_call_us([tiny.zero_], 1)  # the smallest kernel, back to back in a graph
     copy_tbps, read_tbps = copy / 1e12, read / 1e12

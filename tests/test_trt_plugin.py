@@ -48,6 +48,19 @@ def _tiling(name: str) -> tuple[int, int, int, int]:
     return tuple(int(g) for g in m.groups())
 
 
+@pytest.mark.parametrize("weights,wq", [("fp8_e4m3", 1), ("int8", 2)])
+def test_aot_launch_of_quantized_weights(fake_ptx, weights, wq):
+    """SparseLinearQ: the same launch_spec with the weight format; W_scale must be [out], and only with W_q."""
+    name, ptx, p, args = aot_launch(**QKV, tactic=1, weights=weights, scale_shape=(6144,))
+    assert name.startswith(f"wsp_gemv_bf16_{weights}_r1_") and f"('WSP_WQ', {wq})" in ptx
+    assert args == [3, 4096, 6144, 4096, 1024, 1024] and p["grid_y"] == 3
+    spec = kernels.launch_spec("bf16", 4096, QKV["splits"], 3, rows_per_block=1, weights=weights)
+    assert (spec.name, spec.ptx, list(spec.args)) == (name, ptx, args)
+    for bad in (dict(weights=weights), dict(scale_shape=(6144,)), dict(weights=weights, scale_shape=(4096,))):
+        with pytest.raises(ValueError, match="W_scale"):
+            aot_launch(**QKV, **bad)
+
+
 def test_aot_launch_follows_the_abi(fake_ptx):
     """Grid, block and int32 arguments as docs/KERNEL_ABI.md defines them, for the tiling the kernel's name says."""
     name, ptx, p, args = aot_launch(**QKV, tactic=3)
