@@ -37,7 +37,7 @@ def _logits(model):
 @pytest.fixture
 def cpu_kernels(monkeypatch):
     """`to_kernels` converts CPU bfloat16 linears (the layout and fusion) without compiling or loading kernels."""
-    monkeypatch.setattr(kernels, "supports", lambda w: w.dtype == torch.bfloat16)
+    monkeypatch.setattr(kernels, "supports", lambda w, fmt=None: w.dtype == torch.bfloat16)
     monkeypatch.setattr(kernels, "preload", lambda layers: list(layers))
 
 
