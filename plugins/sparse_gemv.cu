@@ -110,11 +110,11 @@ constexpr int U = WSP_U;               // weight loads per batch and thread (two
 #if WSP_WQ
 typedef unsigned char wt_t;            // stored weight: one byte (fp8 e4m3 or int8)
 static_assert(V == 16 || V == 8 || V == 1, "V is 16 (16-byte loads), 8 (8-byte loads) or 1");
+constexpr int NW = V >= 4 ? V / 4 : 1;  // 32-bit words per load
 #else
 typedef u16 wt_t;                      // stored weight: x's dtype
 static_assert(V == 8 || V == 1, "V is 8 (16-byte loads) or 1");
 #endif
-constexpr int NW = V * (int)sizeof(wt_t) >= 4 ? V * (int)sizeof(wt_t) / 4 : 1;  // 32-bit words per load
 static_assert(TPR >= 1 && TPR <= 32 && 32 % TPR == 0, "a row segment must fit in one warp");
 static_assert(NPASS * CPT <= 32, "a thread's keep bits fit one word");
 static_assert(C == 1 || C == 2 || C == 4 || C == 8, "cluster of 1, 2, 4 or 8 blocks");
