@@ -52,6 +52,7 @@ class Planned(Protocol):
 
 
 def quantized(layer: Planned) -> bool:
+    """Quantized by `models.quantize_weights`: the kernels read its stored form."""
     return getattr(layer, "weight_format", None) is not None
 
 
