@@ -9,16 +9,17 @@ from dataclasses import replace
 
 import pytest
 import torch
-from _plans import run_cli, save_tiny
+from _plans import run_cli, save_tiny, tiny_model, tokenizer
 from test_random_models import config_file, narrow, shipped
 from test_search import TINY
 
-from wisparse_export import pipeline
+from wisparse_export import pipeline, search
+from wisparse_export.calibration import collect
 from wisparse_export.config import CalibrationConfig
 from wisparse_export.data import Text, sequences
 from wisparse_export.errors import WisparseError
 from wisparse_export.evaluate import evaluate
-from wisparse_export.models import input_device, load_model, offloaded, stored
+from wisparse_export.models import Loaded, find_blocks, input_device, load_model, offloaded, stored
 
 # Layer 1 offloaded to disk (execution on the CPU, the hooks' path), the rest kept where it is.
 OFFLOAD = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
@@ -101,3 +102,20 @@ def _text_file(folder):
     path = folder / "calib.txt"
     path.write_text("\n\n".join(TEXT.docs))
     return path
+
+
+def test_parallel_search_equals_the_serial_one():
+    """Two processes (gloo on CPU), each with its replica of the model, judge each generation's candidates: the
+    allocation, the best levels and the trace (best KL, evaluations) are the serial search's."""
+    model = tiny_model("llama")
+    loaded = Loaded(model=model, tokenizer=tokenizer(), source="tiny-llama", blocks=find_blocks(model))
+    seqs = torch.randint(4, 260, (8, 64), generator=torch.Generator().manual_seed(1))
+    seqs[:, 0] = 1
+    stats = collect(model, loaded.blocks, seqs, (1.0,), 4, progress=False)
+    cfg = replace(TINY, generations=3, offspring=5, survivors=3)  # 5 children: an uneven deal over 2 processes
+    runs = [search.allocate(loaded, stats, seqs, 0.5, cfg, progress=False, workers=w) for w in (1, 2)]
+    (serial, one), (parallel, two) = runs
+    assert parallel == serial
+    assert two["blocks"] == one["blocks"] and two["fitness"] == one["fitness"]
+    strip = [[{k: v for k, v in t.items() if k != "seconds"} for t in r["trace"]] for r in (one, two)]
+    assert strip[1] == strip[0] and strip[0][-1]["evaluations"] > 0
