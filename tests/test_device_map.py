@@ -13,7 +13,7 @@ from _plans import run_cli, save_tiny, tiny_model, tokenizer
 from test_random_models import config_file, narrow, shipped
 from test_search import TINY
 
-from wisparse_export import pipeline, search
+from wisparse_export import pipeline, random_models, search
 from wisparse_export.calibration import collect
 from wisparse_export.config import CalibrationConfig
 from wisparse_export.data import Text, sequences
@@ -37,17 +37,17 @@ def tiny_folder(tmp_path_factory):
 def test_random_model_on_a_device_map_has_the_single_device_weights(tmp_path):
     """random:CONFIG built module by module on the map's devices (then dispatched): the same seeded values as the
     one-device build, offloaded ones included, and the same logits."""
-    cfg = "random:" + config_file(tmp_path, narrow(shipped("llama-3.1-8b"), vocab_size=512))
-    plain = load_model(cfg, device="cpu")
-    mapped = load_model(cfg, device_map=OFFLOAD, offload_folder=str(tmp_path / "offload"))
-    assert offloaded(mapped.model) and not offloaded(plain.model)
-    for name, p in plain.model.named_parameters():
+    config, _ = random_models.read_config(config_file(tmp_path, narrow(shipped("llama-3.1-8b"), vocab_size=512)))
+    plain = random_models.build(config, torch.float32, "cpu", seed=3)
+    mapped = random_models.build(config, torch.float32, "cpu", 3, OFFLOAD, str(tmp_path / "offload"))
+    assert offloaded(mapped) and not offloaded(plain)
+    for name, p in plain.named_parameters():
         module, _, attr = name.rpartition(".")
-        assert torch.equal(stored(mapped.model.get_submodule(module), attr), p), name
-    assert mapped.blocks == plain.blocks
+        assert torch.equal(stored(mapped.get_submodule(module), attr), p), name
+    assert find_blocks(mapped) == find_blocks(plain)
     ids = torch.randint(0, 512, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(mapped.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+        assert torch.equal(mapped(input_ids=ids).logits, plain(input_ids=ids).logits)
 
 
 def test_calibrate_and_evaluate_through_offload_hooks(tiny_folder, tmp_path):
@@ -63,6 +63,8 @@ def test_calibrate_and_evaluate_through_offload_hooks(tiny_folder, tmp_path):
     seqs = sequences(plain.tokenizer, TEXT, 32, 128)
     results = [evaluate(m.model, plans[0], seqs, progress=False) for m in (plain, mapped)]
     assert results[1] == results[0]
+    with pytest.raises(WisparseError, match="not with a model spread by a device map"):
+        pipeline.calibrate(mapped, TEXT, 0.5, CAL, search=TINY, progress=False, workers=2)
 
 
 @pytest.mark.parametrize("spec, message", [

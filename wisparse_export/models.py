@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import logging
 import os
@@ -116,7 +117,11 @@ def _map_value(value: object, what: str) -> int | str:
 def parse_device_map(spec: str | dict | None, offload_folder: str | None = None) -> str | dict | None:
     """A device map as accelerate takes it: one of DEVICE_MAPS, or {module: device} given as a dict or a JSON file
     (every device checked here; whether it places every module is checked against the model when it loads)."""
-    if spec is None or spec in DEVICE_MAPS:
+    if spec is None:
+        return spec
+    if importlib.util.find_spec("accelerate") is None:
+        raise WisparseError("a device map needs accelerate: pip install 'wisparse-export[multigpu]'")
+    if spec in DEVICE_MAPS:
         return spec
     what = "device map"
     if isinstance(spec, str):
