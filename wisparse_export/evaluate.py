@@ -106,7 +106,7 @@ def evaluate(model: nn.Module, plan: Plan, seqs: torch.Tensor, batch_size: int =
              source: str | None = None) -> dict:
     """Dense vs sparse on the same sequences; the model is left with the plan applied."""
     apply(model, plan)
-    device = input_device(model)  # the logits come from wherever the last module sits
+    device = input_device(model)  # token ids go where the model takes them (under a device map too)
     m = Metrics()
     with track_sparsity(model) as realized:
         for i in tqdm(range(0, len(seqs), batch_size), desc="evaluate", unit="batch", disable=not progress):

@@ -299,9 +299,6 @@ class Problem:
     n_screen: int
     t0: float
 
-    def kl(self, levels: list[float], n_batches: int | None = None, refined: bool = True) -> float:
-        return self.fit(realize(levels, self.tables, self.units, refined), n_batches)
-
     def kls(self, candidates: list[list[float]], n_batches: int | None = None) -> list[float]:
         return self.fit.many([realize(lv, self.tables, self.units) for lv in candidates], n_batches)
 
