@@ -56,10 +56,11 @@ def copies(read_bytes: float) -> int:
     return max(2, math.ceil(3 * L2_BYTES / max(read_bytes, 1.0)))
 
 
-def run(spec, x, w, tau, y, prof=None) -> None:
+def run(spec, x, w, tau, y, prof=None, scale=None) -> None:
     """One launch of a kernel spec (any tiling or tuning variant) on the current stream; `prof` only for the
-    profiling build (benchmarks/profile_kernel.py)."""
-    kernels.launch(spec, [x.data_ptr(), w.data_ptr(), tau.data_ptr()], y.data_ptr(),
+    profiling build (benchmarks/profile_kernel.py); `scale` for 1-byte weights."""
+    ptrs = [x.data_ptr(), w.data_ptr(), tau.data_ptr()] + ([] if scale is None else [scale.data_ptr()])
+    kernels.launch(spec, ptrs, y.data_ptr(),
                    torch.cuda.current_stream().cuda_stream, trailing=() if prof is None else (prof.data_ptr(),))
 
 
@@ -171,10 +172,10 @@ def bench_shape(name, in_f, splits, dtype, batches, sparsities, tiles=False):
     return rows
 
 
-def variants(dtype, in_f, splits, rows, spec):
+def variants(dtype, in_f, splits, rows, spec, weights=None):
     """(label, spec): the chosen kernel, then other tilings (tile x cluster) and load depths / blocks per SM."""
     def variant_spec(tile, cluster, **tune):
-        return kernels.launch_spec(dtype, in_f, splits, rows, tile=tile, cluster=cluster, tune=tune)
+        return kernels.launch_spec(dtype, in_f, splits, rows, tile=tile, cluster=cluster, tune=tune, weights=weights)
 
     out = [("chosen", spec)]
     for t, c in [(t, c) for t in (256, 128, 64, 32) for c in kernels.CLUSTERS]:
@@ -303,19 +304,45 @@ def bench_quantized(fmt: quant.WeightFormat, copy: float, reps: int = 3) -> list
     return rows
 
 
+def tune_quantized(fmt: quant.WeightFormat, copy: float) -> list[dict]:
+    """The quantized kernel's variants (tilings, load depths, blocks per SM) on the 8B shapes, batch 1: us each."""
+    rows = []
+    for name in Q_SHAPES[:3]:
+        in_f, splits = SHAPES[name]
+        out = sum(splits)
+        q, scale = quant.quantize(torch.randn(out, in_f, device="cuda").div_(in_f**0.5), fmt)
+        wqs = [q.t().contiguous() for _ in range(copies(in_f * out))]
+        x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
+        y = torch.empty(1, out, dtype=torch.bfloat16, device="cuda")
+        spec = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, weights=fmt)
+        for sp in Q_SPARSITIES:
+            tau = thresholds(sp, in_f, len(splits))
+            keep = scores.keep(x, tau[0]).float().mean().item()
+            n = min(len(wqs), copies(keep * in_f * out))
+            us = {}
+            for label, v in variants(torch.bfloat16, in_f, splits, 1, spec, weights=fmt):
+                us[label] = median_call_us([lambda m=m, v=v, t=tau, x=x, y=y, sc=scale: run(v, x, m, t, y, scale=sc)
+                                            for m in wqs[:n]], n)
+            rows.append({"format": fmt.name, "shape": name, "sparsity": sp, "kernel": spec.name, "variants_us": us,
+                         "bound_us": kernels.bytes_moved(in_f, out, 1, keep, weights=fmt) / copy * 1e6})
+        del wqs
+        torch.cuda.empty_cache()
+    return rows
+
+
 def q_table(rows) -> str:
     """Per format and shape: each path's us, its bound, and the speedups over bf16 and the fastest dense reference."""
     lines = []
     for fmt in dict.fromkeys(r["format"] for r in rows):
-        lines.append(f"\n{fmt} weights, bf16 x, batch 1: us [bound us] (x over bf16 matmul, x over best dense {fmt} "
-                     "reference)")
+        lines.append(f"\n{fmt} weights, bf16 x, batch 1: us [bound us] (x over bf16 matmul, x over the fastest dense "
+                     f"{fmt} path: torch's or ours at s=0)")
         for name in Q_SHAPES:
             sub = [r for r in rows if r["format"] == fmt and r["shape"] == name]
             ok = [r for r in sub if "us" in r]
             if not ok:
                 continue
             bf = next(r["us"] for r in ok if r["path"] == "torch.matmul bf16")
-            refs = [r["us"] for r in ok if r["path"].startswith("torch._")]
+            refs = [r["us"] for r in ok if r["path"].startswith("torch._") or r["path"] == "ours s=0.0"]
             ref = min(refs) if refs else None
             lines.append(f"  {name}")
             for r in sub:
@@ -334,16 +361,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="bf16, batch 1 only")
     ap.add_argument("--weights", nargs="+", choices=["fp8", "int8"],
                     help="only the quantized table, for these weight formats")
+    ap.add_argument("--tune", action="store_true", help="with --weights: also sweep the quantized kernel's variants "
+                    "on the 8B shapes")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.time()
     copy, read = ceilings()
     if args.weights:
         qrows = [r for w in args.weights for r in bench_quantized(quant.OPTIONS[w], copy)]
+        tuned = [r for w in args.weights for r in tune_quantized(quant.OPTIONS[w], copy)] if args.tune else []
         with open(args.json, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
                        "torch": torch.__version__, "nvrtc": kernels.nvrtc_version(), "copy_tbps": copy / 1e12,
-                       "read_tbps": read / 1e12, "quantized": qrows, "seconds": time.time() - t0}, f, indent=1)
+                       "read_tbps": read / 1e12, "quantized": qrows, "quantized_variants": tuned,
+                       "seconds": time.time() - t0}, f, indent=1)
+        for r in tuned:
+            best = min(r["variants_us"], key=r["variants_us"].get)
+            print(f"  {r['format']} {r['shape']:<24} s={r['sparsity']:<4} bound {r['bound_us']:.1f} chosen "
+                  f"{r['variants_us']['chosen']:.1f} best {best} {r['variants_us'][best]:.1f} | "
+                  + " ".join(f"{k}:{v:.1f}" for k, v in r["variants_us"].items()))
         print(q_table(qrows) + f"\ncopy bandwidth (read + write): {copy / 1e12:.2f} TB/s")
         return
     tiny = torch.zeros(1, device="cuda")

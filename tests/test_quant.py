@@ -304,3 +304,41 @@ def test_sparse_checkpoint_of_a_quantized_model(llama_dir, tmp_path):
     down = back.model.model.layers[0].mlp.down_proj
     ref = loaded.model.model.layers[0].mlp.down_proj
     assert torch.equal(down.weight_q, ref.weight_q) and torch.allclose(down.weight, ref.weight, rtol=1e-6, atol=0)
+
+
+def test_bench_times_dense_on_the_stored_weights_and_restores_the_thresholds(llama_dir, monkeypatch):
+    """A quantized model's bench adds the dense run on the 1-byte weights (every threshold 0) between the dense and
+    sparse runs; the plan's thresholds are back in place afterwards."""
+    from wisparse_export import bench
+    from wisparse_export.runtime import sparse_linears
+
+    loaded = load_model(str(llama_dir), "float32", "cpu")
+    model = quantize(loaded.model, FP8)
+    plan = make_plan(loaded, sparsity=0.5)
+    seen = []
+    orig = bench.time_decode
+    monkeypatch.setattr(bench, "time_decode", lambda dec, *a: seen.append(
+        {n: m.threshold for n, m in sparse_linears(model).items()}) or orig(dec, *a))
+    r = bench.run(model, [0.5], steps=3, graphs=False, plan=plan)
+    assert r["weights"] == "fp8_e4m3" and r["dense_q_tokens_per_s"] > 0 and r["sparse"][0]["speedup_over_dense_q"] > 0
+    assert seen[0] == {} and set(seen[1].values()) == {0.0}  # dense (nothing applied), then dense on the kernels
+    want = {n: lp.threshold for n, lp in plan.layers.items()}
+    assert seen[2] == want and {n: m.threshold for n, m in sparse_linears(model).items()} == want
+    assert all(bool((m.tau > 0).any()) for m in sparse_linears(model).values())
+
+
+def test_bench_cli_weights(llama_dir, tmp_path, capsys):
+    """`bench --weights int8` prints the dense int8 row and writes it; --weights against a plan's format is one line."""
+    out = tmp_path / "b.json"
+    assert run_cli("bench", "--model", str(llama_dir), "--device", "cpu", "--steps", "2", "--no-graphs",
+                   "--weights", "int8", "--sparsity", "0.5", "--quiet", "--json", str(out)) == 0
+    assert "dense int8" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["weights"] == "int8" and r["dense_q_ms_per_step"] > 0 and "speedup_over_dense_q" in r["sparse"][0]
+    plan = make_plan(load_model(str(llama_dir), "float32", "cpu"), sparsity=0.5)
+    save_plan(plan, tmp_path / "p.json")
+    capsys.readouterr()
+    assert run_cli("bench", "--model", str(llama_dir), "--device", "cpu", "--plan", str(tmp_path / "p.json"),
+                   "--weights", "fp8", "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--weights fp8 differs from the plan's weights (none)" in err[0]

@@ -20,7 +20,7 @@ from torch import nn
 from .calibration import make_plan, uniform
 from .errors import WisparseError
 from .evaluate import weighted_sparsity
-from .models import Loaded, execution_device, find_blocks, input_device, offloaded
+from .models import Loaded, execution_device, find_blocks, input_device, offloaded, weight_format
 from .plan import Plan
 from .runtime import apply, sparse_linears, to_kernels, track_sparsity
 
@@ -176,13 +176,31 @@ def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: f
         m.tau.fill_(t)
 
 
+def time_dense_quantized(model: nn.Module, dec: Decoder, steps: int, graphs: bool) -> Timing:
+    """A quantized model on the kernels with every threshold 0: the dense FP8/INT8 weight-only path (every 1-byte
+    row read). The thresholds are restored afterwards."""
+    mods = sparse_linears(model).values()
+    saved = [(m.threshold, m.sparsity, m.tau.clone()) for m in mods]
+    for m in mods:
+        m.threshold, m.sparsity = 0.0, 0.0
+        m.tau.zero_()
+    try:
+        return time_decode(dec, steps, graphs)
+    finally:
+        for m, (t, s, tau) in zip(mods, saved, strict=True):
+            m.threshold, m.sparsity = t, s
+            m.tau.copy_(tau)
+
+
 def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
         fuse: bool = True, plan=None, label: str = "", compile: bool = False) -> dict:
     """Dense tokens/s, then sparse tokens/s (kernels on CUDA) with realized sparsity: for `plan`, once, with its own
     per-layer thresholds; otherwise at each of `sparsities`, uniform quantile thresholds.
 
-    With compile=True both runs go through torch.compile (then the fused q/k/v, gate/up launches are off: each
-    linear is its own op in the compiled graph).
+    A quantized model (`models.quantize_weights`) times three paths: dense on its dequantized weights (cuBLAS in
+    the model's dtype: what the unquantized model costs), dense on the kernels reading the 1-byte weights
+    (`dense_q`), and sparse on the 1-byte weights. With compile=True every run goes through torch.compile (then the
+    fused q/k/v, gate/up launches are off: each linear is its own op in the compiled graph).
     """
 
     device = input_device(model)
@@ -194,6 +212,8 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
               "graphs": dense.graphs, "compiled": compile, "dense_tokens_per_s": dense.tokens_per_s,
               "dense_ms_per_step": dense.ms_per_step, "thresholds": "uniform" if plan is None else "plan",
               "plan": None if plan is None else plan.digest(), "sparse": []}
+    fmt = weight_format(model, [n for blk in find_blocks(model) for n in blk.linears])
+    result["weights"] = None if fmt is None else fmt.name
     samples = None
     if plan is None:
         samples = activation_samples(model)
@@ -201,6 +221,9 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     apply(model, plan, check=False, kernels=False)  # switched to the kernels below, unfused under torch.compile
     to_kernels(model, (plan.groups or None) if fuse and not compile else [])
     dec.compile(compile)  # the linears changed: trace again
+    dense_q = time_dense_quantized(model, dec, steps, graphs) if fmt is not None else None
+    if dense_q is not None:
+        result["dense_q_tokens_per_s"], result["dense_q_ms_per_step"] = dense_q.tokens_per_s, dense_q.ms_per_step
     for s in sparsities if samples is not None else [plan.target_sparsity]:
         if samples is not None:
             set_sparsity(model, samples, s)
@@ -214,4 +237,6 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
         result["sparse"].append({"target": s, "realized": weighted_sparsity(r, plan),
                                  "tokens_per_s": t.tokens_per_s, "ms_per_step": t.ms_per_step,
                                  "speedup": t.tokens_per_s / dense.tokens_per_s})
+        if dense_q is not None:
+            result["sparse"][-1]["speedup_over_dense_q"] = t.tokens_per_s / dense_q.tokens_per_s
     return result

@@ -26,7 +26,7 @@ from .files import check_writable, write_json
 from .models import DTYPES, check_plan, context_length, input_device, load_model, quantize_weights
 from .plan import load_plan, save_plan
 from .quant import OPTIONS, by_option
-from .report import evaluation_table, plot_allocation
+from .report import bench_table, evaluation_table, plot_allocation
 
 
 @contextlib.contextmanager
@@ -244,15 +244,19 @@ def evaluate(model_src, dtype, device, device_map, offload_folder, plan_path, te
 @click.option("--no-graphs", is_flag=True, help="Run eagerly instead of replaying a CUDA graph per step.")
 @click.option("--no-fuse", is_flag=True, help="One launch per linear instead of fused q/k/v and gate/up.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decode step (dense and sparse alike).")
+@click.option("--weights", "weights", default=None, metavar="|".join(OPTIONS),
+              help="Quantize the decoder-block weights first (default: none, or the plan's format) and also time the "
+              "dense path on the 1-byte weights.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 @output_options
 def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path, sparsity, batch, steps, no_graphs,
-          no_fuse, compile_, json_out, quiet):
+          no_fuse, compile_, weights, json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
 
     sparsities = list(sparsity) or [0.5]
     if plan_path and sparsity:
         raise WisparseError("give --plan or --sparsity, not both (a plan times its own per-layer thresholds)")
+    weight_format = by_option(weights) if weights is not None else None
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         raise WisparseError("--sparsity must be in [0, 1)")
     if json_out:
@@ -260,22 +264,22 @@ def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path
     if shape and model_src:
         raise WisparseError("give --model or --shape, not both")
     plan = load_plan(plan_path) if plan_path else None
+    if plan is not None and weights is not None and weight_format != plan.weights:
+        raise WisparseError(f"--weights {weights} differs from the plan's weights "
+                            f"({plan.weights.name if plan.weights else 'none'}): leave --weights out with --plan")
     loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, not quiet, device_map,
                         offload_folder)
     if plan is not None:
         check_plan(quantize_weights(loaded.model, plan.weights), plan)
+    else:
+        quantize_weights(loaded.model, weight_format)
     result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
                    plan=plan, label=loaded.source, compile=compile_)
     click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
                f"{'CUDA graphs' if result['graphs'] else 'eager'}{', torch.compile' if compile_ else ''}")
     click.echo(f"thresholds: plan {plan_path} ({plan.method}, per-layer, {plan.digest()})" if plan is not None
                else "thresholds: uniform, |x| quantiles on random tokens (alpha 0) at each --sparsity")
-    click.echo(f"{'':>10} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}")
-    click.echo(f"{'dense':>10} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
-               f"{result['dense_ms_per_step']:>8.3f} {1.0:>8.2f}")
-    for r in result["sparse"]:
-        click.echo(f"{'sparse':>10} {r['target']:>7.2f} {r['realized']:>9.3f} {r['tokens_per_s']:>10.1f} "
-                   f"{r['ms_per_step']:>8.3f} {r['speedup']:>8.2f}")
+    click.echo(bench_table(result))
     if json_out:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}")

@@ -71,3 +71,23 @@ def plot_allocation(plan: dict, path: str) -> str:
                                                dpi=110))
     plt.close(fig)
     return path
+
+
+def bench_table(result: dict) -> str:
+    """Dense, [dense on the 1-byte weights,] sparse rows; speedups over dense (and over dense quantized)."""
+    q = result.get("weights")
+    name = {"fp8_e4m3": "fp8", "int8": "int8"}.get(q, q)
+    extra = f" {'vs ' + name:>8}" if q else ""
+    lines = [f"{'':>12} {'target':>7} {'realized':>9} {'tokens/s':>10} {'ms/step':>8} {'speedup':>8}{extra}"]
+    dense = "dense" if not q else f"dense {result['dtype'].replace('bfloat16', 'bf16').replace('float16', 'f16')}"
+    lines.append(f"{dense:>12} {'':>7} {'':>9} {result['dense_tokens_per_s']:>10.1f} "
+                 f"{result['dense_ms_per_step']:>8.3f} {1.0:>8.2f}" + (f" {'':>8}" if q else ""))
+    if q:
+        tps = result["dense_q_tokens_per_s"]
+        lines.append(f"{'dense ' + name:>12} {'':>7} {'':>9} {tps:>10.1f} {result['dense_q_ms_per_step']:>8.3f} "
+                     f"{tps / result['dense_tokens_per_s']:>8.2f} {1.0:>8.2f}")
+    for r in result["sparse"]:
+        tail = f" {r['speedup_over_dense_q']:>8.2f}" if q else ""
+        lines.append(f"{'sparse':>12} {r['target']:>7.2f} {r['realized']:>9.3f} {r['tokens_per_s']:>10.1f} "
+                     f"{r['ms_per_step']:>8.3f} {r['speedup']:>8.2f}{tail}")
+    return "\n".join(lines)
