@@ -681,16 +681,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
             const int first = owner(start), last = owner(start + n - 1);
             float* mine = ws + (size_t)(b + t) * R * TN;
             for (int i = tid; i < R * TN; i += THREADS) __stcg(mine + i, red[i]);
-            __threadfence();  // release: the partial is visible device-wide before the arrival is counted
+            // The arrival (CUTLASS's Stream-K barrier pattern): the block's stores, a barrier, then one thread's
+            // fence and atomic (release); the last arriver's atomic, its fence (acquire), a barrier, the reads.
             __syncthreads();
             if (tid == 0) {
+                __threadfence();
                 const int done = atomicAdd(sem + t, 1) == last - first;
-                if (done) atomicExch(sem + t, 0);  // every contributor has arrived: reset for the next launch
+                if (done) {
+                    __threadfence();
+                    atomicExch(sem + t, 0);  // every contributor has arrived: zero again for the next launch
+                }
                 is_last = done;
             }
             __syncthreads();
             if (is_last) {
-                __threadfence();  // acquire: the other contributors' partials are read after their arrivals
                 for (int i = tid; i < R * TN; i += THREADS) {
                     float sum = 0.f;
                     for (int q = first; q <= last; q++)
