@@ -120,6 +120,61 @@ def test_fused_launch_specs_refuse(fn, kwargs, msg):
         getattr(kernels, fn)(**kwargs)
 
 
+def _stream_k_segments(counts, widths, tile, blocks):
+    """The list GEMV's Stream-K split with the kernel's integer formulas (WSP_LIST in sparse_gemv.cu): its
+    segments (block, tile, k_lo, k_hi, tile's first position, tile's entries), working blocks, total entries."""
+    nt = [-(-w // tile) for w in widths]
+    cnt = [c if w else 0 for c, w in zip(counts, widths, strict=True)]
+    spans = [n * c for n, c in zip(nt, cnt, strict=True)]
+    work = sum(spans)
+    g = min(blocks, work)
+    segs = []
+    for b in range(g):
+        s, s_end = b * work // g, (b + 1) * work // g
+        while s < s_end:
+            sb = tb = 0
+            for q in range(len(widths)):
+                if s < sb + spans[q]:
+                    t = tb + (s - sb) // cnt[q]
+                    start, n = sb + (t - tb) * cnt[q], cnt[q]
+                    break
+                sb, tb = sb + spans[q], tb + nt[q]
+            k_hi = min(s_end, start + n) - start
+            segs.append((b, t, s - start, k_hi, start, n))
+            s = start + k_hi
+    return segs, g, work
+
+
+@pytest.mark.usefixtures("fake_ptx")
+@pytest.mark.parametrize("seed", range(40))
+def test_stream_k_split_covers_each_entry_once_within_the_workspace(seed):
+    """Every kept entry of every tile in exactly one segment; a tile's contributors are exactly the blocks
+    owner(first entry) .. owner(last entry) the kernel's fix-up counts; blocks' shares differ by at most one entry;
+    the fix-up slots (block + tile) are distinct and inside the workspace list_spec sizes."""
+    g = torch.Generator().manual_seed(seed)
+    widths = [int(w) * 8 for w in torch.randint(1, 600, (1 + seed % 3,), generator=g)]
+    k = int(torch.randint(1, 20000, (1,), generator=g))
+    counts = [int(c) for c in torch.randint(0, k + 1, (len(widths),), generator=g)]
+    if seed % 5 == 0:
+        counts = [min(c, seed % 3) for c in counts]  # tiny work: fewer entries than blocks, or none at all
+    spec = kernels.list_spec("bf16", k, widths, 1 + seed % 4, sms=int(torch.randint(1, 140, (1,), generator=g)))
+    segs, used, work = _stream_k_segments(counts, widths, spec.tile, spec.grid[0])
+    shares = [sum(hi - lo for b, _, lo, hi, _, _ in segs if b == blk) for blk in range(used)]
+    assert sum(shares) == work and (not shares or max(shares) - min(shares) <= 1)
+    slots = set()
+    for t in {seg[1] for seg in segs}:
+        mine = sorted((lo, hi, b) for b, tt, lo, hi, _, _ in segs if tt == t)
+        start, n = next((st, n) for _, tt, _, _, st, n in segs if tt == t)
+        assert [m[0] for m in mine] == [0] + [m[1] for m in mine[:-1]] and mine[-1][1] == n  # a partition
+        first, last = ((start + 1) * used - 1) // work, ((start + n) * used - 1) // work
+        assert [m[2] for m in mine] == list(range(first, last + 1))
+        if first < last:
+            slots |= {b + t for _, _, b in mine}
+    split = [(b, t) for b, t, lo, hi, _, n in segs if hi - lo < n]
+    assert len(slots) == len(split)  # no two split segments share a slot
+    assert all(s < spec.workspace // (spec.rows_per_block * spec.tile) for s in slots)
+
+
 # ------------------------------------------------------------------ CPU: the references
 
 
