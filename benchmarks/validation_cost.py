@@ -10,9 +10,9 @@ import torch
 from wisparse_export import data, pipeline
 from wisparse_export.calibration import collect, make_plan, uniform
 from wisparse_export.config import CalibrationConfig
+from wisparse_export.fitness import KLFitness
 from wisparse_export.models import load_model
 from wisparse_export.runtime import apply, remove
-from wisparse_export.search import KLFitness
 
 L = load_model(progress=False)
 cfg = CalibrationConfig.preset()

@@ -18,7 +18,7 @@ LAYERS = {
     "contract": ("errors", "files", "plan", "scores", "identity", "quant"),
     "model access": ("models", "data", "random_models"),
     "sparse runtime": ("runtime", "kernels"),
-    "method": ("calibration", "search", "pipeline", "config", "evaluate"),
+    "method": ("calibration", "search", "fitness", "pipeline", "config", "evaluate"),
     "artifacts": ("export", "onnx_graph", "manifest", "ort", "check", "trt", "bench", "report", "checkpoint", "tasks"),
     "face": ("cli", "__main__", "__init__"),
 }

@@ -20,7 +20,7 @@ from torch import nn
 from .calibration import make_plan, uniform
 from .errors import WisparseError
 from .evaluate import weighted_sparsity
-from .models import Loaded, find_blocks
+from .models import Loaded, execution_device, find_blocks, input_device, offloaded
 from .plan import Plan
 from .runtime import apply, sparse_linears, to_kernels, track_sparsity
 
@@ -32,17 +32,19 @@ class Decoder:
         cfg = model.config
         if getattr(cfg, "model_type", None) not in ("llama", "mistral", "qwen2"):
             raise WisparseError(f"bench decodes Llama-architecture models, not {getattr(cfg, 'model_type', '?')}")
+        if offloaded(model):  # the step calls the modules inside each block, which offload hooks do not reach
+            raise WisparseError("bench times a model held in GPU memory: load it without cpu/disk offload")
         self.model, self.batch, self.max_len = model, batch, max_len
-        p = next(model.parameters())
+        dtype, device = next(model.parameters()).dtype, input_device(model)
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         shape = (batch, self.kv_heads, max_len, self.head_dim)
-        n = len(model.model.layers)
-        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(n)]
-        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(n)]
-        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=p.device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=p.device)
-        self.slots = torch.arange(max_len, device=p.device)
+        self.devices = [execution_device(layer) for layer in model.model.layers]  # a device map spreads them
+        self.k = [torch.zeros(shape, dtype=dtype, device=d) for d in self.devices]
+        self.v = [torch.zeros(shape, dtype=dtype, device=d) for d in self.devices]
+        self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_len, device=device)
         self._logits = self.logits
 
     def reset(self, ids: torch.Tensor | None = None) -> None:
@@ -59,17 +61,19 @@ class Decoder:
         cos, sin = m.rotary_emb(h, self.pos.view(1, 1))
         mask = (self.slots <= self.pos).view(1, 1, 1, -1)
         for i, layer in enumerate(m.layers):
+            dev = self.devices[i]  # no-ops on one device; the hidden state follows the blocks of a device map
+            h, cos, sin, mask, pos = h.to(dev), cos.to(dev), sin.to(dev), mask.to(dev), self.pos.to(dev)
             attn, a = layer.self_attn, layer.input_layernorm(h)
             q = attn.q_proj(a).view(b, 1, self.heads, self.head_dim).transpose(1, 2)
             k = attn.k_proj(a).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             v = attn.v_proj(a).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            self.k[i].index_copy_(2, self.pos, k)
-            self.v[i].index_copy_(2, self.pos, v)
+            self.k[i].index_copy_(2, pos, k)
+            self.v[i].index_copy_(2, pos, v)
             o = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, enable_gqa=True)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.model.lm_head(m.norm(h))
+        return self.model.lm_head(m.norm(h.to(execution_device(m.norm))))
 
     def step(self) -> None:
         """Greedy: the next token becomes the input, the position advances (no host synchronisation)."""
@@ -149,7 +153,7 @@ def activation_samples(model: nn.Module, tokens: int = 256, per_linear: int = 65
     try:
         g = torch.Generator(device="cpu").manual_seed(seed)
         ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=g)
-        model(input_ids=ids.to(next(model.parameters()).device))
+        model(input_ids=ids.to(input_device(model)))
     finally:
         for h in hooks:
             h.remove()
@@ -181,7 +185,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     linear is its own op in the compiled graph).
     """
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     dec = Decoder(model, batch, max_len=steps + 16)
     dec.compile(compile)
     dense = time_decode(dec, steps, graphs)

@@ -16,7 +16,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import WisparseError
-from .models import Block, Loaded, get_linear, model_section, run_blocks, weight_format
+from .models import (
+    Block,
+    Loaded,
+    execution_device,
+    get_linear,
+    input_device,
+    model_section,
+    run_blocks,
+    stored,
+    weight_format,
+)
 from .plan import LayerPlan, Plan
 from .runtime import apply, remove
 from .scores import column_norms
@@ -63,11 +73,12 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: I
         for group in block.groups:
             logn = {}
             for name in group:
-                w = get_linear(model, name).weight
+                lin = get_linear(model, name)
+                w = stored(lin)  # offloaded weights are read where accelerate keeps them
                 stats.norms[name] = column_norms(w).cpu()
                 stats.shapes[name] = (w.shape[0], w.shape[1])
                 stats.hist[name] = torch.zeros(len(stats.alphas), BINS, dtype=torch.float64)
-                logn[name] = stats.norms[name].to(w.device).clamp_min(1e-30).log()
+                logn[name] = stats.norms[name].to(execution_device(lin)).clamp_min(1e-30).log()
 
             def hook(mod, args, group=group, logn=logn):
                 logx = args[0].detach().float().abs().flatten(0, -2).log()
@@ -85,7 +96,7 @@ def collect(model: nn.Module, blocks: list[Block], seqs: torch.Tensor, alphas: I
 
             # Hook the module at the path, not the linear inside a SparseLinear: scores are of the unmasked input.
             hooks.append(model.get_submodule(group[0]).register_forward_pre_hook(hook))
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         for i in tqdm(range(0, len(seqs), batch_size), desc=label, unit="batch", disable=not progress):
             ids = seqs[i: i + batch_size].to(device)

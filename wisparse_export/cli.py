@@ -23,7 +23,7 @@ from .data import load_text
 from .errors import WisparseError
 from .evaluate import evaluate as evaluate_plan
 from .files import check_writable, write_json
-from .models import DTYPES, check_plan, context_length, load_model, quantize_weights
+from .models import DTYPES, check_plan, context_length, input_device, load_model, quantize_weights
 from .plan import load_plan, save_plan
 from .quant import OPTIONS, by_option
 from .report import evaluation_table, plot_allocation
@@ -84,6 +84,16 @@ DTYPE = click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                      help="auto: float32 on CPU, bfloat16 on GPU.")
 DEVICE = click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+
+
+def device_map_options(command):
+    """--device-map and --offload-folder: the model spread over the GPUs by accelerate (instead of --device)."""
+    command = click.option("--offload-folder", type=click.Path(file_okay=False), default=None,
+                           help="Where a device map's \"disk\" modules are offloaded.")(command)
+    return click.option("--device-map", default=None, metavar="auto|balanced|sequential|MAP.json",
+                        help="Spread the model's blocks over every visible GPU with accelerate (a JSON map: "
+                        "{module: GPU index, \"cpu\" or \"disk\"}; cpu and disk are offloaded). Not with "
+                        "--device.")(command)
 CALIBRATE, EVALUATE = CalibrationConfig.preset(), EvaluationConfig.preset()  # defaults: calibration/presets.json
 
 
@@ -100,10 +110,20 @@ def cli() -> None:
     """Weight-aware activation sparsity for LLMs: calibrate, evaluate, export to ONNX / TensorRT, check."""
 
 
+def search_config(budget: str | None, device, generations: int | None, offspring: int | None,
+                  tokens: int | None) -> SearchConfig:
+    """The preset (for the model's device) with the command line's overrides."""
+    overrides = {"generations": generations, "offspring": offspring}
+    if tokens is not None:
+        overrides.update(rank_tokens=tokens, screen_tokens=max(1, tokens // 4))
+    return replace(SearchConfig.preset(budget, device), **{k: v for k, v in overrides.items() if v is not None})
+
+
 @cli.command()
 @MODEL
 @DTYPE
 @DEVICE
+@device_map_options
 @click.option("--sparsity", type=float, required=True, help="Target parameter-weighted sparsity in [0, 1).")
 @click.option("--method", type=click.Choice(list(METHOD_ALPHA)), default=CALIBRATE.method, show_default=True,
               help="teal: magnitude, uniform; wina: weight-aware, uniform; wisparse: weight-aware + allocation search.")
@@ -127,14 +147,17 @@ def cli() -> None:
 @click.option("--search-offspring", type=int, default=None, help="Override the preset's offspring per generation.")
 @click.option("--search-tokens", type=int, default=None,
               help="Override the preset's re-ranking tokens (offspring are screened on a quarter of them).")
+@click.option("--search-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes that evaluate each generation's offspring in parallel, one model replica each on its "
+              "own GPU (cuda:0, cuda:1, ...; on CPU, processes on the host): the same plan as with 1.")
 @click.option("--weights", "weights", default="none", show_default=True, metavar="|".join(OPTIONS),
               help="Quantize the decoder-block weights first (fp8: e4m3, int8: symmetric; one float32 scale per "
               "output channel) and calibrate on the quantized model; the plan records the format and evaluate, "
               "export and bench quantize the same way.")
 @output_options
-def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_tokens, seq_len, seed, validation,
-              validation_tokens, output, search_budget, search_generations, search_offspring, search_tokens, weights,
-              quiet):
+def calibrate(model_src, dtype, device, device_map, offload_folder, sparsity, method, calib_text, calib_tokens,
+              seq_len, seed, validation, validation_tokens, output, search_budget, search_generations, search_offspring,
+              search_tokens, search_workers, weights, quiet):
     """Calibrate thresholds on text and write a plan file (wisparse: never worse than teal and wina on the
     held-out validation documents; it writes the better of them otherwise, and says so)."""
     check_sparsity(sparsity, "--sparsity")
@@ -144,17 +167,15 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
                      validation_tokens=validation_tokens)
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
-    loaded = load_model(model_src, dtype, device, progress=not quiet)
+    loaded = load_model(model_src, dtype, device, not quiet, device_map, offload_folder)
     quantize_weights(loaded.model, weight_format)
     search = None
     if method == "wisparse":
-        overrides = {"generations": search_generations, "offspring": search_offspring}
-        if search_tokens is not None:
-            overrides.update(rank_tokens=search_tokens, screen_tokens=max(1, search_tokens // 4))
-        search = replace(SearchConfig.preset(search_budget, next(loaded.model.parameters()).device),
-                         **{k: v for k, v in overrides.items() if v is not None})
+        search = search_config(search_budget, input_device(loaded.model), search_generations, search_offspring,
+                               search_tokens)
+    # An interrupted search resumes from the checkpoint.
     plan = pipeline.calibrate(loaded, text, sparsity, config, search=search, checkpoint=f"{output}.search.json",
-                              progress=not quiet)  # an interrupted search resumes from the checkpoint
+                              progress=not quiet, workers=search_workers)
     save_plan(plan, output)
     click.echo(f"wrote {output}: {len(plan.layers)} linears, method {plan.method}, budget {plan.budget:.4f}")
 
@@ -163,6 +184,7 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
 @MODEL
 @DTYPE
 @DEVICE
+@device_map_options
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--text", multiple=True, help="Evaluation text: file, folder or hf:NAME[:CONFIG] (repeatable; "
               "default: the embedded corpus's evaluation split).")
@@ -176,8 +198,8 @@ def calibrate(model_src, dtype, device, sparsity, method, calib_text, calib_toke
 @click.option("--task-path", type=click.Path(file_okay=False), default=None,
               help="A folder of your own lm-eval YAML tasks, usable by name in --tasks.")
 @output_options
-def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_out, task_names, task_limit, task_path,
-             quiet):
+def evaluate(model_src, dtype, device, device_map, offload_folder, plan_path, text, tokens, seq_len, json_out,
+             task_names, task_limit, task_path, quiet):
     """Dense vs sparse: perplexity, KL, top-1 agreement, realized sparsity (and task accuracy with --tasks)."""
     lean_gpu_memory()
     data.check_lengths(seq_len, tokens)
@@ -192,7 +214,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
     calibration_text = data.reload_calibration(plan.calibration)
     if calibration_text is not None:
         data.check_disjoint(calibration_text, evaluation)
-    loaded = load_model(model_src or plan.model.get("source"), dtype, device, progress=not quiet)
+    loaded = load_model(model_src or plan.model.get("source"), dtype, device, not quiet, device_map, offload_folder)
     check_plan(quantize_weights(loaded.model, plan.weights), plan)
     data.check_lengths(seq_len, tokens, context_length(loaded.model))
     seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
@@ -212,6 +234,7 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 @click.option("--shape", default=None, help="Same as --model random:NAME (random weights of a shipped config).")
 @DTYPE
 @DEVICE
+@device_map_options
 @click.option("--plan", "plan_path", type=click.Path(dir_okay=False),
               help="Plan to time, with its own per-layer thresholds (default: uniform thresholds for --sparsity from "
               "random tokens, speed only).")
@@ -223,8 +246,8 @@ def evaluate(model_src, dtype, device, plan_path, text, tokens, seq_len, json_ou
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decode step (dense and sparse alike).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 @output_options
-def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no_graphs, no_fuse, compile_,
-          json_out, quiet):
+def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path, sparsity, batch, steps, no_graphs,
+          no_fuse, compile_, json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
 
     sparsities = list(sparsity) or [0.5]
@@ -237,7 +260,8 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
     if shape and model_src:
         raise WisparseError("give --model or --shape, not both")
     plan = load_plan(plan_path) if plan_path else None
-    loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, progress=not quiet)
+    loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, not quiet, device_map,
+                        offload_folder)
     if plan is not None:
         check_plan(quantize_weights(loaded.model, plan.weights), plan)
     result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
@@ -260,6 +284,7 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @cli.command("export")
 @MODEL
 @DEVICE
+@device_map_options
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Folder to write: dense.onnx, sparse.onnx, "
               "weights.onnx.data, config.json, generation_config.json, genai_config.json, the tokenizer, manifest.json "
@@ -270,13 +295,14 @@ def bench(model_src, shape, dtype, device, plan_path, sparsity, batch, steps, no
 @click.option("--external-data/--no-external-data", default=True, show_default=True,
               help="Weights in one file both graphs share (weights.onnx.data), or inside each graph (small models).")
 @output_options
-def export_cmd(model_src, device, plan_path, output, export_dtype, external_data, quiet):
+def export_cmd(model_src, device, device_map, offload_folder, plan_path, output, export_dtype, external_data, quiet):
     """Write the dense and sparse ONNX decoder steps (KV cache, dynamic batch and length) and a manifest."""
 
     if export_dtype not in DTYPES:
         raise WisparseError(f"unsupported dtype {export_dtype!r}; choose one of {', '.join(DTYPES)}")
     plan = load_plan(plan_path)
-    loaded = load_model(model_src or plan.model.get("source"), export_dtype, device, progress=not quiet)
+    loaded = load_model(model_src or plan.model.get("source"), export_dtype, device, not quiet, device_map,
+                        offload_folder)
     quantize_weights(loaded.model, plan.weights)
     m = exporting.export(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .models import input_device
 from .plan import Plan
 from .runtime import apply, dense_mode, track_sparsity
 
@@ -105,7 +106,7 @@ def evaluate(model: nn.Module, plan: Plan, seqs: torch.Tensor, batch_size: int =
              source: str | None = None) -> dict:
     """Dense vs sparse on the same sequences; the model is left with the plan applied."""
     apply(model, plan)
-    device = next(model.parameters()).device
+    device = input_device(model)  # token ids go where the model takes them (under a device map too)
     m = Metrics()
     with track_sparsity(model) as realized:
         for i in tqdm(range(0, len(seqs), batch_size), desc="evaluate", unit="batch", disable=not progress):

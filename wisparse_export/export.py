@@ -27,7 +27,7 @@ from .errors import WisparseError
 from .files import atomic_dir, clean_stale, read_json, write_json
 from .identity import weight_sample
 from .manifest import FORMAT, MANIFEST, PROVENANCE, VERSION, owned, read_manifest
-from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear, revision
+from .models import DTYPES, Loaded, check_plan, fingerprint, get_linear, offloaded, revision
 from .onnx_graph import (
     DOMAIN,
     IR_VERSION,
@@ -239,6 +239,8 @@ def export(loaded: Loaded, plan: Plan, out: str | os.PathLike, dtype: str = "flo
     out = Path(out)
     replaces = replaceable(out, loaded)
     model = loaded.model
+    if offloaded(model):
+        raise WisparseError("export reads every weight: load the model without cpu/disk offload in its device map")
     check_plan(model, plan)
     if not external_data and weight_bytes(model, DTYPES[dtype]) >= INLINE_LIMIT:
         raise WisparseError(f"the weights are {weight_bytes(model, DTYPES[dtype]) / 2**30:.1f} GiB at {dtype}: too "

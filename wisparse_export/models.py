@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import logging
 import os
@@ -93,6 +94,93 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+DEVICE_MAPS = ("auto", "balanced", "sequential")  # accelerate's strategies, as transformers names them
+
+
+def _map_value(value: object, what: str) -> int | str:
+    """One device of a map, as accelerate takes it: a GPU index (from N or "cuda:N"), "cpu" or "disk"; a GPU this
+    machine does not have is refused."""
+    if value in ("cpu", "disk"):
+        return value
+    index = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, str) and (value == "cuda" or value.startswith("cuda:")):
+        tail = value.partition(":")[2] or "0"
+        index = int(tail) if tail.isdigit() else None
+    if index is None:
+        raise WisparseError(f"{what}: device {value!r} is not a GPU index, cuda:N, cpu or disk")
+    if index >= torch.cuda.device_count():
+        raise WisparseError(f"{what}: device {value!r} does not exist here "
+                            f"({torch.cuda.device_count()} GPU(s) visible)")
+    return index
+
+
+def parse_device_map(spec: str | dict | None, offload_folder: str | None = None) -> str | dict | None:
+    """A device map as accelerate takes it: one of DEVICE_MAPS, or {module: device} given as a dict or a JSON file
+    (every device checked here; whether it places every module is checked against the model when it loads)."""
+    if spec is None:
+        return spec
+    if importlib.util.find_spec("accelerate") is None:
+        raise WisparseError("a device map needs accelerate: pip install 'wisparse-export[multigpu]'")
+    if spec in DEVICE_MAPS:
+        return spec
+    what = "device map"
+    if isinstance(spec, str):
+        if not spec.endswith(".json"):
+            raise WisparseError(f"unknown device map {spec!r}; choose {', '.join(DEVICE_MAPS)} or a JSON file")
+        what, spec = f"device map {spec}", read_json(Path(spec), "device map")
+    if not isinstance(spec, dict) or not spec or not all(isinstance(k, str) for k in spec):
+        raise WisparseError(f"{what}: must be a non-empty object of module name -> device")
+    placed = {k: _map_value(v, what) for k, v in spec.items()}
+    if "disk" in placed.values() and offload_folder is None:
+        raise WisparseError(f"{what}: offloads modules to disk: give an offload folder (--offload-folder)")
+    return placed
+
+
+def map_device(device_map: str | dict) -> str:
+    """Where a mapped model computes first: its first GPU, else the CPU (it decides the default dtype)."""
+    gpus = [v for v in device_map.values() if isinstance(v, int)] if isinstance(device_map, dict) else \
+        list(range(torch.cuda.device_count()))
+    return f"cuda:{gpus[0]}" if gpus else "cpu"
+
+
+def _hook(module: nn.Module):
+    """accelerate's AlignDevicesHook on this module itself (inside a SequentialHook too), or None."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in [hook, *getattr(hook, "hooks", ())]:
+        if h is not None and hasattr(h, "execution_device"):
+            return h
+    return None
+
+
+def stored(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """A parameter's values wherever they live: where accelerate offloads a module (to the CPU or disk), the
+    parameter is an empty meta tensor between forwards and its values sit in the hook's weights map."""
+    t = getattr(module, name)
+    hook = _hook(module)
+    if t.device.type == "meta" and hook is not None and getattr(hook, "offload", False):
+        return hook.weights_map[name]
+    return t
+
+
+def execution_device(module: nn.Module) -> torch.device:
+    """Where a module computes: its accelerate hook's execution device, else where its first tensor is."""
+    hook = _hook(module)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    return next(t for t in [*module.parameters(), *module.buffers()]).device
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where token ids go in: the model's main device under a device map, else where its parameters are."""
+    return execution_device(model) if _hook(model) is not None else execution_device(model.get_input_embeddings())
+
+
+def offloaded(model: nn.Module) -> bool:
+    """Does accelerate keep some weights off their execution device (CPU or disk offload)?"""
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
 def _true(var: str) -> bool:
     return os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
@@ -135,27 +223,39 @@ def _where(source: str | None) -> tuple[str, dict, str]:
 
 
 def load_model(source: str | None = None, dtype: str | None = None, device: str | None = None,
-               progress: bool = True) -> Loaded:
+               progress: bool = True, device_map: str | dict | None = None, offload_folder: str | None = None
+               ) -> Loaded:
     """Load a causal LM from a local folder, a .gguf file, a hub id, random:NAME or random:CONFIG.json (random
-    weights of a real shape), or the embedded default (source=None)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    weights of a real shape), or the embedded default (source=None).
+
+    device_map (instead of device): "auto", "balanced", "sequential", a {module: device} dict or a JSON file of
+    one; accelerate spreads the blocks over the GPUs ("cpu" and "disk" entries are offloaded, "disk" into
+    offload_folder)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    device = device or default_device()
+    if device is not None and device_map is not None:
+        raise WisparseError("give --device or --device-map, not both")
+    device_map = parse_device_map(device_map, offload_folder)
+    device = device or (map_device(device_map) if device_map is not None else default_device())
     torch_dtype = resolve_dtype(dtype, device)
     if source and source.startswith(random_models.PREFIX):
-        return load_random(source[len(random_models.PREFIX):], torch_dtype, device)
+        return load_random(source[len(random_models.PREFIX):], torch_dtype, device, device_map=device_map,
+                           offload_folder=offload_folder)
     where, kwargs, label = _where(source)
     offline = None if os.path.exists(where) else hub_unreachable()
     if offline:
         kwargs["local_files_only"] = True  # a warm cache still works
+    placed = {} if device_map is None else {"device_map": device_map, "offload_folder": offload_folder}
     log.debug("loading %s from %s (%s, %s, %s)", label, where, kwargs, torch_dtype, device)
     bars = hf_logging.is_progress_bar_enabled()  # progress=False hides transformers' bars for this load only:
     if not progress:                             # logging and bars are the application's (the CLI's) to set
         hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs)
+        if isinstance(device_map, dict):  # checked on the shapes before reading any weight
+            random_models.check_map(random_models.meta_model(AutoConfig.from_pretrained(where, **kwargs)), device_map)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, **kwargs, **placed)
     except LOAD_ERRORS as e:
         why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'}"
         if offline:
@@ -166,18 +266,21 @@ def load_model(source: str | None = None, dtype: str | None = None, device: str 
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     loaded = Loaded(model=model, tokenizer=tokenizer, source=label)
     loaded.blocks = find_blocks(model)
     return loaded
 
 
-def load_random(spec: str, dtype: torch.dtype, device: str, seed: int = 0) -> Loaded:
+def load_random(spec: str, dtype: torch.dtype, device: str, seed: int = 0, device_map: str | dict | None = None,
+                offload_folder: str | None = None) -> Loaded:
     """Random weights of a shipped or given config, with the embedded tokenizer; says so on stderr."""
     config, label = random_models.read_config(spec)
     tokenizer = random_models.tokenizer(default_gguf(), config.get_text_config().vocab_size)
     print(random_models.NOTE, file=sys.stderr)
-    model = random_models.build(config, dtype, device, seed)
+    model = random_models.build(config, dtype, device, seed, device_map, offload_folder)
     return Loaded(model=model, tokenizer=tokenizer, source=label, blocks=find_blocks(model))
 
 
@@ -205,8 +308,7 @@ def find_blocks(model: nn.Module) -> list[Block]:
     seen: list[tuple[str, torch.Tensor]] = []  # holding the tensors keeps their memory from being reused
     hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((names[mod], args[0]))) for m in names]
     try:
-        device = next(model.parameters()).device
-        ids = torch.tensor([[1, 2, 3, 4]], device=device) % model.config.get_text_config().vocab_size
+        ids = torch.tensor([[1, 2, 3, 4]], device=input_device(model)) % model.config.get_text_config().vocab_size
         run_blocks(model, ids)
     finally:
         for h in hooks:
@@ -270,7 +372,7 @@ def model_section(loaded: Loaded, names: Iterable[str]) -> dict:
     and its fine-tune)."""
     return {"source": loaded.source, "architecture": loaded.architecture, "revision": revision(loaded),
             "fingerprint": fingerprint(loaded.model),
-            "weights": {n: weight_sample(get_linear(loaded.model, n).weight) for n in names}}
+            "weights": {n: weight_sample(stored(get_linear(loaded.model, n))) for n in names}}
 
 
 def revision(loaded: Loaded) -> str | None:
@@ -325,6 +427,9 @@ def quantize_weights(model: nn.Module, fmt: WeightFormat | None) -> nn.Module:
     `weight_scale` [out] (float32) for export. Quantizing again in the same format changes nothing."""
     if fmt is None:
         return model
+    if offloaded(model):
+        raise WisparseError("quantized weights (--weights) need every block in GPU or CPU memory, not offloaded by "
+                            "the device map")
     for name, lin in block_linears(model).items():
         if type(lin) is not nn.Linear:
             raise WisparseError(f"quantize the model before applying a plan ({name} is a {type(lin).__name__})")
@@ -404,5 +509,5 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
     if fmt is not None:
         _check_quantized(weights, model, fmt, f"plan was made for another model ({source})")
         return
-    check_samples(weights, {n: weight_sample(get_linear(model, n).weight) for n in weights},
+    check_samples(weights, {n: weight_sample(stored(get_linear(model, n))) for n in weights},
                   f"plan was made for another model ({source})")

@@ -15,7 +15,7 @@ from .calibration import METHOD_ALPHA, Stats, collect, make_plan, refit, uniform
 from .config import CalibrationConfig, SearchConfig, check_sparsity
 from .data import Text, sequences
 from .errors import WisparseError
-from .models import Loaded
+from .models import Loaded, input_device
 from .plan import Plan
 from .search import allocate
 
@@ -83,29 +83,30 @@ def prepare(loaded: Loaded, text: Text, config: CalibrationConfig, alphas: tuple
 
 def calibrate(loaded: Loaded, text: Text, sparsity: float, config: CalibrationConfig | None = None, *,
               search: SearchConfig | None = None, checkpoint: str | Path | None = None, progress: bool = True,
-              **overrides) -> Plan:
+              workers: int = 1, **overrides) -> Plan:
     """Text in, plan out. config: CalibrationConfig.preset() unless given; keyword overrides of its fields
     (method="wina", seq_len=64, ...) are applied with dataclasses.replace. search: the wisparse search's settings
-    (default: SearchConfig.preset() for the model's device); checkpoint: where an interrupted search resumes."""
+    (default: SearchConfig.preset() for the model's device); checkpoint: where an interrupted search resumes;
+    workers: processes judging the search's candidates in parallel, one model replica each (same plan)."""
     config = replace(config or CalibrationConfig.preset(), **overrides)
     check_sparsity(sparsity)
     if config.method == "wisparse":
-        search = search or SearchConfig.preset(None, next(loaded.model.parameters()).device)
+        search = search or SearchConfig.preset(None, input_device(loaded.model))
     cal = prepare(loaded, text, config, stat_alphas(config.method, search), progress)
-    return plan_from_stats(loaded, cal, sparsity, config, search, checkpoint, progress)
+    return plan_from_stats(loaded, cal, sparsity, config, search, checkpoint, progress, workers)
 
 
 def plan_from_stats(loaded: Loaded, cal: Calibrated, sparsity: float, config: CalibrationConfig,
                     search: SearchConfig | None = None, checkpoint: str | Path | None = None,
-                    progress: bool = True) -> Plan:
+                    progress: bool = True, workers: int = 1) -> Plan:
     """Allocation, thresholds and refit from statistics already collected (one collection can serve several
     methods and targets, as in benchmarks/accuracy.py). A wisparse plan that does not beat teal and wina on the
     validation part is written as the better of them (method teal or wina; the search record says why)."""
     record, method = None, config.method
     if method == "wisparse":
-        search = search or SearchConfig.preset(None, next(loaded.model.parameters()).device)
+        search = search or SearchConfig.preset(None, input_device(loaded.model))
         allocation, record = allocate(loaded, cal.stats, cal.seqs, sparsity, search, checkpoint, progress,
-                                      validation=cal.validation, batch_size=config.batch_size)
+                                      validation=cal.validation, batch_size=config.batch_size, workers=workers)
         method = record["result"] if record.get("fallback") else method
     else:
         allocation = uniform(cal.stats.hist, sparsity, METHOD_ALPHA[method])

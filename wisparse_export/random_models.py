@@ -119,17 +119,64 @@ def _fill(p: torch.Tensor, seed: int, name: str) -> None:
         flat[start: start + bits.numel()] = ((bits >> 8) - (1 << 23)).float().mul_(scale)
 
 
+def placement(model: nn.Module, device_map: str | dict) -> dict:
+    """{module: device} for a model on the meta device: accelerate's plan for "auto" / "balanced" / "sequential"
+    (as transformers computes it for from_pretrained), or the given map once it is known to place every tensor."""
+    from accelerate.utils import get_balanced_memory, get_max_memory, infer_auto_device_map
+
+    if isinstance(device_map, dict):
+        return check_map(model, device_map)
+    split = model._no_split_modules
+    memory = get_max_memory() if device_map == "sequential" else get_balanced_memory(
+        model, no_split_module_classes=split)
+    return infer_auto_device_map(model, max_memory=memory, no_split_module_classes=split)
+
+
+def check_map(model: nn.Module, device_map: dict) -> dict:
+    """The map itself, once every name in it is a module of the model and every tensor is placed (transformers
+    ignores unknown names and places what a map leaves out by itself)."""
+    from accelerate.utils import check_device_map
+
+    unknown = [k for k in device_map if k and k not in dict(model.named_modules())]
+    if unknown:
+        raise WisparseError(f"device map names modules the model does not have: {', '.join(unknown[:3])}")
+    try:
+        check_device_map(model, device_map)
+    except ValueError as e:
+        missing = _reason(e).split(": ", 1)[-1].split(", ")
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise WisparseError(f"device map leaves tensors unplaced: {', '.join(missing[:3])}{more}") from None
+    return device_map
+
+
+def _dispatch(model: nn.Module, device_map: dict, offload_folder: str | None) -> None:
+    """accelerate's hooks: inputs follow each block to its device; "cpu" and "disk" blocks are offloaded."""
+    from accelerate import dispatch_model
+
+    dispatch_model(model, device_map, offload_dir=offload_folder, skip_keys=model._skip_keys_device_placement)
+    model.hf_device_map = device_map  # as from_pretrained records it
+
+
 @torch.no_grad()
-def build(config, dtype: torch.dtype, device: str | torch.device, seed: int = 0) -> nn.Module:
-    """The model on `device` in `dtype`, seeded weights filled in place (eval mode)."""
+def build(config, dtype: torch.dtype, device: str | torch.device, seed: int = 0, device_map: str | dict | None = None,
+          offload_folder: str | None = None) -> nn.Module:
+    """The model on `device` in `dtype`, seeded weights filled in place (eval mode); with a device map, each module
+    is allocated and filled on its own device (offloaded ones on the CPU first), then dispatched by accelerate:
+    the same values as on one device."""
     model = meta_model(config, dtype)
-    model.to_empty(device=device)
+    where = None if device_map is None else placement(model, device_map)
+    if where is None:
+        model.to_empty(device=device)
+    for name, dev in (where or {}).items():
+        (model.get_submodule(name) if name else model).to_empty(device="cpu" if dev == "disk" else dev)
     model.tie_weights()  # to_empty gives a tied head its own storage
     for name, p in model.named_parameters():
         if p.dim() >= 2:
             _fill(p, seed, name)
             p._is_hf_initialized = True  # the class's init below leaves the matrices alone
     model.initialize_weights()  # norms (ones, or zeros where the norm adds 1), biases, rotary and scale buffers
+    if where is not None:
+        _dispatch(model, where, offload_folder)
     return model.eval()
 
 

@@ -9,6 +9,7 @@ PyTorch; on a CUDA device in bfloat16/float16 the linears run on `kernels`, the 
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from . import kernels
 from .errors import WisparseError
-from .models import check_plan, find_blocks, get_linear
+from .models import check_plan, execution_device, find_blocks, get_linear, stored
 from .plan import Plan
 from .scores import column_norms, keep, masked, tau
 
@@ -30,6 +31,13 @@ def _owned(t: torch.Tensor) -> torch.Tensor:
     transposed views and a fused group's shared storage must not reach a checkpoint (safetensors refuses both)."""
     alone = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.nbytes
     return t if alone else t.clone(memory_format=torch.contiguous_format)
+
+
+def _rebind(linear: nn.Linear) -> None:
+    """accelerate's offload hook calls the forward bound when it was attached (`_old_forward`): after the class
+    changes, that must be the new class's forward, or an offloaded linear would silently stay dense."""
+    if "_old_forward" in linear.__dict__:
+        linear._old_forward = types.MethodType(type(linear).forward, linear)
 
 
 class SparseLinear(nn.Linear):
@@ -54,8 +62,10 @@ class SparseLinear(nn.Linear):
         """Turn `linear` itself into a SparseLinear: same object, same parameters, plan values added."""
         if type(linear) is not nn.Linear:
             raise WisparseError(f"cannot sparsify a {type(linear).__name__}: only a plain torch.nn.Linear")
-        linear.__class__ = cls
-        linear.register_buffer("norms", column_norms(linear.weight), persistent=False)
+        linear.__class__ = cls  # norms and tau where it computes (an offloaded weight is read where it is kept)
+        _rebind(linear)
+        norms = column_norms(stored(linear)).to(execution_device(linear))
+        linear.register_buffer("norms", norms, persistent=False)
         linear.register_buffer("tau", torch.empty_like(linear.norms), persistent=False)
         linear.enabled, linear.counts, linear.on_kernels, linear.fused, linear.index = True, None, False, None, 0
         linear.set(threshold, alpha, sparsity)
@@ -73,6 +83,7 @@ class SparseLinear(nn.Linear):
         for name in _STATE:
             self.__dict__.pop(name, None)
         self.__class__ = nn.Linear
+        _rebind(self)
         return self
 
     def set(self, threshold: float, alpha: float, sparsity: float = 0.0) -> None:

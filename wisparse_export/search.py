@@ -40,10 +40,10 @@ from .calibration import Allocation, Stats, make_plan, uniform
 from .config import SearchConfig
 from .data import adds_bos
 from .errors import WisparseError
-from .evaluate import half_log_probs, kl_pieces
 from .files import check_writable, read_json, write_json
+from .fitness import KLFitness, Replicas
 from .identity import digest, weight_sample
-from .models import Loaded, get_linear, run_blocks
+from .models import Loaded, get_linear, input_device, run_blocks, stored
 from .runtime import SparseLinear, apply, dense_mode, remove, sparse_linears
 
 Scored = tuple[float, list[float]]  # (KL, block levels): a member of the population
@@ -216,33 +216,6 @@ def realize(levels: list[float], tables: dict, units: list[list[Unit]], refined:
 # ---------------------------------------------------------------- stage 1: evolution across blocks
 
 
-class KLFitness:
-    """Mean KL(dense || sparse) per token on fixed calibration batches; dense log-probs cached once (float16, in
-    host memory: on the GPU they would cost 2 GB at a 128k vocabulary), log-probs made in bounded pieces."""
-
-    def __init__(self, model: nn.Module, stats: Stats, batches: list[torch.Tensor]):
-        self.model, self.stats, self.batches = model, stats, batches
-        self.mods = sparse_linears(model)
-        self.calls = 0
-        with torch.no_grad(), dense_mode(model):
-            self.dense = [half_log_probs(model(input_ids=ids, use_cache=False).logits, torch.device("cpu"))
-                          for ids in batches]
-
-    def set(self, allocation: Allocation) -> None:
-        for n, (s, a) in allocation.items():
-            self.mods[n].set(self.stats.threshold(n, s, a), a, s)
-
-    @torch.no_grad()
-    def __call__(self, allocation: Allocation, n_batches: int | None = None) -> float:
-        self.set(allocation)
-        self.calls += 1
-        total, count = 0.0, 0
-        for ids, ld in list(zip(self.batches, self.dense, strict=True))[:n_batches]:
-            total += kl_pieces(ld, self.model(input_ids=ids, use_cache=False).logits)
-            count += ids.numel()
-        return total / count
-
-
 def mutate(levels: list[float], params: list[int], rng: random.Random, max_level: float) -> list[float]:
     """Move sparsity from one block to another, 1-3 times, keeping the param-weighted budget exactly."""
     new = list(levels)
@@ -259,12 +232,16 @@ def mutate(levels: list[float], params: list[int], rng: random.Random, max_level
     return new
 
 
+Judge = Callable[[list[list[float]]], list[float]]  # fitness of several candidates at once, in order
+
+
 def evolve(population: list[Scored], generations: Iterable[int], cfg: SearchConfig,
-           vary: Callable[[list[float], random.Random], list[float]], screen: Callable[[list[float]], float],
-           rank: Callable[[list[float]], float], after: Callable[[int, list[Scored]], None]) -> list[Scored]:
+           vary: Callable[[list[float], random.Random], list[float]], screen: Judge, rank: Judge,
+           after: Callable[[int, list[Scored]], None]) -> list[Scored]:
     """Steady-state evolution, lowest fitness first: each child varies the fitter of two random members; children
     are screened cheaply, the best `survivors` ranked in full, and the population keeps its best. Every generation
-    draws from its own seeded RNG, so a resumed run draws what an uninterrupted one would."""
+    draws from its own seeded RNG, so a resumed run draws what an uninterrupted one would. A generation's children
+    are judged together, so they can be judged in parallel (the result does not depend on how)."""
     population = sorted(population, key=lambda p: p[0])
     for gen in generations:
         rng = random.Random(cfg.seed * 1_000_003 + gen)
@@ -272,8 +249,9 @@ def evolve(population: list[Scored], generations: Iterable[int], cfg: SearchConf
         for _ in range(cfg.offspring):
             a, b = rng.choice(population), rng.choice(population)  # tournament of two
             children.append(vary(min(a, b, key=lambda p: p[0])[1], rng))
-        screened = sorted(((screen(c), c) for c in children), key=lambda p: p[0])
-        ranked = [(rank(c), c) for _, c in screened[: cfg.survivors]]
+        screened = sorted(zip(screen(children), children, strict=True), key=lambda p: p[0])
+        best = [c for _, c in screened[: cfg.survivors]]
+        ranked = list(zip(rank(best), best, strict=True))
         population = sorted(population + ranked, key=lambda p: p[0])[: cfg.population]
         after(gen, population)
     return population
@@ -316,13 +294,13 @@ class Problem:
     units: list[list[Unit]]
     params: list[int]  # per block
     tables: dict
-    fit: KLFitness
+    fit: KLFitness | Replicas
     max_level: float
     n_screen: int
     t0: float
 
-    def kl(self, levels: list[float], n_batches: int | None = None, refined: bool = True) -> float:
-        return self.fit(realize(levels, self.tables, self.units, refined), n_batches)
+    def kls(self, candidates: list[list[float]], n_batches: int | None = None) -> list[float]:
+        return self.fit.many([realize(lv, self.tables, self.units) for lv in candidates], n_batches)
 
     def vary(self, levels: list[float], rng: random.Random) -> list[float]:
         return mutate(levels, self.params, rng, self.max_level)
@@ -342,7 +320,8 @@ def first_population(problem: Problem, target: float, cfg: SearchConfig) -> list
     starts = [flat, seed, [(a + b) / 2 for a, b in zip(flat, seed, strict=True)]]
     while len(starts) < cfg.population:
         starts.append(problem.vary(rng.choice(starts[:3]), rng))
-    return [(problem.kl(lv), lv) for lv in starts[: cfg.population]]
+    starts = starts[: cfg.population]
+    return list(zip(problem.kls(starts), starts, strict=True))
 
 
 def search_levels(problem: Problem, target: float, cfg: SearchConfig, state: dict | None,
@@ -366,8 +345,8 @@ def search_levels(problem: Problem, target: float, cfg: SearchConfig, state: dic
             save({"generation": gen, "population": population, "tables": problem.tables, "baselines": baselines,
                   "trace": trace})
 
-    population = evolve(population, bar, cfg, problem.vary, lambda lv: problem.kl(lv, problem.n_screen),
-                        problem.kl, after)
+    population = evolve(population, bar, cfg, problem.vary, lambda lvs: problem.kls(lvs, problem.n_screen),
+                        problem.kls, after)
     return population, baselines, trace
 
 
@@ -385,7 +364,7 @@ def checkpoint_key(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: flo
     shapes), the exact calibration and validation token ids (text, its split, tokenizer, seq_len, token count and
     seed at once), the target and every setting but the generation count (so a finished search can be extended);
     the settings are those the search ran with (the alpha chosen on validation included)."""
-    weights = {n: [list(stats.shapes[n]), weight_sample(get_linear(loaded.model, n).weight)] for n in stats.hist}
+    weights = {n: [list(stats.shapes[n]), weight_sample(stored(get_linear(loaded.model, n)))] for n in stats.hist}
     settings = {k: v for k, v in cfg.record().items() if k != "generations"}
     held_out = None if validation is None else validation.tolist()
     return {"weights": digest(weights), "calibration tokens": digest(seqs.tolist()),
@@ -492,41 +471,48 @@ def fallback(chosen_kl: float, alpha: dict) -> dict | None:
 
 def allocate(loaded: Loaded, stats: Stats, seqs: torch.Tensor, target: float, config: SearchConfig,
              checkpoint: str | Path | None = None, progress: bool = True, validation: torch.Tensor | None = None,
-             batch_size: int = 4) -> tuple[Allocation, dict]:
+             batch_size: int = 4, workers: int = 1) -> tuple[Allocation, dict]:
     """Search the allocation for `target`; returns ({linear: (sparsity, alpha)}, the search record for the plan).
 
     validation: held-out sequences; when given, the model's alpha, the final candidate and the fallback to teal
     or wina are decided by KL on them (otherwise the final candidate by calibration KL, without fallback).
     checkpoint: a JSON file written after every generation and removed at the end; the search resumes from it
     only when this very search wrote it (same weights, calibration and validation tokens, target and settings).
+    workers: processes judging each generation's candidates (fitness.Replicas); the result is the same.
     """
     max_level = _check(config, stats, target, validation is not None)
     path = check_writable(checkpoint) if checkpoint is not None else None
     model, units = loaded.model, block_units(loaded, stats)
     t0 = time.perf_counter()
-    device = next(model.parameters()).device
-    apply(model, make_plan(loaded, uniform(stats.hist, target, stats.alphas[-1]), stats.threshold, "wisparse", target,
-                           {}), check=False)
+    device = input_device(model)
+    start = make_plan(loaded, uniform(stats.hist, target, stats.alphas[-1]), stats.threshold, "wisparse", target, {})
+    batches = search_batches(loaded, seqs, config, device)  # the same for every alpha choose_alpha may pick
+    replicas = Replicas(model, start, batches.rank, workers) if workers > 1 else None  # sent the dense weights
+    apply(model, start, check=False)
     try:
         val, alpha, cfg = None, None, config
         if validation is not None:
             val = KLFitness(model, stats, [validation[i: i + batch_size].to(device)
                                            for i in range(0, len(validation), batch_size)])
             cfg, alpha = choose_alpha(val, stats, target, config)
-        batches = search_batches(loaded, seqs, cfg, device)
         key = checkpoint_key(loaded, stats, seqs, target, cfg, validation)
         state = resume(path, key, len(units)) if path is not None else None
         save = (lambda s: write_json(path, {"key": key, **s})) if path is not None else None
         tables = split_tables(model, loaded, units, stats, batches.intra, cfg, progress) if state is None \
             else state["tables"]
         t_split = time.perf_counter() - t0
-        problem = Problem(units, [sum(u.params for u in us) for us in units], tables,
-                          KLFitness(model, stats, batches.rank), max_level, batches.n_screen, t0)
+        fit = KLFitness(model, stats, batches.rank)
+        if replicas is not None:
+            replicas.fit, fit = fit, replicas
+        problem = Problem(units, [sum(u.params for u in us) for us in units], tables, fit, max_level,
+                          batches.n_screen, t0)
         population, baselines, trace = search_levels(problem, target, cfg, state, save, progress)
         best_kl, best = population[0]
         choice, allocation, final_kls = final_choice(problem, best, target, val if val is not None else problem.fit)
     finally:
         remove(model)
+        if replicas is not None:
+            replicas.close()
     if path is not None:
         path.unlink(missing_ok=True)
     back = fallback(final_kls[choice], alpha) if alpha is not None else None
