@@ -27,6 +27,9 @@
 //   WSP_V 16, 8 or 1), converted in registers, accumulated in fp32 unscaled, and each output is multiplied by its
 //   scale once, before the bias. x, the mask and the compaction are the same for every WSP_WQ.
 // WSP_MASK=1 compiles the masking kernel of the cuBLAS path instead (same source, so the helpers are shared).
+// Issue 15's fused decode path, two more entry points of the same source: WSP_PRODUCER=1 (RMSNorm) or 2 (SiLU(gate)
+// * up) computes a linear's input and writes its kept channels as a list; WSP_LIST=1 is the GEMV that streams the
+// rows of that list with a Stream-K split (both described where they are defined, below).
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -61,6 +64,12 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_WQ
 #define WSP_WQ 0
+#endif
+#ifndef WSP_PRODUCER
+#define WSP_PRODUCER 0
+#endif
+#ifndef WSP_LIST
+#define WSP_LIST 0
 #endif
 // Benchmark-only build (benchmarks/profile_kernel.py), never shipped: WSP_PROF=1 appends a pointer after y and
 // records %globaltimer and clock64 at seven points per block.
@@ -301,6 +310,401 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
     for (long long i = blockIdx.x * (long long)THREADS + threadIdx.x; i < n; i += (long long)gridDim.x * THREADS) {
         const u16 h = x[i];
         y[i] = fabsf(to_f32(h)) > tau[i % in] ? h : (u16)0;
+    }
+}
+#elif WSP_PRODUCER
+// The producer of a sparse linear's input (issue 15): it computes the input, masks it and compacts the kept
+// channels itself, so the list-consuming GEMV (WSP_LIST) starts streaming weight rows without reading x or tau.
+//   WSP_PRODUCER=1: v = RMSNorm(x) = round(gamma * round(x * rsqrt(mean(x^2) + eps))), as Hugging Face's
+//                   LlamaRMSNorm rounds; v is also written to `xn` (the unfused graph's norm output).
+//   WSP_PRODUCER=2: v = round(round(silu(gate)) * up), the Llama MLP's act_fn(gate) * up with its two roundings,
+//                   from the fused gate/up GEMV's output h = [gate | up]; v is not written (down_proj alone reads it).
+// For each projection p (one tau row each: q/k/v of a fused group keep different channels), the kept channels
+// (|v[r, k]| > tau[p, k] for any row r, the union over the rows), in channel order: idx[p, 0..n_p), their masked
+// values vals[p, e, 0..R) (rows past n_rows are 0), count[p] = n_p. The work is tiny (R x in elements read once):
+// one cluster of C blocks (grid = C) splits the channels, adds the per-row sums of squares and the per-block kept
+// counts through distributed shared memory (three cluster barriers), so the read is spread over C multiprocessors
+// and each block writes its kept entries at its own offset: deterministic channel order, no atomics, no memset.
+constexpr int MAXP = 3;
+
+__device__ __forceinline__ void sync_cluster_or_block() {
+#if WSP_C > 1
+    cluster_sync();
+#else
+    __syncthreads();
+#endif
+}
+
+// Block i of the cluster's copy of a shared-memory value (this block's own when C == 1).
+__device__ __forceinline__ float read_rank(const float* p, int rank) {
+#if WSP_C > 1
+    return ld_cluster(p, (u32)rank);
+#else
+    return *p;
+#endif
+}
+
+// Sum of v over the block, identical in every thread (fixed order: deterministic).
+__device__ __forceinline__ float block_sum(float v, float* sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < WARPS; i++) s += sh[i];
+    __syncthreads();  // sh is reused by the next call
+    return s;
+}
+
+// Block-wide exclusive prefix sum of `count`: where this thread's entries go; `total` = the block's sum.
+__device__ __forceinline__ int block_scan(int count, int* sh, int& total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int incl = count;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    if (lane == 31) sh[warp] = incl;
+    __syncthreads();
+    int pos = incl - count;
+    total = 0;
+#pragma unroll
+    for (int i = 0; i < WARPS; i++) {
+        pos += i < warp ? sh[i] : 0;
+        total += sh[i];
+    }
+    __syncthreads();
+    return pos;
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) WSP_CLUSTER WSP_NAME(
+    const u16* __restrict__ x,      // 1: x [n_rows, ld]; 2: h [n_rows, ld], gate in columns 0..in, up in..2in
+#if WSP_PRODUCER == 1
+    const u16* __restrict__ gamma,  // [in]
+#endif
+    const float* __restrict__ tau,  // [P, in]
+    int n_rows, int in, int ld, int P, int eps_bits,  // eps: float32 bits (RMSNorm; 0 for the SiLU epilogue)
+#if WSP_PRODUCER == 1
+    u16* __restrict__ xn,           // [n_rows, in]
+#endif
+    int* __restrict__ idx,          // [P, in]
+    u16* __restrict__ vals,         // [P, in, R]
+    int* __restrict__ count)        // [P]
+{
+    __shared__ float fsh[WARPS];
+    __shared__ int ish[WARPS];
+    __shared__ float part[R + MAXP];  // this block's sums of squares per row, then its kept counts per projection
+    const int tid = threadIdx.x, rank = blockIdx.x;  // grid = one cluster
+    const int rows = min(R, n_rows);
+    const int k_per = ((in + C - 1) / C + CPT - 1) / CPT * CPT;
+    const int k_begin = min(in, rank * k_per), k_end = min(in, k_begin + k_per);
+
+    // 1. RMSNorm: the cluster's sum of squares per row, added in rank order (the same in every block).
+    float rinv[R];
+#if WSP_PRODUCER == 1
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = 0.f;
+        for (int k = k_begin + tid; k < k_end && r < rows; k += THREADS) {
+            const float v = to_f32(x[(size_t)r * ld + k]);
+            s = fmaf(v, v, s);
+        }
+        s = block_sum(s, fsh);
+        if (tid == 0) part[r] = s;
+    }
+    sync_cluster_or_block();
+    const float eps = __int_as_float(eps_bits);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = 0.f;
+        for (int q = 0; q < C; q++) s += read_rank(&part[r], q);
+        rinv[r] = rsqrtf(s / (float)in + eps);
+    }
+#endif
+    auto value = [&](int r, int k) -> u16 {  // v[r, k] in x's dtype
+#if WSP_PRODUCER == 1
+        const u16 n = from_f32(to_f32(x[(size_t)r * ld + k]) * rinv[r]);
+        return from_f32(to_f32(gamma[k]) * to_f32(n));
+#else
+        const float g = to_f32(x[(size_t)r * ld + k]), u = to_f32(x[(size_t)r * ld + in + k]);
+        return from_f32(to_f32(from_f32(g / (1.f + expf(-g)))) * u);
+#endif
+    };
+#if WSP_PRODUCER == 1
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        for (int k = k_begin + tid; k < k_end && r < rows; k += THREADS) xn[(size_t)r * in + k] = value(r, k);
+#endif
+    // Keep bits and masked values of this thread's CPT consecutive channels k0 + tid * CPT + j for projection p.
+    auto pass = [&](int p, int k0, u16 (&v)[CPT][R]) -> u32 {
+        u32 bits = 0;
+#pragma unroll
+        for (int j = 0; j < CPT; j++) {
+            const int k = k0 + tid * CPT + j;
+            bool keep = false;
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                v[j][r] = 0;
+                if (r < rows && k < k_end) {
+                    const u16 h = value(r, k);
+                    if (fabsf(to_f32(h)) > tau[(size_t)p * in + k]) {
+                        v[j][r] = h;
+                        keep = true;
+                    }
+                }
+            }
+            if (keep) bits |= 1u << j;
+        }
+        return bits;
+    };
+
+    // 2. This block's kept count per projection, then every block's offset: the counts of the ranks before it.
+    u16 v[CPT][R];
+#pragma unroll
+    for (int p = 0; p < MAXP; p++) {
+        if (p >= P) break;
+        int n = 0, total;
+        for (int k0 = k_begin; k0 < k_end; k0 += PASS) n += __popc(pass(p, k0, v));
+        block_scan(n, ish, total);
+        if (tid == 0) part[R + p] = (float)total;  // exact: total <= in < 2^24
+    }
+    sync_cluster_or_block();
+    int base[MAXP];
+#pragma unroll
+    for (int p = 0; p < MAXP; p++) {
+        int b = 0, all = 0;
+        for (int q = 0; q < C && p < P; q++) {
+            const int n = (int)read_rank(&part[R + p], q);
+            b += q < rank ? n : 0;
+            all += n;
+        }
+        base[p] = b;
+        if (p < P && rank == 0 && tid == 0) count[p] = all;
+    }
+#if WSP_C > 1
+    cluster_sync();  // no block leaves while another may still read its shared memory
+#endif
+
+    // 3. Write the kept entries, in channel order: block offset, then pass, then a block-wide prefix sum.
+#pragma unroll
+    for (int p = 0; p < MAXP; p++) {
+        if (p >= P) break;
+        int off = base[p];
+        for (int k0 = k_begin; k0 < k_end; k0 += PASS) {
+            const u32 bits = pass(p, k0, v);
+            int total;
+            int pos = off + block_scan(__popc(bits), ish, total);
+#pragma unroll
+            for (int j = 0; j < CPT; j++) {
+                if ((bits >> j) & 1u) {
+                    const size_t e = (size_t)p * in + pos++;
+                    idx[e] = k0 + tid * CPT + j;
+#pragma unroll
+                    for (int r = 0; r < R; r++) vals[e * R + r] = v[j][r];
+                }
+            }
+            off += total;
+        }
+    }
+}
+#elif WSP_LIST
+// The sparse GEMV over a producer's list (WSP_PRODUCER): y[:, cols_p] = sum over e < count[p] of
+// vals[p, e, :] * W[idx[p, e], cols_p]. No x, no tau, no mask: the kept rows are streamed straight away.
+// Stream-K: the work is the kept entries of every column tile, laid end to end (tile t of projection p holds
+// count[p] entries); block b of the G working blocks takes positions [b W / G, (b + 1) W / G), whatever tiles they
+// span, so every block streams the same number of weight rows (+-1) whatever the counts. A tile whose entries one
+// block covers is written directly; a split tile's contributors store their partial sums in ws slot b + t (unique:
+// along the positions, b and t never decrease and one of them grows at each segment), count their arrival on
+// sem[t], and the last to arrive adds the partials in block order (deterministic), scales, adds the bias, writes y
+// and sets sem[t] back to 0: the next launch finds the counters zeroed without a memset.
+constexpr int KL = 1024;  // list entries staged in shared memory at a time
+constexpr int MAXP = 3;   // projections of a fused group
+static_assert(C == 1, "the list GEMV balances work with Stream-K, not clusters");
+
+extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
+    const int* __restrict__ idx,     // [P, in]: kept channels of projection p, in channel order
+    const u16* __restrict__ vals,    // [P, in, R]: their masked x values
+    const int* __restrict__ count,   // [P]
+    const wt_t* __restrict__ w,      // [in, ldw]
+#if WSP_WQ
+    const float* __restrict__ scale,  // [out0 + out1 + out2]
+#endif
+#if WSP_BIAS
+    const u16* __restrict__ bias,    // [out0 + out1 + out2]
+#endif
+    int n_rows, int in, int ldw, int out0, int out1, int out2,
+    u16* __restrict__ y,             // [n_rows <= R, out0 + out1 + out2]
+    float* ws,                       // [gridDim.x + tiles, R * TN]: partial sums of split tiles
+    int* sem)                        // [tiles]: arrivals per split tile; zero before and after every launch
+{
+    __shared__ int list[KL];
+    __shared__ __align__(16) u16 xc[KL * R];
+    __shared__ float red[WARPS * R * TN];
+    __shared__ int is_last;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int rl = tid / TPR, cl = tid % TPR;
+    const int out = out0 + out1 + out2, rows = min(R, n_rows);
+    const int widths[MAXP] = {out0, out1, out2};
+    int nt[MAXP], cnt[MAXP], tiles = 0;
+    long long work = 0;
+#pragma unroll
+    for (int p = 0; p < MAXP; p++) {
+        nt[p] = (widths[p] + TN - 1) / TN;
+        cnt[p] = widths[p] > 0 ? count[p] : 0;
+        tiles += nt[p];
+        work += (long long)nt[p] * cnt[p];
+    }
+    // Tile t: its projection, first column, end of the projection's columns, first position, entries.
+    auto tile_of = [&](int t, int& p, int& n, int& col0, int& col_end, long long& start) {
+        int off = 0, tb = 0;
+        long long sb = 0;
+        p = MAXP - 1;
+#pragma unroll
+        for (int q = 0; q < MAXP - 1; q++) {
+            if (p == MAXP - 1 && t < tb + nt[q]) p = q;
+            if (p == MAXP - 1) {
+                off += widths[q];
+                tb += nt[q];
+                sb += (long long)nt[q] * cnt[q];
+            }
+        }
+        n = p == 0 ? cnt[0] : p == 1 ? cnt[1] : cnt[2];
+        col0 = off + (t - tb) * TN;
+        col_end = off + (p == 0 ? widths[0] : p == 1 ? widths[1] : widths[2]);
+        start = sb + (long long)(t - tb) * n;
+    };
+    auto finish = [&](float s, int i, int col0, int col_end) {  // output i of the tile: scale, bias, store
+        const int r = i / TN, c = col0 + i % TN;
+        if (r >= rows || c >= col_end) return;
+#if WSP_WQ
+        s *= scale[c];
+#endif
+#if WSP_BIAS
+        s += to_f32(bias[c]);
+#endif
+        y[(size_t)r * out + c] = from_f32(s);
+    };
+
+    // 0. Tiles of a projection without kept channels: y = bias (or 0), one block each.
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+        int p, n, col0, col_end;
+        long long start;
+        tile_of(t, p, n, col0, col_end, start);
+        if (n == 0)
+            for (int i = tid; i < R * TN; i += THREADS) finish(0.f, i, col0, col_end);
+    }
+    const int g = (int)min((long long)gridDim.x, work);  // working blocks, each with at least one entry
+    const int b = blockIdx.x;
+    if (b >= g) return;
+    auto owner = [&](long long s) { return (int)(((s + 1) * g - 1) / work); };  // the block holding position s
+    const long long s_end = (long long)(b + 1) * work / g;
+    for (long long s = (long long)b * work / g; s < s_end;) {
+        // The tile holding position s (tiles without entries hold no position).
+        int t = -1, tb = 0;
+        long long sb = 0;
+#pragma unroll
+        for (int q = 0; q < MAXP; q++) {
+            const long long span = (long long)nt[q] * cnt[q];
+            if (t < 0 && s < sb + span) t = tb + (int)((s - sb) / cnt[q]);
+            tb += nt[q];
+            sb += span;
+        }
+        int p, n, col0, col_end;
+        long long start;
+        tile_of(t, p, n, col0, col_end, start);
+        const int k_lo = (int)(s - start), k_hi = (int)(min(s_end, start + n) - start);
+        const int col = col0 + cl * V;
+        const bool col_ok = col < col_end;
+        float acc[R][V];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int v = 0; v < V; v++) acc[r][v] = 0.f;
+        for (int k0 = k_lo; k0 < k_hi; k0 += KL) {
+            const int total = min(KL, k_hi - k0);
+            const size_t e0 = (size_t)p * in + k0;
+            for (int i = tid; i < total; i += THREADS) list[i] = idx[e0 + i];
+            for (int i = tid; i < total * R; i += THREADS) xc[i] = vals[e0 * R + i];
+            __syncthreads();
+            const wt_t* wk = w + col;
+            auto issue = [&](int e, Vec (&wv)[U], int (&ent)[U]) {
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    ent[u] = e + u * RL < total ? e + u * RL : -1;
+                    if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + (size_t)list[ent[u]] * ldw);
+                    else zero(wv[u]);
+                }
+            };
+            Vec cur[U], nxt[U];
+            int ecur[U], enxt[U];
+            issue(rl, cur, ecur);
+            for (int e = rl; e < total; e += RL * U) {
+                issue(e + RL * U, nxt, enxt);
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    if (ecur[u] >= 0) {
+                        float xv[R];
+                        load_x(xc, ecur[u], xv);
+                        fma_row(cur[u], xv, acc);
+                    }
+                    cur[u] = nxt[u];
+                    ecur[u] = enxt[u];
+                }
+            }
+            __syncthreads();  // list and xc are rewritten by the next batch
+        }
+        // Reduce over the row lanes (inside each warp, then across warps): red[i] = the block's partial i.
+#pragma unroll
+        for (int o = TPR; o < 32; o <<= 1)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int v = 0; v < V; v++) acc[r][v] += __shfl_xor_sync(0xffffffffu, acc[r][v], o);
+        if (lane < TPR)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int v = 0; v < V; v++) red[(warp * R + r) * TN + cl * V + v] = acc[r][v];
+        __syncthreads();
+        for (int i = tid; i < R * TN; i += THREADS) {
+            float sum = 0.f;
+#pragma unroll
+            for (int wi = 0; wi < WARPS; wi++) sum += red[wi * R * TN + i];
+            red[i] = sum;  // only this thread reads and writes entry i of warp 0's slot here
+        }
+        if (k_lo == 0 && k_hi == n) {  // the whole tile is this block's
+            for (int i = tid; i < R * TN; i += THREADS) finish(red[i], i, col0, col_end);
+        } else {  // Stream-K fix-up: publish the partial, count the arrival; the last contributor finishes
+            const int first = owner(start), last = owner(start + n - 1);
+            float* mine = ws + (size_t)(b + t) * R * TN;
+            for (int i = tid; i < R * TN; i += THREADS) __stcg(mine + i, red[i]);
+            // The arrival (CUTLASS's Stream-K barrier pattern): the block's stores, a barrier, then one thread's
+            // fence and atomic (release); the last arriver's atomic, its fence (acquire), a barrier, the reads.
+            __syncthreads();
+            if (tid == 0) {
+                __threadfence();
+                const int done = atomicAdd(sem + t, 1) == last - first;
+                if (done) {
+                    __threadfence();
+                    atomicExch(sem + t, 0);  // every contributor has arrived: zero again for the next launch
+                }
+                is_last = done;
+            }
+            __syncthreads();
+            if (is_last) {
+                for (int i = tid; i < R * TN; i += THREADS) {
+                    float sum = 0.f;
+                    for (int q = first; q <= last; q++)
+                        sum += q == b ? red[i] : __ldcg(ws + (size_t)(q + t) * R * TN + i);
+                    finish(sum, i, col0, col_end);
+                }
+            }
+        }
+        __syncthreads();  // red is rewritten by the next segment
+        s = start + k_hi;
     }
 }
 #else

@@ -24,7 +24,9 @@ from .driver import check_versions, device_arch, driver_version, function, launc
 from .geometry import (
     CLUSTERS,
     DTYPES,
+    LIST_ROWS,
     MAX_SPLITS,
+    PRODUCERS,
     ROWS,
     THREADS,
     TILES,
@@ -32,14 +34,28 @@ from .geometry import (
     as_weight_format,
     bytes_moved,
     launch_spec,
+    list_spec,
     mask_spec,
     pick_tiling,
+    producer_spec,
 )
-from .ops import STORAGE, dequantized, mask_op, reference, sparse_linear_op, sparse_linear_q_op
+from .ops import (
+    STORAGE,
+    compact,
+    dequantized,
+    list_reference,
+    mask_op,
+    reference,
+    rms_norm,
+    silu_mul,
+    sparse_linear_op,
+    sparse_linear_q_op,
+)
 
 __all__ = ["CLUSTERS", "DTYPES", "KEEP_MAX", "MAX_SPLITS", "Q_ROWS", "ROWS", "SOURCE", "STORAGE", "THREADS", "TILES",
            "Fused", "LaunchSpec", "Planned", "bytes_moved", "cache_dir", "check_versions", "compile_ptx",
            "dequantized", "device_arch", "driver_version", "function", "fusable", "kernel_layout", "launch",
            "launch_spec", "mask_op", "mask_spec", "nvrtc_version", "pick_tiling", "preload", "quantized", "reference",
            "sm_count", "sparse_linear", "sparse_linear_op", "sparse_linear_q_op", "supports", "use_kernel",
-           "as_weight_format"]
+           "as_weight_format",
+           "LIST_ROWS", "PRODUCERS", "compact", "list_reference", "list_spec", "producer_spec", "rms_norm", "silu_mul"]

@@ -8,6 +8,7 @@ TensorRT plugin's ahead-of-time function both call it, so what the GPU tests lau
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,8 @@ class LaunchSpec:
     cluster: int
     bias: bool
     weights: str | None = None   # quantized weights' format (quant.FORMATS): the kernel also takes `scale`
+    workspace: int = 0           # list GEMV: float32 partial sums it needs (`ws`), any contents
+    semaphores: int = 0          # list GEMV: int32 arrival counters (`sem`), zeroed once, zero after every launch
 
 
 def _cdiv(a, b):
@@ -118,6 +121,13 @@ def _check_weight(in_features: int, splits: Sequence[int], ldw: int, vec: int | 
     return vec
 
 
+def _check_arch(fmt: WeightFormat | None, arch: int | None) -> int:
+    arch = arch or 90
+    if fmt is not None and fmt.name == "fp8_e4m3" and arch < 89:
+        raise WisparseError(f"fp8_e4m3 weights need sm_89 or newer (the e4m3 conversion), not sm_{arch}")
+    return arch
+
+
 def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
                 ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
                 cluster: int | None = None, vec: int | None = None, arch: int | None = None, sms: int = 132,
@@ -145,9 +155,7 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
     if rows_per_block not in ROWS:
         raise WisparseError(f"rows_per_block must be one of {ROWS}")
     row_blocks = cdiv(n_rows, rows_per_block)
-    arch = arch or 90
-    if fmt is not None and fmt.name == "fp8_e4m3" and arch < 89:
-        raise WisparseError(f"fp8_e4m3 weights need sm_89 or newer (the e4m3 conversion), not sm_{arch}")
+    arch = _check_arch(fmt, arch)
     tiles = _tiles(fmt, vec, rows_per_block)
     if tile is None or cluster is None:
         t, c = pick_tiling(splits, in_features, row_blocks if isinstance(row_blocks, int) else 1, vec, sms, arch,
@@ -187,3 +195,78 @@ def bytes_moved(in_features: int, out: int, n_rows: int, keep: float, elem: int 
     w_elem, scales = (1, out * 4) if as_weight_format(weights) is not None else (elem, 0)
     return int(math.ceil(keep * in_features) * out * w_elem + scales + n_rows * in_features * elem
                + in_features * 4 + n_rows * out * elem)
+
+
+PRODUCERS = {"rmsnorm": 1, "silu_mul": 2}  # producer kind -> the kernel's WSP_PRODUCER
+LIST_ROWS = (1, 2, 4)  # rows a producer's list carries per kept channel (the fused decode path: batch 1 to 4)
+
+
+def _list_rows(n_rows: Any, rows_per_block: int | None) -> int:
+    """The rows per list entry: the smallest of LIST_ROWS holding n_rows (rows_per_block when n_rows is symbolic)."""
+    if rows_per_block is None:
+        if not isinstance(n_rows, int):
+            raise WisparseError("rows_per_block is required when n_rows is symbolic")
+        rows_per_block = next((r for r in LIST_ROWS if r >= n_rows), 0)
+    if rows_per_block not in LIST_ROWS or (isinstance(n_rows, int) and not 1 <= n_rows <= rows_per_block):
+        raise WisparseError(f"the fused decode path takes 1 to {LIST_ROWS[-1]} rows in blocks of {LIST_ROWS}, "
+                            f"not {n_rows} rows in blocks of {rows_per_block}")
+    return rows_per_block
+
+
+def producer_spec(dtype: Any, in_features: int, n_rows: Any = 1, *, kind: str = "rmsnorm", projections: int = 1,
+                  eps: float = 1e-5, ld: int | None = None, rows_per_block: int | None = None,
+                  cluster: int | None = None, arch: int | None = None) -> LaunchSpec:
+    """The producer kernel (WSP_PRODUCER): RMSNorm of x, or SiLU(gate) * up of a fused gate/up output, then the
+    kept-channel list of each of `projections` tau rows (docs/KERNEL_ABI.md). One cluster: grid = (cluster, 1, 1).
+
+    `ld`: the input's row stride (default in_features for RMSNorm, 2 * in_features for [gate | up])."""
+    dt = _dtype(dtype, "the producer kernels take")
+    if kind not in PRODUCERS:
+        raise WisparseError(f"producer kind must be one of {list(PRODUCERS)}, not {kind!r}")
+    rows = _list_rows(n_rows, rows_per_block)
+    ld = (in_features if kind == "rmsnorm" else 2 * in_features) if ld is None else int(ld)
+    if not 1 <= projections <= MAX_SPLITS or in_features <= 0 or ld < in_features * (1 + (kind == "silu_mul")) \
+            or projections * in_features * rows >= 2**31:
+        raise WisparseError(f"unsupported producer shape: in={in_features}, ld={ld}, projections={projections}")
+    arch = arch or 90
+    if cluster is None:  # about 1024 or more channels per block, on up to 8 multiprocessors
+        cluster = max(c for c in CLUSTERS if c == 1 or (arch >= 90 and in_features >= 1024 * c))
+    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
+        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+    name = f"wsp_{kind}_{dt}_r{rows}_c{cluster}"
+    defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows, "WSP_C": cluster,
+               "WSP_PRODUCER": PRODUCERS[kind]}
+    eps_bits = struct.unpack("<i", struct.pack("<f", eps if kind == "rmsnorm" else 0.0))[0]
+    return LaunchSpec(name, compile_ptx(SOURCE, defines, arch), (cluster, 1, 1), (THREADS, 1, 1), 0,
+                      (n_rows, in_features, ld, projections, eps_bits), rows, 0, 1, cluster, False)
+
+
+def list_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
+              ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
+              vec: int | None = None, arch: int | None = None, sms: int = 132,
+              weights: WeightFormat | str | None = None) -> LaunchSpec:
+    """The GEMV over a producer's kept lists (WSP_LIST): y = vals @ W[idx] per projection, a Stream-K split over
+    a persistent grid of 1 (4 rows) or 2 blocks per multiprocessor. The widest column tile is taken (the split no
+    longer needs narrow tiles to fill the GPU); `workspace` and `semaphores` size the scratch the launch needs."""
+    dt = _dtype(dtype, "sparse kernels take")
+    fmt = as_weight_format(weights)
+    splits = [int(s) for s in splits]
+    ldw = sum(splits) if ldw is None else int(ldw)
+    vec = _check_weight(in_features, splits, ldw, vec, (16, 8, 1) if fmt is not None else (8, 1))
+    rows = _list_rows(n_rows, rows_per_block)
+    arch = _check_arch(fmt, arch)
+    tiles = _tiles(fmt, vec, rows)
+    tile = tiles[0] if tile is None else tile
+    if tile not in tiles:
+        raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows} rows")
+    wq = f"_{fmt.name}" if fmt is not None else ""
+    name = f"wsp_list_{dt}{wq}_r{rows}_n{tile}_v{vec}" + ("_bias" if bias else "")
+    defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows, "WSP_TN": tile, "WSP_V": vec,
+               "WSP_BIAS": int(bias), "WSP_LIST": 1}
+    if fmt is not None:
+        defines["WSP_WQ"] = WQ[fmt.name]
+    blocks = sms * (1 if rows > 2 else 2)  # the kernel's WSP_MINB for these rows
+    n_tiles = sum(_cdiv(s, tile) for s in splits)
+    return LaunchSpec(name, compile_ptx(SOURCE, defines, arch), (blocks, 1, 1), (THREADS, 1, 1), 0,
+                      (n_rows, in_features, ldw, *splits, *[0] * (MAX_SPLITS - len(splits))), rows, tile, vec, 1,
+                      bias, fmt.name if fmt is not None else None, (blocks + n_tiles) * rows * tile, n_tiles)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..quant import dequantize
-from ..scores import masked
+from ..scores import keep, masked
 from .driver import device_arch, launch, sm_count
 from .geometry import LaunchSpec, launch_spec, mask_spec
 
@@ -30,6 +31,52 @@ def reference(x: torch.Tensor, wt: torch.Tensor, tau: torch.Tensor, bias: torch.
         col += s
     y = torch.cat(ys, dim=-1) if len(ys) > 1 else ys[0]
     return y + bias if bias is not None else y
+
+
+def rms_norm(x: torch.Tensor, gamma: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm with its roundings (statistics in float32, rounded to x's dtype, then times gamma): what the
+    producer kernel (WSP_PRODUCER=1) computes."""
+    n = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return gamma * n
+
+
+def silu_mul(h: torch.Tensor) -> torch.Tensor:
+    """The Llama MLP's act_fn(gate) * up from a fused gate/up output h = [gate | up], with its two roundings."""
+    gate, up = h.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def compact(v: torch.Tensor, tau: torch.Tensor, rows_per_block: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The producer's list for v [n_rows, in] and tau [P, in]: per projection p the channels kept in any row, in
+    channel order (idx int32 [P, in]), their masked values (vals [P, in, rows_per_block], rows past n_rows 0) and
+    count int32 [P]. Entries past count[p] are unspecified; here they are 0."""
+    taus = tau.reshape(-1, v.shape[-1])
+    p_n, k = taus.shape
+    idx = torch.zeros(p_n, k, dtype=torch.int32, device=v.device)
+    vals = v.new_zeros(p_n, k, rows_per_block)
+    count = torch.zeros(p_n, dtype=torch.int32, device=v.device)
+    for p in range(p_n):
+        m = masked(v, taus[p])
+        kept = keep(v, taus[p]).any(0).nonzero().flatten()
+        idx[p, :len(kept)], count[p] = kept.to(torch.int32), len(kept)
+        vals[p, :len(kept), :v.shape[0]] = m[:, kept].t()
+    return idx, vals, count
+
+
+def list_reference(idx: torch.Tensor, vals: torch.Tensor, count: torch.Tensor, wt: torch.Tensor,
+                   bias: torch.Tensor | None, splits: Sequence[int], n_rows: int) -> torch.Tensor:
+    """What the list GEMV (WSP_LIST) computes: y[:, cols_p] = vals[p, :count[p]]^T W[idx[p, :count[p]], cols_p]
+    (+ bias), the first n_rows rows, in fp32 (or vals' wider dtype) rounded once to vals' dtype."""
+    acc = torch.promote_types(vals.dtype, torch.float32)
+    ys, col = [], 0
+    for p, s in enumerate(splits):
+        n = int(count[p])
+        rows = idx[p, :n].long()
+        ys.append(vals[p, :n, :n_rows].t().to(acc) @ wt[rows, col:col + s].to(acc))
+        col += s
+    y = torch.cat(ys, dim=-1)
+    return (y + bias.to(acc) if bias is not None else y).to(vals.dtype)
 
 
 @torch.library.custom_op("wisparse::sparse_linear", mutates_args=())
