@@ -268,7 +268,9 @@ def _assert_same_list(got, want, what):
 
 def _assert_rms_norm(xn, x, gamma, what):
     """Llama's RMSNorm rounds twice (the normalized x, then gamma times it): within two unit roundoffs of float64, and
-    within one unit in the last place of PyTorch's computation with the same roundings (rsqrtf vs torch.rsqrt)."""
+    within two units in the last place of PyTorch's computation with the same roundings: rsqrtf and the kernel's
+    order of summation may move the normalized value by one ulp, which gamma's product carries (plus its own rounding;
+    one ulp failed on the H200 at 14336 channels, 2026-12-02)."""
     assert torch.isfinite(xn).all(), f"{what}: unwritten (poisoned) or non-finite outputs"
     bits = 7 if xn.dtype == torch.bfloat16 else 10
     exact = kernels.rms_norm(x.double(), gamma.double(), 1e-5)
@@ -276,7 +278,7 @@ def _assert_rms_norm(xn, x, gamma, what):
     assert (err <= 1.01 * 2.0**-bits * exact.abs() + 1e-6).all(), f"{what}: max error {err.max().item():.3g} vs float64"
     same = kernels.rms_norm(x, gamma, 1e-5).double()
     ulp = torch.exp2(torch.floor(torch.log2(same.abs().clamp_min(2.0**-14))) - bits)
-    assert ((xn.double() - same).abs() <= ulp).all(), f"{what}: more than one ulp from PyTorch's roundings"
+    assert ((xn.double() - same).abs() <= 2 * ulp).all(), f"{what}: more than two ulps from PyTorch's roundings"
 
 
 @pytest.mark.gpu
