@@ -1,0 +1,284 @@
+"""Issue 15's fused decode path on the 8B shapes, one GPU run: each linear's four ways, beside its bandwidth bound.
+
+For 8B gate+up (4096 -> [14336, 14336]), down (14336 -> [4096]) and q/k/v (4096 -> [4096, 1024, 1024]), weights
+bf16 and fp8_e4m3, sparsity 0 / 0.5 / 0.75, batch 1 (`--rows`), per call:
+  today     the sparse kernel of today's runtime (`sparse_linear_op` / `sparse_linear_q_op`: launch_spec, mask and
+            compaction in every block) on the producer's output v;
+  list      the list GEMV (`list_spec`) alone, on the list `kernels.compact` makes of v;
+  producer  the producer alone (`producer_spec`: RMSNorm for the 4096 inputs, SiLU(gate) * up for down);
+  fused     producer then list GEMV, back to back, the GEMV reading the list the producer just wrote.
+Each figure is the median of `--reps` repetitions of bench_kernels' graph-replay median, weights rotated over
+bench_kernels' `copies` of the kept bytes. The bound is the fewest bytes a path must move (`path_bytes`) over the
+fastest read measured in the same run: the plain-read ceiling (bench_kernels' `ceilings`) or cuBLAS's dense bf16
+bandwidth on the same shape, whichever is higher (as bench_kernels' bars take it). The issue's bar is read from the
+`list` rows on the MLP shapes: >= 85% of the bound at 0.5, >= 75% at 0.75.
+
+    python benchmarks/bench_fused.py --json OUT.json [--weights bf16 fp8] [--reps 3] [--rows 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from bench_kernels import ceilings, copies, median_call_us
+
+from wisparse_export import kernels, quant
+
+SHAPES = {  # name: (in, splits, producer kind)
+    "8B gate+up 4096->[14336,14336]": (4096, [14336, 14336], "rmsnorm"),
+    "8B down 14336->[4096]": (14336, [4096], "silu_mul"),
+    "8B qkv 4096->[4096,1024,1024]": (4096, [4096, 1024, 1024], "rmsnorm"),
+}
+MLP = ("8B gate+up 4096->[14336,14336]", "8B down 14336->[4096]")  # the issue's bar is on these
+WEIGHTS = {"bf16": None, "fp8": "fp8_e4m3"}
+SPARSITIES = (0.0, 0.5, 0.75)
+BARS = {0.5: 85.0, 0.75: 75.0}  # sparsity -> % of the bound the list GEMV must reach
+PATHS = ("today", "list", "producer", "fused")
+EPS = 1e-5
+DTYPE = torch.bfloat16
+
+
+def list_rows(n_rows: int) -> int:
+    """Rows per list entry: the smallest of kernels.LIST_ROWS holding n_rows."""
+    return next(r for r in kernels.LIST_ROWS if r >= n_rows)
+
+
+def gemv_bytes(splits: Sequence[int], counts: Sequence[int], n_rows: int, weights: str | None, input_bytes: int,
+               elem: int = 2) -> int:
+    """Fewest bytes a sparse GEMV moves: the kept weight rows of each projection (1 byte a weight and a float32
+    scale per output column for quantized weights), its input (`input_bytes`), and y."""
+    w_elem = 1 if weights else elem
+    out = sum(splits)
+    kept = sum(c * s for c, s in zip(counts, splits, strict=True)) * w_elem
+    return kept + (4 * out if weights else 0) + input_bytes + n_rows * out * elem
+
+
+def list_bytes(counts: Sequence[int], n_rows: int, elem: int = 2) -> int:
+    """A producer's list: per kept entry its channel (int32) and the R masked values; one int32 count a projection."""
+    return sum(counts) * (4 + list_rows(n_rows) * elem) + 4 * len(counts)
+
+
+def path_bytes(in_f: int, splits: Sequence[int], kind: str, counts: Sequence[int], n_rows: int,
+               weights: str | None, elem: int = 2) -> dict[str, int]:
+    """Fewest bytes each path moves (PATHS). today: x and one tau row per projection in; list: the list in;
+    producer: its input (x and gamma, or [gate | up]) and tau in, the list (and RMSNorm's xn) out; fused: both."""
+    p = len(splits)
+    x_in = n_rows * in_f * elem
+    today = gemv_bytes(splits, counts, n_rows, weights, x_in + p * in_f * 4, elem)
+    gemv = gemv_bytes(splits, counts, n_rows, weights, list_bytes(counts, n_rows, elem), elem)
+    if kind == "rmsnorm":
+        produced = x_in + in_f * elem + x_in  # x, gamma in; xn out
+    else:
+        produced = 2 * x_in  # [gate | up] in
+    producer = produced + p * in_f * 4 + list_bytes(counts, n_rows, elem)
+    return {"today": today, "list": gemv, "producer": producer, "fused": producer + gemv}
+
+
+def pct_of_bound(nbytes: int, us: float, bytes_per_s: float) -> tuple[float, float]:
+    """(bound in us, % of it reached): the bytes at the ceiling, over the measured time."""
+    bound = nbytes / bytes_per_s * 1e6
+    return bound, 100.0 * bound / us
+
+
+@dataclass
+class Case:
+    """One measurement's data: the producer's inputs, its output v, tau [P, in] and the list `compact` makes."""
+
+    inputs: list[torch.Tensor]
+    v: torch.Tensor
+    tau: torch.Tensor
+    lst: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def make_case(in_f: int, splits: Sequence[int], kind: str, sparsity: float, n_rows: int = 1,
+              device: str = "cuda", seed: int = 0) -> Case:
+    """Random producer inputs; tau = the `sparsity` quantile of |v| (every projection the same), so each projection
+    keeps about 1 - sparsity of the channels (the union over rows keeps more)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    if kind == "rmsnorm":
+        x = torch.randn(n_rows, in_f, device=device, generator=g).to(DTYPE)
+        gamma = (1 + 0.2 * torch.randn(in_f, device=device, generator=g)).to(DTYPE)
+        inputs, v = [x, gamma], kernels.rms_norm(x, gamma, EPS)
+    else:
+        h = torch.randn(n_rows, 2 * in_f, device=device, generator=g).to(DTYPE)
+        inputs, v = [h], kernels.silu_mul(h)
+    q = torch.quantile(v.float().abs().flatten(), sparsity).item() if sparsity else 0.0
+    tau = torch.full((len(splits), in_f), q, device=device)
+    return Case(inputs, v, tau, kernels.compact(v, tau, list_rows(n_rows)))
+
+
+def specs(in_f: int, splits: Sequence[int], kind: str, weights: str | None, n_rows: int, sms: int, arch: int
+          ) -> tuple[kernels.LaunchSpec, kernels.LaunchSpec]:
+    """The list GEMV's and the producer's launch specs (one R for both: the list's rows)."""
+    rows = list_rows(n_rows)
+    gemv = kernels.list_spec(DTYPE, in_f, splits, n_rows, rows_per_block=rows, weights=weights, sms=sms, arch=arch)
+    prod = kernels.producer_spec(DTYPE, in_f, n_rows, kind=kind, projections=len(splits), eps=EPS,
+                                 rows_per_block=rows, arch=arch)
+    return gemv, prod
+
+
+def _weights(in_f: int, out: int, weights: str | None, n: int) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """n copies of one random weight in the kernel layout [in, out] (bf16, or the 1-byte form and its scales)."""
+    w = torch.randn(out, in_f, device="cuda").div_(in_f**0.5)
+    if weights is None:
+        wt = w.to(DTYPE).t().contiguous()
+        return [wt] + [wt.clone() for _ in range(n - 1)], None
+    q, scale = quant.quantize(w, quant.FORMATS[weights])
+    wq = q.t().contiguous()
+    return [wq] + [wq.clone() for _ in range(n - 1)], scale
+
+
+class Launcher:
+    """The producer and list GEMV launches of one case, on static buffers (what a CUDA graph captures)."""
+
+    def __init__(self, case: Case, gemv: kernels.LaunchSpec, prod: kernels.LaunchSpec, scale, n_rows: int):
+        p, k = case.tau.shape
+        dev = case.v.device
+        self.case, self.gemv, self.prod, self.scale = case, gemv, prod, scale
+        self.splits = [s for s in gemv.args[3:] if s]
+        self.idx = torch.zeros(p, k, dtype=torch.int32, device=dev)
+        self.vals = torch.zeros(p, k, gemv.rows_per_block, dtype=DTYPE, device=dev)
+        self.count = torch.zeros(p, dtype=torch.int32, device=dev)
+        self.xn = torch.empty(n_rows, k, dtype=DTYPE, device=dev)
+        self.ws = torch.empty(gemv.workspace, device=dev)
+        self.sem = torch.zeros(gemv.semaphores, dtype=torch.int32, device=dev)  # zeroed once
+        self.y = torch.empty(n_rows, sum(gemv.args[3:]), dtype=DTYPE, device=dev)
+
+    def producer(self) -> None:
+        outs = ([self.xn] if self.prod.name.startswith("wsp_rmsnorm") else []) + [self.idx, self.vals, self.count]
+        kernels.launch(self.prod, [t.data_ptr() for t in (*self.case.inputs, self.case.tau)], outs[0].data_ptr(),
+                       torch.cuda.current_stream().cuda_stream, trailing=[t.data_ptr() for t in outs[1:]])
+
+    def gemv_on(self, lst, w: torch.Tensor) -> None:
+        ptrs = [t.data_ptr() for t in (*lst, w)] + ([self.scale.data_ptr()] if self.scale is not None else [])
+        kernels.launch(self.gemv, ptrs, self.y.data_ptr(), torch.cuda.current_stream().cuda_stream,
+                       trailing=[self.ws.data_ptr(), self.sem.data_ptr()])
+
+    def check(self, w: torch.Tensor) -> None:
+        """The list the producer writes is compact's; producer -> GEMV gives today's kernel's y (fp32 sums in
+        another order: a few bf16 ulps)."""
+        self.fused(w)
+        torch.cuda.synchronize()
+        v = self.xn if self.prod.name.startswith("wsp_rmsnorm") else self.case.v  # its own RMSNorm: rsqrtf's ulp
+        want = kernels.compact(v, self.case.tau, self.gemv.rows_per_block)[2]
+        today = self.today(w)
+        if not torch.equal(self.count, want):
+            raise RuntimeError(f"{self.prod.name}: counts {self.count.tolist()} != {want.tolist()}")
+        if not torch.allclose(self.y.float(), today.float(), rtol=2e-2, atol=2e-2 * today.float().abs().max()):
+            raise RuntimeError(f"{self.gemv.name}: producer -> list GEMV differs from today's kernel")
+
+    def today(self, w: torch.Tensor) -> torch.Tensor:
+        """Today's sparse kernel on v (mask and compaction in every block)."""
+        c = self.case
+        if self.scale is None:
+            return kernels.sparse_linear_op(c.v, w, c.tau, None, self.splits)
+        return kernels.sparse_linear_q_op(c.v, w, self.scale, c.tau, None, self.splits)
+
+    def fused(self, w: torch.Tensor) -> None:
+        self.producer()
+        self.gemv_on((self.idx, self.vals, self.count), w)
+
+    def calls(self, wts: list[torch.Tensor]) -> dict[str, tuple[list, int]]:
+        """Path -> (calls over the weight copies, copies); the producer reads no weight: one call."""
+        return {"today": ([lambda m=m: self.today(m) for m in wts], len(wts)),
+                "list": ([lambda m=m: self.gemv_on(self.case.lst, m) for m in wts], len(wts)),
+                "producer": ([self.producer], 1),
+                "fused": ([lambda m=m: self.fused(m) for m in wts], len(wts))}
+
+
+def bench_shape(name: str, weights: str | None, n_rows: int, reps: int, read_bps: float, sparsities) -> list[dict]:
+    """Rows for one shape and weight format: every sparsity, every path, with bytes, bound and % of bound."""
+    in_f, splits, kind = SHAPES[name]
+    out = sum(splits)
+    w_elem = 1 if weights else 2
+    dev = torch.device("cuda")
+    sms, arch = kernels.sm_count(dev), kernels.device_arch(dev)
+    n_max = copies(in_f * out * w_elem * (1 - max(sparsities)))
+    wts, scale = _weights(in_f, out, weights, n_max)
+    dense_w = [torch.randn(out, in_f, device="cuda").to(DTYPE) for _ in range(copies(in_f * out * 2))]
+    xd = torch.randn(n_rows, in_f, device="cuda").to(DTYPE)
+    dense_us = median_call_us([lambda m=m: torch.matmul(xd, m.t()) for m in dense_w], len(dense_w))
+    dense_bps = (in_f * out * 2 + n_rows * (in_f + out) * 2) / (dense_us * 1e-6)
+    ceiling = max(read_bps, dense_bps)
+    del dense_w
+    rows = []
+    for s in sparsities:
+        case = make_case(in_f, splits, kind, s, n_rows)
+        counts = case.lst[2].tolist()
+        n = min(n_max, copies(sum(c * sp for c, sp in zip(counts, splits, strict=True)) * w_elem))
+        gemv, prod = specs(in_f, splits, kind, weights, n_rows, sms, arch)
+        run = Launcher(case, gemv, prod, scale, n_rows)
+        run.check(wts[0])
+        nbytes = path_bytes(in_f, splits, kind, counts, n_rows, weights)
+        row = {"shape": name, "in": in_f, "splits": splits, "producer": kind, "weights": weights or "bf16",
+               "batch": n_rows, "sparsity": s, "counts": counts, "keep": sum(counts) / (len(counts) * in_f),
+               "copies": n, "dense_bf16_us": dense_us, "ceiling_tbps": ceiling / 1e12, "list_kernel": gemv.name,
+               "producer_kernel": prod.name}
+        for path, (fns, k) in run.calls(wts[:n]).items():
+            us = statistics.median(median_call_us(fns, k) for _ in range(reps))
+            bound, pct = pct_of_bound(nbytes[path], us, ceiling)
+            row[path] = {"us": us, "bytes": nbytes[path], "bound_us": bound, "pct_of_bound": pct}
+        rows.append(row)
+    del wts
+    torch.cuda.empty_cache()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'shape':<32}{'w':>5}{'s':>6}" + "".join(f"{p + ' us [bound] %':>26}" for p in PATHS)
+             + f"{'dense bf16':>11}"]
+    for r in rows:
+        cells = "".join(f"{r[p]['us']:>10.1f} [{r[p]['bound_us']:6.1f}] {r[p]['pct_of_bound']:4.0f}%" for p in PATHS)
+        lines.append(f"{r['shape']:<32}{r['weights']:>5}{r['sparsity']:>6}{cells}{r['dense_bf16_us']:>11.1f}")
+    return "\n".join(lines)
+
+
+def bars(rows: list[dict]) -> list[str]:
+    """The issue's bar, per MLP shape, weight format and sparsity: the list GEMV's % of its bound (fused beside)."""
+    out = []
+    for r in rows:
+        bar = BARS.get(r["sparsity"])
+        if bar is None or r["shape"] not in MLP or r["batch"] != 1:
+            continue
+        got = r["list"]["pct_of_bound"]
+        out.append(f"{'MET ' if got >= bar else 'MISS'} {r['shape']} {r['weights']} s={r['sparsity']} >= {bar:.0f}% "
+                   f"of bound: list GEMV {got:.1f}% (today {r['today']['pct_of_bound']:.1f}%, producer + list "
+                   f"{r['fused']['pct_of_bound']:.1f}%)")
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--weights", nargs="+", choices=list(WEIGHTS), default=list(WEIGHTS))
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each graph-replay median (median taken)")
+    ap.add_argument("--rows", type=int, default=1, choices=range(1, kernels.LIST_ROWS[-1] + 1),
+                    help="decode rows (batch)")
+    ap.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    t0 = time.time()
+    copy, read = ceilings()
+    rows = [r for w in args.weights for name in SHAPES
+            for r in bench_shape(name, WEIGHTS[w], args.rows, args.reps, read, args.sparsities)]
+    with open(args.json, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                   "nvrtc": kernels.nvrtc_version(), "copy_tbps": copy / 1e12, "read_tbps": read / 1e12,
+                   "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    print(table(rows))
+    print(f"plain read {read / 1e12:.2f} TB/s, copy {copy / 1e12:.2f} TB/s; bound = bytes / max(read, dense bf16)")
+    print("\n".join(bars(rows)) + f"\n{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
