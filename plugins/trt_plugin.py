@@ -13,9 +13,9 @@ plugin has one fixed signature (X, W, tau) and no bias input.
 
 Quantized weights (op version 2's stored form): a second plugin, `wisparse::SparseLinearQ` (X, W_q [in, out] in
 float8e4m3fn or int8, tau, W_scale float32 [out]), the same kernel source built with WSP_WQ through the same
-`launch_spec`. Its input order is the kernel's pointer order. The exporter's version-2 node is still
-`SparseLinear` with empty inputs 1 and 3 (docs/KERNEL_ABI.md), which TensorRT imports as its local function: mapping
-it to this plugin is the exporter's half, not done yet.
+`launch_spec`. Its input order is the kernel's pointer order. sparse.onnx's version-2 node is `SparseLinear` with
+empty inputs 1 and 3 (docs/KERNEL_ABI.md); `wisparse build` parses it as a `SparseLinearQ` node in this order
+(`onnx_graph.tensorrt_view`).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from wisparse_export.files import read_json, write_json
 from wisparse_export.identity import RTOL
 from wisparse_export.manifest import read_manifest, verify_graphs
 from wisparse_export.models import check_plan, load_model
-from wisparse_export.onnx_graph import DOMAIN, OP_TYPE, quantized_names, weight_name
+from wisparse_export.onnx_graph import DOMAIN, OP_TYPE, OP_TYPE_Q, quantized_names, tensorrt_view, weight_name
 from wisparse_export.ort import GraphSession, greedy
 from wisparse_export.plan import from_dict, load_plan, save_plan
 from wisparse_export.quant import FORMATS, by_option, dequantize, within_step
@@ -342,3 +342,33 @@ def test_bench_cli_weights(llama_dir, tmp_path, capsys):
                    "--weights", "fp8", "--quiet") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--weights fp8 differs from the plan's weights (none)" in err[0]
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3", "int8"])
+def test_tensorrt_view_maps_version_2_nodes_to_the_q_plugin_order(quantized_export, name, tmp_path):
+    """What TensorRT parses (`tensorrt_view`, in memory): every op-version-2 node becomes SparseLinearQ with the
+    kernel's inputs (X, W_q, tau, W_scale), same weights, same attributes; ONNX Runtime runs the view through its
+    function to the very logits of sparse.onnx. A float export's graph comes back unchanged."""
+    _, plan, out = quantized_export("llama", name)
+    sparse = onnx.load(str(out / "sparse.onnx"), load_external_data=False)
+    view = tensorrt_view(sparse)
+    before = {n.name: n for n in sparse.graph.node if n.op_type == OP_TYPE}
+    after = {n.name: n for n in view.graph.node if n.domain == DOMAIN}
+    assert set(after) == set(before) == set(plan.layers) and {n.op_type for n in after.values()} == {OP_TYPE_Q}
+    for layer, n in after.items():
+        x, _, tau_name, _, q, scale = before[layer].input
+        assert list(n.input) == [x, q, tau_name, scale] and q and scale
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == DOMAIN.encode()
+        assert attrs["splits"] == [next(t for t in sparse.graph.initializer if t.name == q).dims[1]]
+    assert [n.op_type for n in sparse.graph.node if n.domain == DOMAIN] == [OP_TYPE] * len(before)  # untouched
+    onnx.save(view, str(out / "view.onnx"))  # beside weights.onnx.data, which it references
+    try:
+        ids = torch.randint(4, 260, (1, 7), generator=torch.Generator().manual_seed(5)).numpy()
+        want = GraphSession(out / "sparse.onnx").logits(ids)
+        got = GraphSession(out / "view.onnx").logits(ids)
+    finally:
+        (out / "view.onnx").unlink()
+    assert (got == want).all()
+    plain = onnx.load(str(out / "dense.onnx"), load_external_data=False)
+    assert tensorrt_view(plain) is plain

@@ -172,8 +172,9 @@ class FakeTensorRT(types.ModuleType):
             def __init__(self, network, logger):
                 self.network = network
 
-            def parse_from_file(self, path):
-                calls_.append(("parse", Path(path).name, bool(loaded_)))
+            def parse(self, blob, path):
+                ops = sorted({n.op_type for n in onnx.load_from_string(blob).graph.node if n.domain == DOMAIN})
+                calls_.append(("parse", Path(path).name, bool(loaded_), ops))
                 self.network.path = path
                 return True
 
@@ -203,6 +204,35 @@ def test_build_plumbing_with_a_stand_in(exported, monkeypatch, tmp_path):
     # the second build reads the timing cache the first wrote
     trt.build(out, roles=("dense",))
     assert ("timing_cache_in", b"timing") in calls
+
+
+def test_quantized_export_reaches_tensorrt_as_the_q_plugin(tmp_path, monkeypatch):
+    """A quantized (op version 2) sparse graph is parsed as SparseLinearQ nodes carrying exactly the inputs and
+    fields plugin wisparse::SparseLinearQ registers; the dense graph as it is; sparse.onnx itself is not rewritten."""
+    from wisparse_export.models import quantize_weights
+    from wisparse_export.onnx_graph import OP_TYPE_Q, tensorrt_view
+    from wisparse_export.quant import FORMATS
+
+    loaded = load_model(str(save_tiny("llama", tmp_path / "model")), "float32", "cpu")
+    quantize_weights(loaded.model, FORMATS["fp8_e4m3"])
+    export(loaded, make_plan(loaded), tmp_path / "out", "float16")
+    before = (tmp_path / "out" / "sparse.onnx").read_bytes()
+    calls = []
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(calls, [True]))
+    monkeypatch.setattr(trt, "load_plugin", lambda: None)
+    trt.build(tmp_path / "out")
+    assert [c[3] for c in calls if c[0] == "parse"] == [[], [OP_TYPE_Q]]
+    assert (tmp_path / "out" / "sparse.onnx").read_bytes() == before
+    plugin = registered_plugins()[f"{DOMAIN}::{OP_TYPE_Q}"]
+    view = tensorrt_view(onnx.load(str(tmp_path / "out" / "sparse.onnx"), load_external_data=False))
+    inits = {t.name: t.data_type for t in view.graph.initializer}
+    for n in (n for n in view.graph.node if n.domain == DOMAIN):
+        assert len(n.input) == len(plugin["inputs"]) == 4
+        assert [inits.get(i) for i in n.input[1:]] == [onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT,
+                                                       onnx.TensorProto.FLOAT]
+        attrs = {a.name: a for a in n.attribute}
+        assert set(attrs) - PARSER_ONLY == set(plugin["fields"])
+        assert attrs["plugin_namespace"].s.decode() == DOMAIN and attrs["plugin_version"].s.decode() == "1"
 
 
 def test_build_refuses_float32_exports(tmp_path, monkeypatch):

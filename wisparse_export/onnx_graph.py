@@ -48,6 +48,7 @@ DOMAIN = "wisparse"
 OP_TYPE = "SparseLinear"
 OP_VERSION = 1
 OP_VERSION_QUANTIZED = 2  # inputs 4 and 5: the quantized weight and its scale, in place of W (KERNEL_ABI.md)
+OP_TYPE_Q = "SparseLinearQ"  # (X, W_q, tau, W_scale): what TensorRT parses in place of op version 2 (tensorrt_view)
 # Attributes TensorRT's ONNX parser reads to map the node to the plugin (KERNEL_ABI.md); the parser looks the
 # plugin up as (op type, plugin_version, plugin_namespace), and prefers it over the local function when present.
 PLUGIN_ATTRS = {"plugin_namespace": DOMAIN, "plugin_version": "1", "aot": 1}
@@ -411,6 +412,18 @@ def sparse_linear_function(quantized: bool = False) -> onnx.FunctionProto:
     is DequantizeLinear(W_q, W_scale, axis 1) cast to X's type, and the signature is (X, W, tau, B, W_q, W_scale)
     with W and B left out by the nodes.
     """
+    version = {"plugin_version": str(OP_VERSION_QUANTIZED)} if quantized else {}
+    inputs = ["X", "W_unused", "tau", "B_unused", "W_q", "W_scale"] if quantized else ["X", "W", "tau"]
+    return _function(OP_TYPE, inputs, quantized, version)
+
+
+def sparse_linear_q_function() -> onnx.FunctionProto:
+    """The standard-op body of wisparse.SparseLinearQ (X, W_q, tau, W_scale): op version 2's SparseLinear with its
+    inputs in the kernel's (and TensorRT plugin's) order; the same arithmetic."""
+    return _function(OP_TYPE_Q, ["X", "W_q", "tau", "W_scale"], True, {})
+
+
+def _function(op_type: str, inputs: list[str], quantized: bool, version: dict) -> onnx.FunctionProto:
     dq = [helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["w_f"], axis=1),
           helper.make_node("CastLike", ["w_f", "X"], ["W"])] if quantized else []
     nodes = dq + [
@@ -422,13 +435,32 @@ def sparse_linear_function(quantized: bool = False) -> onnx.FunctionProto:
         helper.make_node("Where", ["keep", "X", "zero"], ["xm"]),
         helper.make_node("MatMul", ["xm", "W"], ["Y"]),
     ]
-    version = {"plugin_version": str(OP_VERSION_QUANTIZED)} if quantized else {}
     defaults = [helper.make_attribute(k, v) for k, v in {**PLUGIN_ATTRS, **version}.items()]
-    inputs = ["X", "W_unused", "tau", "B_unused", "W_q", "W_scale"] if quantized else ["X", "W", "tau"]
-    return helper.make_function(DOMAIN, OP_TYPE, inputs, ["Y"], nodes, [helper.make_opsetid("", OPSET)],
+    return helper.make_function(DOMAIN, op_type, inputs, ["Y"], nodes, [helper.make_opsetid("", OPSET)],
                                 attributes=["splits"], attribute_protos=defaults,
                                 doc_string="Activation-sparse linear: input channel i is kept iff float32(|x_i|) > "
                                            "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
+
+
+def tensorrt_view(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph TensorRT parses: each op-version-2 SparseLinear node (quantized weights) becomes SparseLinearQ with
+    the kernel's input order (X, W_q, tau, W_scale), which the parser maps to plugin wisparse::SparseLinearQ instead
+    of importing the dense function body. Other graphs come back as they are; initializers (and their external data
+    references) are untouched. The view carries SparseLinearQ's function too, so any ONNX runtime runs it."""
+    quantized = [n for n in proto.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE and len(n.input) == 6]
+    if not quantized:
+        return proto
+    view = onnx.ModelProto()
+    view.CopyFrom(proto)
+    for n in view.graph.node:
+        if n.domain == DOMAIN and n.op_type == OP_TYPE and len(n.input) == 6:
+            x, _, t, _, q, scale = n.input
+            n.op_type = OP_TYPE_Q
+            del n.input[:]
+            n.input.extend([x, q, t, scale])
+            next(a for a in n.attribute if a.name == "plugin_version").s = PLUGIN_ATTRS["plugin_version"].encode()
+    view.functions.append(sparse_linear_q_function())
+    return view
 
 
 def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype = torch.float32,

@@ -4,7 +4,9 @@ TensorRT is imported lazily: where it is absent, `wisparse build` and `wisparse 
 line (exit 2). TensorRT 10 with STRONGLY_TYPED, and TensorRT 11 always, take precision from the ONNX types, so
 engines are built from float16 / bfloat16 exports. The sparse graph's SparseLinear nodes carry
 `plugin_namespace` and `plugin_version`, so once `plugins/trt_plugin.py` has registered `wisparse::SparseLinear`
-the ONNX parser maps each node to the plugin instead of importing the function body.
+the ONNX parser maps each node to the plugin instead of importing the function body. A quantized export's nodes
+(op version 2) reach the parser as `SparseLinearQ` in the kernel's input order (`onnx_graph.tensorrt_view`, in
+memory: sparse.onnx is not rewritten), which maps them to `wisparse::SparseLinearQ`.
 
 Each engine has two optimization profiles: 0 = decode (one new token after up to max_context - 1 cached ones),
 1 = prefill (up to max_prefill tokens, empty cache). A timing cache in OUT/timing.cache speeds up rebuilds.
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from tqdm.auto import tqdm
 
@@ -27,6 +30,7 @@ from .errors import WisparseError
 from .evaluate import Metrics
 from .files import write_atomic, write_json
 from .manifest import MANIFEST, file_path, read_manifest, verify_graphs
+from .onnx_graph import tensorrt_view
 from .ort import GraphSession, step_ms
 
 DECODE, PREFILL = 0, 1
@@ -176,7 +180,8 @@ def build_engine(trt, builder, logger, graph: Path, shapes: list[dict], workspac
     """One serialized engine with the decode and prefill profiles, and the timing cache it updated."""
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(graph)):
+    view = tensorrt_view(onnx.load(str(graph), load_external_data=False))  # weights stay in their file
+    if not parser.parse(view.SerializeToString(), str(graph)):
         first = parser.get_error(0).desc() if parser.num_errors else "unknown error"
         raise WisparseError(f"TensorRT cannot parse {graph}: {first}")
     config = builder.create_builder_config()
