@@ -49,6 +49,39 @@ def test_list_gemv_compiles_to_ptx(dtype, weights, rows, tile, vec, bias):
 
 
 @nvrtc
+@pytest.mark.parametrize("dtype,weights,rows,tile,vec,bias", LIST_VARIANTS)
+def test_cluster_split_list_gemv_compiles_to_ptx(dtype, weights, rows, tile, vec, bias):
+    """The cluster split keeps the list GEMV's parameters (ws and sem unused) and has no fix-up: no atomics, no
+    fences; its clusters reduce in distributed shared memory."""
+    for cluster in (1, 8):
+        spec = kernels.list_spec(dtype, 4096, [4096], rows, bias=bias, tile=tile, vec=vec, weights=weights,
+                                 split="cluster", cluster=cluster)
+        assert f".entry {spec.name}(" in spec.ptx and spec.name.endswith(f"_c{cluster}")
+        assert spec.ptx.count(".param .u32") == 6 and spec.ptx.count(".param .u64") == 7 + (weights is not None) + bias
+        assert "atom.global" not in spec.ptx and "membar.gl" not in spec.ptx
+        assert (".explicitcluster" in spec.ptx) == (cluster > 1) == ("st.shared::cluster" in spec.ptx)
+
+
+@nvrtc
+def test_ablation_builds_compile_and_their_defaults_are_todays_ptx():
+    """Every ablation macro compiles; set to its default it changes nothing (the PTX of the shipped builds is the
+    one without the macro), and each non-default value changes the code it should."""
+    base = {"WSP_NAME": "k", "WSP_LIST": 1, "WSP_R": 1, "WSP_TN": 128, "WSP_V": 8}
+    ptx = {k: kernels.compile_ptx(kernels.SOURCE, {**base, **d}) for k, d in {
+        "plain": {}, "defaults": {"WSP_SPLIT": 0, "WSP_KL": 1024, "WSP_FIXUP": 0}, "kl": {"WSP_KL": 4096},
+        "fixup1": {"WSP_FIXUP": 1}, "fixup2": {"WSP_FIXUP": 2}}.items()}
+    assert ptx["plain"] == ptx["defaults"] and ptx["kl"] != ptx["plain"]
+    assert "st.global.cg" in ptx["plain"] and "st.global.cg" not in ptx["fixup1"] and "atom.global" in ptx["fixup1"]
+    assert "atom.global" not in ptx["fixup2"] and "membar.gl" not in ptx["fixup2"]
+    for e in (1, 2):
+        prod = {"WSP_NAME": "k", "WSP_PRODUCER": e, "WSP_R": 1, "WSP_C": 4}
+        plain = kernels.compile_ptx(kernels.SOURCE, prod)
+        assert plain == kernels.compile_ptx(kernels.SOURCE, {**prod, "WSP_PMODE": 0})
+        for mode in (1, 2):
+            assert kernels.compile_ptx(kernels.SOURCE, {**prod, "WSP_PMODE": mode}) != plain
+
+
+@nvrtc
 @pytest.mark.slow
 def test_every_fused_variant_compiles():
     for dtype in ("bf16", "f16"):
@@ -64,6 +97,10 @@ def test_every_fused_variant_compiles():
                             spec = kernels.list_spec(dtype, 64, [64], rows, bias=bias, tile=tile, vec=vec,
                                                      weights=weights)
                             assert f".entry {spec.name}(" in spec.ptx
+                            for cluster in kernels.CLUSTERS:
+                                spec = kernels.list_spec(dtype, 64, [64], rows, bias=bias, tile=tile, vec=vec,
+                                                         weights=weights, split="cluster", cluster=cluster)
+                                assert f".entry {spec.name}(" in spec.ptx
 
 
 @nvrtc
@@ -75,6 +112,13 @@ def test_fused_cubins_have_no_spills():
                for r in kernels.LIST_ROWS]
     builds += [({"WSP_LIST": 1, "WSP_R": r, "WSP_TN": 256, "WSP_V": 16, "WSP_BIAS": 1, "WSP_WQ": wq},
                 1 if r > 2 else 2) for r in kernels.LIST_ROWS for wq in (1, 2)]
+    # The cluster split asks for today's kernel's blocks per multiprocessor (WSP_MINB by rows, cluster, weights).
+    builds += [({"WSP_LIST": 1, "WSP_SPLIT": 1, "WSP_C": c, "WSP_R": r, "WSP_TN": tn, "WSP_V": v, "WSP_BIAS": 1,
+                 **({"WSP_WQ": wq} if wq else {})}, 1 if r > 2 else 2 if c <= 2 or (wq and r == 2) else 3)
+               for c in kernels.CLUSTERS for r in kernels.LIST_ROWS
+               for tn, v, wq in ((128, 8, 0), (256, 16, 1), (128, 16, 2))]
+    builds += [({"WSP_LIST": 1, "WSP_R": r, "WSP_TN": 128, "WSP_V": 8, **d}, 1 if r > 2 else 2)
+               for r in (1, 2) for d in ({"WSP_KL": 4096 // r}, {"WSP_FIXUP": 1}, {"WSP_FIXUP": 2})]
     for defines, blocks in builds:
         _, log = kernels.compile_ptx(kernels.SOURCE, {"WSP_NAME": "k", **defines}, 90, cubin=True,
                                      extra=["--ptxas-options=-v"])
@@ -99,6 +143,27 @@ def test_fused_launch_specs():
     q = kernels.list_spec("bf16", 14336, [4096], 4, weights="int8", sms=132)
     assert q.name == "wsp_list_bf16_int8_r4_n256_v16" and q.grid == (132, 1, 1) and "('WSP_WQ', 2)" in q.ptx
     assert q.workspace == (132 + 16) * 4 * 256 and q.weights == "int8"
+    assert "WSP_SPLIT" not in g.ptx + q.ptx  # the shipped Stream-K build: no new define, the same PTX
+
+
+@pytest.mark.usefixtures("fake_ptx")
+@pytest.mark.parametrize("in_f,splits,weights", [(4096, [14336, 14336], None), (14336, [4096], None),
+                                                 (4096, [14336, 14336], "fp8_e4m3"), (14336, [4096], "int8"),
+                                                 (4096, [4096, 1024, 1024], None), (40, [200], None)])
+def test_cluster_split_specs_take_todays_tiling(in_f, splits, weights):
+    """split="cluster": today's kernel's tile and cluster for the shape (launch_spec, batch 1), C blocks per column
+    tile, no scratch; tuning and ablation knobs named in the kernel name; Stream-K's grid overridable."""
+    spec = kernels.list_spec("bf16", in_f, splits, 1, weights=weights, split="cluster", sms=132)
+    today = kernels.launch_spec("bf16", in_f, splits, 1, weights=weights, sms=132)
+    assert (spec.tile, spec.cluster) == (today.tile, today.cluster) and spec.grid == today.grid
+    assert spec.workspace == spec.semaphores == 0 and "('WSP_SPLIT', 1)" in spec.ptx
+    assert f"('WSP_C', {spec.cluster})" in spec.ptx and spec.name.endswith(f"_c{spec.cluster}")
+    kl = kernels.list_spec("bf16", in_f, splits, 1, weights=weights, split="cluster", tune={"WSP_KL": 1024})
+    assert kl.name == spec.name + "_kl1024" and "('WSP_KL', 1024)" in kl.ptx
+    sk = kernels.list_spec("bf16", in_f, splits, 1, weights=weights, blocks=132, tune={"WSP_FIXUP": 2})
+    assert sk.grid == (132, 1, 1) and sk.name.endswith("_fixup2") and sk.workspace == (132 + sk.semaphores) * sk.tile
+    p = kernels.producer_spec("bf16", in_f, 1, tune={"WSP_PMODE": 1})
+    assert p.name.endswith("_pmode1") and "('WSP_PMODE', 1)" in p.ptx
 
 
 @pytest.mark.parametrize("fn,kwargs,msg", [
@@ -113,6 +178,15 @@ def test_fused_launch_specs():
     ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], tile=256), "tile 256"),
     ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], weights="fp8_e4m3", arch=80), "sm_89"),
     ("list_spec", dict(dtype="bf16", in_features=64, splits=[12], vec=8), "multiples of 8"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="rows"), "split is one of"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], cluster=2), "takes no clusters"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="cluster", cluster=3), "clusters of 3"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="cluster", cluster=2, arch=80), "sm_90"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="cluster", tune={"WSP_FIXUP": 1}),
+     "has none"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], tune={"WSP_PMODE": 1}), "tuning macros"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], blocks=0), "at least one block"),
+    ("producer_spec", dict(dtype="bf16", in_features=64, tune={"WSP_KL": 64}), "tuning macros"),
 ])
 @pytest.mark.usefixtures("fake_ptx")
 def test_fused_launch_specs_refuse(fn, kwargs, msg):
