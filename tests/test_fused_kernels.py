@@ -431,27 +431,89 @@ def test_list_gemv_matches_float64(fmt, dtype, rows):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("fmt", [None, *Q_FORMATS])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+def test_list_gemv_variants_match_float64(fmt, dtype, rows):
+    """The cluster split (today's tiling, and clusters of 1 and 8) and Stream-K with long list chunks (WSP_KL)
+    against float64 with poisoned outputs, every shape and sparsity, count 0 included."""
+    per_block = next(r for r in kernels.LIST_ROWS if r >= rows)
+    variants = [dict(split="cluster"), dict(split="cluster", cluster=1), dict(split="cluster", cluster=8)]
+    if per_block <= 2:
+        variants.append(dict(tune={"WSP_KL": 4096 // per_block}))
+    seed = 100
+    for k, splits in SHAPES:
+        for sparsity in (0.0, 0.5, 0.9, 1.0):
+            seed += 1
+            bias = seed % 2 == 0
+            lst, wt, scale, b, ref = _list_case(k, splits, rows, min(sparsity, 0.9), dtype, fmt, bias, seed)
+            if sparsity == 1.0:
+                lst[2].zero_()
+                ref = (b.double() if bias else torch.zeros(sum(splits), device="cuda").double()).expand(rows, -1)
+            for kw in variants:
+                spec = kernels.list_spec(dtype, k, splits, rows, bias=bias, sms=kernels.sm_count(wt.device),
+                                         weights=fmt, **kw)
+                y, _, sem = _run_list(spec, lst, wt, scale, b, rows)
+                torch.cuda.synchronize()
+                _assert_close(y, ref, dtype, f"{spec.name} {k}->{splits} s={sparsity}")
+                assert not sem.any(), f"{spec.name}: the fix-up left its counters set"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kind", list(kernels.PRODUCERS))
+def test_producer_ablations_write_what_they_say(kind):
+    """WSP_PMODE=1 writes compact's counts (and RMSNorm's xn); WSP_PMODE=2 writes only v (xn, or SiLU(gate) * up in
+    vals[0, :, r]): the parts the ablation times are the shipped producer's."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    for rows, k, cluster in ((1, 4096, 4), (3, 14336, 8), (2, 1000, 1)):
+        per_block = next(r for r in kernels.LIST_ROWS if r >= rows)
+        if kind == "rmsnorm":
+            inputs = [(torch.randn(rows, k, device="cuda", generator=g) * 2).to(torch.bfloat16),
+                      torch.randn(k, device="cuda", generator=g).to(torch.bfloat16)]
+            v, xn_shape = kernels.rms_norm(*inputs, 1e-5), (rows, k)
+        else:
+            inputs = [torch.randn(rows, 2 * k, device="cuda", generator=g).to(torch.bfloat16)]
+            v, xn_shape = kernels.silu_mul(inputs[0]), None
+        tau = _tau(v, 1 if kind == "silu_mul" else 3, 0.5, g)
+        shipped = kernels.producer_spec("bf16", k, rows, kind=kind, projections=tau.shape[0], cluster=cluster)
+        xn, *want = _run_producer(shipped, inputs, tau, per_block, xn_shape)
+        for mode in (1, 2):
+            spec = kernels.producer_spec("bf16", k, rows, kind=kind, projections=tau.shape[0], cluster=cluster,
+                                         tune={"WSP_PMODE": mode})
+            got_xn, _, vals, count = _run_producer(spec, inputs, tau, per_block, xn_shape)
+            if kind == "rmsnorm":
+                assert torch.equal(got_xn, xn), f"{spec.name}: xn differs from the shipped producer's"
+            if mode == 1:
+                assert torch.equal(count, want[2]), f"{spec.name}: counts differ"
+            elif kind == "silu_mul":
+                assert torch.equal(vals[0, :, :rows].t(), v), f"{spec.name}: v differs from silu_mul"
+
+
+@pytest.mark.gpu
+@gpu
 def test_producer_then_list_gemv_is_the_unfused_block():
-    """RMSNorm producer -> list GEMV (q/k/v) and gate/up GEMV -> SiLU producer -> list GEMV (down) against the
-    unfused path (rms_norm, then the masked matmul), in float64 over the same rounded inputs."""
+    """RMSNorm producer -> list GEMV (q/k/v) and gate/up GEMV -> SiLU producer -> list GEMV (down), both splits,
+    against the unfused path (rms_norm, then the masked matmul), in float64 over the same rounded inputs."""
     g = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(1, 4096, device="cuda", generator=g).to(torch.bfloat16)
     gamma = torch.randn(4096, device="cuda", generator=g).to(torch.bfloat16)
     wt = (torch.randn(4096, 6144, device="cuda", generator=g) / 64).to(torch.bfloat16)
     tau = _tau(kernels.rms_norm(x, gamma, 1e-5), 3, 0.5, g)
     xn, *lst = _run_producer(kernels.producer_spec("bf16", 4096, 1, projections=3), [x, gamma], tau, 1, (1, 4096))
-    spec = kernels.list_spec("bf16", 4096, [4096, 1024, 1024], 1, sms=kernels.sm_count(x.device))
-    y, _, _ = _run_list(spec, lst, wt, None, None, 1)
-    torch.cuda.synchronize()
-    _assert_close(y, _ref64(xn, wt, tau, None, [4096, 1024, 1024]), torch.bfloat16, "q/k/v")
     h = torch.randn(1, 2 * 14336, device="cuda", generator=g).to(torch.bfloat16)
     wd = (torch.randn(14336, 4096, device="cuda", generator=g) / 120).to(torch.bfloat16)
     tau_d = _tau(kernels.silu_mul(h), 1, 0.75, g)
-    _, *lst = _run_producer(kernels.producer_spec("bf16", 14336, 1, kind="silu_mul"), [h], tau_d, 1)
-    y, _, _ = _run_list(kernels.list_spec("bf16", 14336, [4096], 1, sms=kernels.sm_count(x.device)), lst, wd,
-                        None, None, 1)
-    torch.cuda.synchronize()
-    _assert_close(y, _ref64(kernels.silu_mul(h), wd, tau_d, None, [4096]), torch.bfloat16, "down")
+    _, *lst_d = _run_producer(kernels.producer_spec("bf16", 14336, 1, kind="silu_mul"), [h], tau_d, 1)
+    for split in kernels.SPLITS:
+        spec = kernels.list_spec("bf16", 4096, [4096, 1024, 1024], 1, sms=kernels.sm_count(x.device), split=split)
+        y, _, _ = _run_list(spec, lst, wt, None, None, 1)
+        torch.cuda.synchronize()
+        _assert_close(y, _ref64(xn, wt, tau, None, [4096, 1024, 1024]), torch.bfloat16, f"q/k/v {split}")
+        spec = kernels.list_spec("bf16", 14336, [4096], 1, sms=kernels.sm_count(x.device), split=split)
+        y, _, _ = _run_list(spec, lst_d, wd, None, None, 1)
+        torch.cuda.synchronize()
+        _assert_close(y, _ref64(kernels.silu_mul(h), wd, tau_d, None, [4096]), torch.bfloat16, f"down {split}")
 
 
 @pytest.mark.gpu
