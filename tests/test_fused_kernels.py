@@ -433,7 +433,7 @@ def test_list_gemv_matches_float64(fmt, dtype, rows):
 @gpu
 @pytest.mark.parametrize("fmt", [None, *Q_FORMATS])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3])  # 3: R = 4 with a row past n_rows
 def test_list_gemv_variants_match_float64(fmt, dtype, rows):
     """The cluster split (today's tiling, and clusters of 1 and 8) and Stream-K with long list chunks (WSP_KL)
     against float64 with poisoned outputs, every shape and sparsity, count 0 included."""
