@@ -18,9 +18,12 @@ bandwidth on the same shape, whichever is higher (as bench_kernels' bars take it
 --ablate (MLP shapes only): where the list GEMV's extra microseconds over today's kernel go. Beside today's kernel
 and the list bound, every list GEMV variant of `list_ablations` (Stream-K as shipped, without its partial sums'
 traffic, without any fix-up, with one list chunk per segment, one block per SM; the cluster split (no Stream-K),
-with short list chunks, without clusters) and every producer variant of `PRODUCER_ABLATIONS` (counts but no list,
-v alone, other cluster sizes). Variants marked `wrong` in the JSON compute a wrong y by design (timing only); the
-others are checked against today's kernel first. Then `attribution` prints the differences that answer the question.
+with short list chunks, without clusters, with 8 loads in flight) and every producer variant of
+`PRODUCER_ABLATIONS` (counts but no list, v alone, other cluster sizes). Variants that compute a wrong y by design
+(timing only) have `ok` null in the JSON and `~` in the table; the others are checked against today's kernel
+first (`*` if wrong). Then `attribution` prints the differences that answer the question.
+
+    python benchmarks/bench_fused.py --ablate --json OUT.json
 """
 
 from __future__ import annotations
@@ -278,6 +281,8 @@ def list_ablations(n_rows: int, tile: int, sms: int) -> dict[str, tuple[dict, bo
         out["sk-noFix-KL"] = ({"tune": {"WSP_FIXUP": 2, "WSP_KL": kl}}, False)
     out.update({"cl": ({"split": "cluster"}, True), "cl-KL1k": ({"split": "cluster", "tune": {"WSP_KL": 1024}}, True),
                 "cl-c1": ({"split": "cluster", "cluster": 1, "tile": tile}, True)})
+    if kl:  # 8 loads in flight and 2 blocks per SM whatever the cluster (the default takes 4 and 3 for C >= 4)
+        out["cl-U8"] = ({"split": "cluster", "tune": {"WSP_U": 8, "WSP_MINB": 2}}, True)
     return out
 
 

@@ -98,11 +98,12 @@ def test_ablations_build_on_the_mlp_shapes(rows):
         for weights in bf.WEIGHTS.values():
             gemv, _ = bf.specs(in_f, splits, kind, weights, rows, 132, 90)
             variants = bf.list_ablations(rows, gemv.tile, 132)
-            assert ("sk-KL" in variants) == (rows <= 2) and variants["sk"] == ({}, True)
+            assert ("sk-KL" in variants) == ("cl-U8" in variants) == (rows <= 2) and variants["sk"] == ({}, True)
             built = {label: kernels.list_spec(bf.DTYPE, in_f, splits, rows, weights=weights, sms=132, **kw)
                      for label, (kw, _) in variants.items()}
             assert built["sk"].name == gemv.name and built["sk-1/SM"].grid == (132, 1, 1)
             names = [s.name for label, s in built.items() if label not in ("sk-1/SM", "cl-c1")]
+            assert all(s.cluster == 1 for label, s in built.items() if label.startswith("sk"))
             assert len(set(names)) == len(names) and built["cl-c1"].name.endswith("_c1")  # cl may be c1 too
             assert all(s.workspace == 0 for label, s in built.items() if label.startswith("cl"))
             assert built["cl-c1"].grid[0] == gemv.semaphores  # one block per column tile
