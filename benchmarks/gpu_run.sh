@@ -65,11 +65,11 @@ if want profile; then
 fi
 
 if want fused; then
-  echo "== fused decode kernels: GPU tests, then the ablation (where the list GEMV's extra time goes)"
-  timeout 330 python3 -m pytest -q -m gpu tests/test_fused_kernels.py >"$OUT/fused_gpu_tests.log" 2>&1
-  echo "pytest exit $?"; tail -n 25 "$OUT/fused_gpu_tests.log"
+  echo "== fused decode kernels: the ablation (where the list GEMV's extra time goes), then the GPU tests"
   timeout 200 python3 benchmarks/bench_fused.py --ablate --json "$OUT/fused_ablate.json" >"$OUT/fused_ablate.log" 2>&1
   echo "bench_fused --ablate exit $?"; tail -n 30 "$OUT/fused_ablate.log"
+  timeout 330 python3 -m pytest -q -m gpu tests/test_fused_kernels.py >"$OUT/fused_gpu_tests.log" 2>&1
+  echo "pytest exit $?"; tail -n 25 "$OUT/fused_gpu_tests.log"
 fi
 
 if want e2e && [ "${compiled:-1}" != 0 ]; then
