@@ -14,6 +14,16 @@ bandwidth on the same shape, whichever is higher (as bench_kernels' bars take it
 `list` rows on the MLP shapes: >= 85% of the bound at 0.5, >= 75% at 0.75.
 
     python benchmarks/bench_fused.py --json OUT.json [--weights bf16 fp8] [--reps 3] [--rows 1]
+
+--ablate (MLP shapes only): where the list GEMV's extra microseconds over today's kernel go. Beside today's kernel
+and the list bound, every list GEMV variant of `list_ablations` (Stream-K as shipped, without its partial sums'
+traffic, without any fix-up, with one list chunk per segment, one block per SM; the cluster split (no Stream-K),
+with short list chunks, without clusters, with 8 loads in flight) and every producer variant of
+`PRODUCER_ABLATIONS` (counts but no list, v alone, other cluster sizes). Variants that compute a wrong y by design
+(timing only) have `ok` null in the JSON and `~` in the table; the others are checked against today's kernel
+first (`*` if wrong). Then `attribution` prints the differences that answer the question.
+
+    python benchmarks/bench_fused.py --ablate --json OUT.json
 """
 
 from __future__ import annotations
@@ -253,6 +263,137 @@ def bars(rows: list[dict]) -> list[str]:
     return out
 
 
+PRODUCER_ABLATIONS = {  # label: producer_spec keywords (bench_fused --ablate)
+    "prod": {}, "p-count": {"tune": {"WSP_PMODE": 1}}, "p-v": {"tune": {"WSP_PMODE": 2}},
+    "p-c1": {"cluster": 1}, "p-c8": {"cluster": 8},
+}
+CORRECT_PRODUCERS = ("prod", "p-count", "p-c1", "p-c8")  # write the counts; p-v writes none
+
+
+def list_ablations(n_rows: int, tile: int, sms: int) -> dict[str, tuple[dict, bool]]:
+    """List GEMV variants of --ablate: label -> (list_spec keywords, whether its y is correct). `tile`: the
+    Stream-K spec's (widest) tile, which the cluster split without clusters (cl-c1) also takes: one block per tile."""
+    kl = {1: 4096, 2: 2048}.get(list_rows(n_rows))  # the longest list chunk shared memory holds beside Stream-K's red
+    out = {"sk": ({}, True), "sk-noPart": ({"tune": {"WSP_FIXUP": 1}}, False),
+           "sk-noFix": ({"tune": {"WSP_FIXUP": 2}}, False), "sk-1/SM": ({"blocks": sms}, True)}
+    if kl:
+        out["sk-KL"] = ({"tune": {"WSP_KL": kl}}, True)
+        out["sk-noFix-KL"] = ({"tune": {"WSP_FIXUP": 2, "WSP_KL": kl}}, False)
+    out.update({"cl": ({"split": "cluster"}, True), "cl-KL1k": ({"split": "cluster", "tune": {"WSP_KL": 1024}}, True),
+                "cl-c1": ({"split": "cluster", "cluster": 1, "tile": tile}, True)})
+    if kl:  # 8 loads in flight and 2 blocks per SM whatever the cluster (the default takes 4 and 3 for C >= 4)
+        out["cl-U8"] = ({"split": "cluster", "tune": {"WSP_U": 8, "WSP_MINB": 2}}, True)
+    return out
+
+
+def _same(y: torch.Tensor, want: torch.Tensor) -> bool:
+    """fp32 sums in another order: a few bf16 ulps (as Launcher.check)."""
+    return torch.allclose(y.float(), want.float(), rtol=2e-2, atol=2e-2 * want.float().abs().max().item())
+
+
+def _time(fns: list, k: int, reps: int) -> float:
+    return statistics.median(median_call_us(fns, k) for _ in range(reps))
+
+
+def ablate_cell(case: Case, in_f: int, splits: Sequence[int], kind: str, weights: str | None, n_rows: int,
+                wts: list[torch.Tensor], scale, reps: int) -> dict:
+    """Today's kernel, every list GEMV variant and every producer variant on one case: us, kernel, correct."""
+    dev = torch.device("cuda")
+    sms, arch = kernels.sm_count(dev), kernels.device_arch(dev)
+    gemv, prod = specs(in_f, splits, kind, weights, n_rows, sms, arch)
+    base = Launcher(case, gemv, prod, scale, n_rows)
+    today = base.today(wts[0])
+    cell = {"today_us": _time([lambda m=m: base.today(m) for m in wts], len(wts), reps), "list": {}, "producer": {}}
+    for label, (kw, correct) in list_ablations(n_rows, gemv.tile, sms).items():
+        spec = kernels.list_spec(DTYPE, in_f, splits, n_rows, rows_per_block=gemv.rows_per_block, weights=weights,
+                                 sms=sms, arch=arch, **kw)
+        run = Launcher(case, spec, prod, scale, n_rows)
+        run.y.fill_(float("nan"))  # an output the variant leaves unwritten fails the check
+        run.gemv_on(case.lst, wts[0])
+        torch.cuda.synchronize()
+        ok = _same(run.y, today) if correct else None
+        us = _time([lambda m=m, r=run: r.gemv_on(case.lst, m) for m in wts], len(wts), reps)
+        cell["list"][label] = {"us": us, "kernel": spec.name, "grid": spec.grid[0], "ok": ok}
+    for label, kw in PRODUCER_ABLATIONS.items():
+        spec = kernels.producer_spec(DTYPE, in_f, n_rows, kind=kind, projections=len(splits), eps=EPS,
+                                     rows_per_block=prod.rows_per_block, arch=arch, **kw)
+        run = Launcher(case, gemv, spec, scale, n_rows)
+        run.producer()
+        torch.cuda.synchronize()
+        v = run.xn if kind == "rmsnorm" else case.v  # its own RMSNorm: rsqrtf may move a value by one ulp
+        want = kernels.compact(v, case.tau, prod.rows_per_block)[2]
+        ok = torch.equal(run.count, want) if label in CORRECT_PRODUCERS else None
+        cell["producer"][label] = {"us": _time([run.producer], 1, reps), "kernel": spec.name, "ok": ok}
+    return cell
+
+
+def bench_ablate(name: str, weights: str | None, n_rows: int, reps: int, read_bps: float, sparsities) -> list[dict]:
+    """--ablate rows for one MLP shape and weight format: every sparsity, with the list bound and % of it."""
+    in_f, splits, kind = SHAPES[name]
+    out = sum(splits)
+    w_elem = 1 if weights else 2
+    n_max = copies(in_f * out * w_elem * (1 - max(sparsities)))
+    wts, scale = _weights(in_f, out, weights, n_max)
+    rows = []
+    for s in sparsities:
+        case = make_case(in_f, splits, kind, s, n_rows)
+        counts = case.lst[2].tolist()
+        n = min(n_max, copies(sum(c * sp for c, sp in zip(counts, splits, strict=True)) * w_elem))
+        cell = ablate_cell(case, in_f, splits, kind, weights, n_rows, wts[:n], scale, reps)
+        nbytes = path_bytes(in_f, splits, kind, counts, n_rows, weights)
+        bound, _ = pct_of_bound(nbytes["list"], 1.0, read_bps)
+        for v in cell["list"].values():
+            v["pct_of_bound"] = 100.0 * bound / v["us"]
+        rows.append({"shape": name, "weights": weights or "bf16", "batch": n_rows, "sparsity": s, "counts": counts,
+                     "copies": n, "list_bound_us": bound, "today_bound_us": pct_of_bound(nbytes["today"], 1.0,
+                                                                                          read_bps)[0], **cell})
+    del wts
+    torch.cuda.empty_cache()
+    return rows
+
+
+ATTRIBUTION = (  # (what, minuend, subtrahend): list GEMV variants (or "today") whose difference isolates it
+    ("fix-up partials (ws writes, last arriver's reads)", "sk", "sk-noPart"),
+    ("fix-up arrival (barriers, fences, atomics)", "sk-noPart", "sk-noFix"),
+    ("list chunks of 1024 (restarts)", "sk-noFix", "sk-noFix-KL"),
+    ("Stream-K stream alone vs today's kernel", "sk-noFix-KL", "today"),
+    ("Stream-K as shipped vs today's kernel", "sk", "today"),
+    ("cluster split vs today's kernel", "cl", "today"),
+    ("cluster split: list chunks of 1024", "cl-KL1k", "cl"),
+)
+
+
+def ablation_table(rows: list[dict]) -> str:
+    """us per variant (list GEMV, then producer), the list bound, then the attribution differences per cell."""
+    labels = list(rows[0]["list"]) if rows else []
+    plabels = list(PRODUCER_ABLATIONS)
+    head = f"{'8B shape':<20}{'w':>5}{'s':>5}{'bound':>7}{'today':>7}" + "".join(f"{x:>12}" for x in labels)
+    lines = [head + " |" + "".join(f"{x:>8}" for x in plabels)]
+    for r in rows:
+        cells = "".join(f"{r['list'][x]['us']:>7.1f}{_mark(r['list'][x]['ok'])}{r['list'][x]['pct_of_bound']:3.0f}%"
+                        for x in labels)
+        prods = "".join(f"{r['producer'][x]['us']:>7.1f}{_mark(r['producer'][x]['ok'])}" for x in plabels)
+        lines.append(f"{r['shape'].split()[1]:<20}{r['weights'][:4]:>5}{r['sparsity']:>5}{r['list_bound_us']:>7.1f}"
+                     f"{r['today_us']:>7.1f}{cells} |{prods}")
+    lines.append("us and % of the list bound; * = checked against today's kernel and wrong, ~ = wrong by design")
+    lines.append("\nattribution, us (a - b) per cell, same order as above:")
+    for what, a, b in ATTRIBUTION:
+        got = [_us(r, a) - _us(r, b) for r in rows if _us(r, a) is not None and _us(r, b) is not None]
+        lines.append(f"  {what:<52}" + " ".join(f"{d:5.1f}" for d in got))
+    return "\n".join(lines)
+
+
+def _mark(ok: bool | None) -> str:
+    return "~" if ok is None else " " if ok else "*"
+
+
+def _us(row: dict, label: str) -> float | None:
+    if label == "today":
+        return row["today_us"]
+    v = row["list"].get(label)
+    return v["us"] if v else None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True)
@@ -261,6 +402,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rows", type=int, default=1, choices=range(1, kernels.LIST_ROWS[-1] + 1),
                     help="decode rows (batch)")
     ap.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    ap.add_argument("--ablate", action="store_true", help="the list GEMV and producer variants on the MLP shapes")
     return ap.parse_args(argv)
 
 
@@ -269,12 +411,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.manual_seed(0)
     t0 = time.time()
     copy, read = ceilings()
-    rows = [r for w in args.weights for name in SHAPES
-            for r in bench_shape(name, WEIGHTS[w], args.rows, args.reps, read, args.sparsities)]
+    bench, names = (bench_ablate, MLP) if args.ablate else (bench_shape, SHAPES)
+    rows = [r for w in args.weights for name in names
+            for r in bench(name, WEIGHTS[w], args.rows, args.reps, read, args.sparsities)]
     with open(args.json, "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                    "nvrtc": kernels.nvrtc_version(), "copy_tbps": copy / 1e12, "read_tbps": read / 1e12,
                    "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    if args.ablate:
+        print(ablation_table(rows))
+        print(f"plain read {read / 1e12:.2f} TB/s, copy {copy / 1e12:.2f} TB/s; bound = bytes / plain read")
+        print(f"{time.time() - t0:.0f} s")
+        return
     print(table(rows))
     print(f"plain read {read / 1e12:.2f} TB/s, copy {copy / 1e12:.2f} TB/s; bound = bytes / max(read, dense bf16)")
     print("\n".join(bars(rows)) + f"\n{time.time() - t0:.0f} s")

@@ -4,14 +4,15 @@
 # Logs and JSON go to $OUT (the device tool brings them back).
 #   bash benchmarks/gpu_run.sh
 # Environment knobs: quick=1 (bf16 batch-1 kernel table only), shapes="llama3-8b" (end-to-end models),
-# compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile;
-# profile = benchmarks/profile_kernel.py, not in the default set).
+# compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile
+# fused; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
+# `bench_fused.py --ablate`, neither in the default set).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 parts=${parts:-tests e2e kernels}
 for p in $parts; do
-  case $p in tests | e2e | kernels | profile) ;;
-    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile)" >&2; exit 2 ;;
+  case $p in tests | e2e | kernels | profile | fused) ;;
+    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile fused)" >&2; exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -61,6 +62,14 @@ if want profile; then
   timeout 500 python3 benchmarks/profile_kernel.py --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1
   echo "profile_kernel exit $?"
   tail -n 60 "$OUT/profile.log"
+fi
+
+if want fused; then
+  echo "== fused decode kernels: the ablation (where the list GEMV's extra time goes), then the GPU tests"
+  timeout 200 python3 benchmarks/bench_fused.py --ablate --json "$OUT/fused_ablate.json" >"$OUT/fused_ablate.log" 2>&1
+  echo "bench_fused --ablate exit $?"; tail -n 30 "$OUT/fused_ablate.log"
+  timeout 330 python3 -m pytest -q -m gpu tests/test_fused_kernels.py >"$OUT/fused_gpu_tests.log" 2>&1
+  echo "pytest exit $?"; tail -n 25 "$OUT/fused_gpu_tests.log"
 fi
 
 if want e2e && [ "${compiled:-1}" != 0 ]; then

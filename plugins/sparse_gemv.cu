@@ -29,7 +29,11 @@
 // WSP_MASK=1 compiles the masking kernel of the cuBLAS path instead (same source, so the helpers are shared).
 // Issue 15's fused decode path, two more entry points of the same source: WSP_PRODUCER=1 (RMSNorm) or 2 (SiLU(gate)
 // * up) computes a linear's input and writes its kept channels as a list; WSP_LIST=1 is the GEMV that streams the
-// rows of that list with a Stream-K split (both described where they are defined, below).
+// rows of that list with a Stream-K split, or (WSP_SPLIT=1) with clusters splitting each column tile's list evenly
+// (both described where they are defined, below). Ablation macros of these two, for benchmarks/bench_fused.py
+// --ablate (defaults: the behaviour above, PTX unchanged): WSP_KL list entries staged per chunk, WSP_FIXUP (list
+// GEMV: 1 skips the partial sums' writes and reads, 2 the whole fix-up; both give WRONG results, timing only),
+// WSP_PMODE (producer: 1 writes the counts but no list, 2 only v; timing only).
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -325,6 +329,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) WSP_NAME(
 // one cluster of C blocks (grid = C) splits the channels, adds the per-row sums of squares and the per-block kept
 // counts through distributed shared memory (three cluster barriers), so the read is spread over C multiprocessors
 // and each block writes its kept entries at its own offset: deterministic channel order, no atomics, no memset.
+// Ablation (WSP_PMODE, timing only): 1 stops after the counts (no list written), 2 after v (RMSNorm writes xn; the
+// SiLU epilogue writes v into vals[0, k, r]): what the mask, and then the list, add to the producer's time.
+#ifndef WSP_PMODE
+#define WSP_PMODE 0
+#endif
 constexpr int MAXP = 3;
 
 __device__ __forceinline__ void sync_cluster_or_block() {
@@ -438,6 +447,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) WSP_CLUSTER WSP_NAME(
     for (int r = 0; r < R; r++)
         for (int k = k_begin + tid; k < k_end && r < rows; k += THREADS) xn[(size_t)r * in + k] = value(r, k);
 #endif
+#if WSP_PMODE == 2
+#if WSP_PRODUCER == 2
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        for (int k = k_begin + tid; k < k_end && r < rows; k += THREADS) vals[(size_t)k * R + r] = value(r, k);
+#endif
+#if WSP_C > 1
+    cluster_sync();  // no block leaves while another may still read its shared memory (RMSNorm's sums)
+#endif
+    return;
+#endif
     // Keep bits and masked values of this thread's CPT consecutive channels k0 + tid * CPT + j for projection p.
     auto pass = [&](int p, int k0, u16 (&v)[CPT][R]) -> u32 {
         u32 bits = 0;
@@ -487,6 +507,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) WSP_CLUSTER WSP_NAME(
 #if WSP_C > 1
     cluster_sync();  // no block leaves while another may still read its shared memory
 #endif
+#if WSP_PMODE == 1
+    return;
+#endif
 
     // 3. Write the kept entries, in channel order: block offset, then pass, then a block-wide prefix sum.
 #pragma unroll
@@ -520,11 +543,27 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) WSP_CLUSTER WSP_NAME(
 // along the positions, b and t never decrease and one of them grows at each segment), count their arrival on
 // sem[t], and the last to arrive adds the partials in block order (deterministic), scales, adds the bias, writes y
 // and sets sem[t] back to 0: the next launch finds the counters zeroed without a memset.
-constexpr int KL = 1024;  // list entries staged in shared memory at a time
+// WSP_SPLIT=1 (no Stream-K): a cluster of C blocks owns one column tile (grid = C x tiles, the tiling launch_spec
+// picks for today's kernel) and block `rank` streams the entries [rank n / C, (rank + 1) n / C) of the tile's list:
+// the shares differ by at most one row whatever the mask (the list removes the binomial spread of split-K over
+// channel ranges), every block sweeps the list in step with the other clusters (the same rows at the same time, as
+// today's kernel), and the partial sums meet in distributed shared memory (the push reduction of today's kernel):
+// no ws, no sem, no fence, no atomic, one list chunk per block up to KL entries.
+#ifndef WSP_SPLIT
+#define WSP_SPLIT 0
+#endif
+#ifndef WSP_KL
+#define WSP_KL (WSP_SPLIT ? (R <= 2 ? 4096 : 2048) : 1024)
+#endif
+#ifndef WSP_FIXUP
+#define WSP_FIXUP 0
+#endif
+constexpr int KL = WSP_KL;  // list entries staged in shared memory at a time
 constexpr int MAXP = 3;   // projections of a fused group
-static_assert(C == 1, "the list GEMV balances work with Stream-K, not clusters");
+static_assert(WSP_SPLIT || C == 1, "the Stream-K list GEMV balances work without clusters");
+static_assert(!(WSP_SPLIT && WSP_FIXUP), "the fix-up ablation is Stream-K's");
 
-extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
+extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_NAME(
     const int* __restrict__ idx,     // [P, in]: kept channels of projection p, in channel order
     const u16* __restrict__ vals,    // [P, in, R]: their masked x values
     const int* __restrict__ count,   // [P]
@@ -540,10 +579,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
     float* ws,                       // [gridDim.x + tiles, R * TN]: partial sums of split tiles
     int* sem)                        // [tiles]: arrivals per split tile; zero before and after every launch
 {
+#if WSP_SPLIT  // one segment per block: the staged list and the cross-warp reduction never live at the same time
+    constexpr int LIST_BYTES = KL * R * 2 + KL * 4, RED_BYTES = WARPS * R * TN * 4;
+    __shared__ __align__(16) unsigned char pool[LIST_BYTES > RED_BYTES ? LIST_BYTES : RED_BYTES];
+    u16* xc = reinterpret_cast<u16*>(pool);
+    int* list = reinterpret_cast<int*>(pool + KL * R * 2);
+    float* red = reinterpret_cast<float*>(pool);
+#if WSP_C > 1
+    constexpr int NSLOT = (R * TN + C - 1) / C;  // outputs each block of the cluster finishes (i % C == rank)
+    __shared__ float slot[C][NSLOT];              // [sender's rank][i / C], written by the whole cluster
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");  // waited on before the first push
+#endif
+#else
     __shared__ int list[KL];
     __shared__ __align__(16) u16 xc[KL * R];
     __shared__ float red[WARPS * R * TN];
     __shared__ int is_last;
+#endif
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int rl = tid / TPR, cl = tid % TPR;
     const int out = out0 + out1 + out2, rows = min(R, n_rows);
@@ -588,6 +640,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
         y[(size_t)r * out + c] = from_f32(s);
     };
 
+#if WSP_SPLIT
+    const int t = blockIdx.x / C, rank = blockIdx.x % C;  // clusters are C consecutive blocks along x
+    {
+        int p, n, col0, col_end;
+        long long start;
+        tile_of(t, p, n, col0, col_end, start);
+        const int k_lo = (int)((long long)rank * n / C), k_hi = (int)((long long)(rank + 1) * n / C);
+#else
     // 0. Tiles of a projection without kept channels: y = bias (or 0), one block each.
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
         int p, n, col0, col_end;
@@ -616,6 +676,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
         long long start;
         tile_of(t, p, n, col0, col_end, start);
         const int k_lo = (int)(s - start), k_hi = (int)(min(s_end, start + n) - start);
+#endif
         const int col = col0 + cl * V;
         const bool col_ok = col < col_end;
         float acc[R][V];
@@ -675,12 +736,33 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
             for (int wi = 0; wi < WARPS; wi++) sum += red[wi * R * TN + i];
             red[i] = sum;  // only this thread reads and writes entry i of warp 0's slot here
         }
+#if WSP_SPLIT && WSP_C > 1
+        // Push: output i is finished by block i % C of the cluster, which adds the C partials in rank order.
+        asm volatile("barrier.cluster.wait.aligned;" ::: "memory");  // every block of the cluster has started
+        for (int i = tid; i < R * TN; i += THREADS) st_cluster(&slot[rank][i / C], i % C, red[i]);
+        cluster_sync();  // every partial has arrived where it is summed
+        for (int j = tid; j < NSLOT; j += THREADS) {
+            float sum = 0.f;
+#pragma unroll
+            for (int q = 0; q < C; q++) sum += slot[q][j];
+            if (j * C + rank < R * TN) finish(sum, j * C + rank, col0, col_end);
+        }
+    }
+#elif WSP_SPLIT
+        for (int i = tid; i < R * TN; i += THREADS) finish(red[i], i, col0, col_end);
+    }
+#else
         if (k_lo == 0 && k_hi == n) {  // the whole tile is this block's
             for (int i = tid; i < R * TN; i += THREADS) finish(red[i], i, col0, col_end);
         } else {  // Stream-K fix-up: publish the partial, count the arrival; the last contributor finishes
+#if WSP_FIXUP == 2  // ablation, WRONG results: no fix-up, every contributor stores its partial as the output
+            for (int i = tid; i < R * TN; i += THREADS) finish(red[i], i, col0, col_end);
+#else
             const int first = owner(start), last = owner(start + n - 1);
+#if WSP_FIXUP == 0
             float* mine = ws + (size_t)(b + t) * R * TN;
             for (int i = tid; i < R * TN; i += THREADS) __stcg(mine + i, red[i]);
+#endif
             // The arrival (CUTLASS's Stream-K barrier pattern): the block's stores, a barrier, then one thread's
             // fence and atomic (release); the last arriver's atomic, its fence (acquire), a barrier, the reads.
             __syncthreads();
@@ -697,15 +779,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_NAME(
             if (is_last) {
                 for (int i = tid; i < R * TN; i += THREADS) {
                     float sum = 0.f;
+#if WSP_FIXUP == 0
                     for (int q = first; q <= last; q++)
                         sum += q == b ? red[i] : __ldcg(ws + (size_t)(q + t) * R * TN + i);
+#else  // ablation, WRONG results: the arrival chain without the partials' writes and reads
+                    sum = red[i];
+#endif
                     finish(sum, i, col0, col_end);
                 }
             }
+#endif  // WSP_FIXUP == 2
         }
         __syncthreads();  // red is rewritten by the next segment
         s = start + k_hi;
     }
+#endif  // WSP_SPLIT
 }
 #else
 extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_NAME(

@@ -85,3 +85,50 @@ def test_arguments():
         bf.parse_args(["--json", "x", "--rows", "5"])
     with pytest.raises(SystemExit):
         bf.parse_args(["--json", "x", "--weights", "int4"])
+
+
+@pytest.mark.usefixtures("fake_ptx")
+@pytest.mark.parametrize("rows", [1, 2, 4])
+def test_ablations_build_on_the_mlp_shapes(rows):
+    """Every --ablate variant is a valid spec on both MLP shapes and weight formats: one PTX per label (the names
+    differ, but sk-1/SM changes only the grid and cl-c1 is cl where today's tiling has no clusters), the cluster
+    split without scratch, knobs only where the kernel has room."""
+    for name in bf.MLP:
+        in_f, splits, kind = bf.SHAPES[name]
+        for weights in bf.WEIGHTS.values():
+            gemv, _ = bf.specs(in_f, splits, kind, weights, rows, 132, 90)
+            variants = bf.list_ablations(rows, gemv.tile, 132)
+            assert ("sk-KL" in variants) == ("cl-U8" in variants) == (rows <= 2) and variants["sk"] == ({}, True)
+            built = {label: kernels.list_spec(bf.DTYPE, in_f, splits, rows, weights=weights, sms=132, **kw)
+                     for label, (kw, _) in variants.items()}
+            assert built["sk"].name == gemv.name and built["sk-1/SM"].grid == (132, 1, 1)
+            names = [s.name for label, s in built.items() if label not in ("sk-1/SM", "cl-c1")]
+            assert all(s.cluster == 1 for label, s in built.items() if label.startswith("sk"))
+            assert len(set(names)) == len(names) and built["cl-c1"].name.endswith("_c1")  # cl may be c1 too
+            assert all(s.workspace == 0 for label, s in built.items() if label.startswith("cl"))
+            assert built["cl-c1"].grid[0] == gemv.semaphores  # one block per column tile
+            for label, (kw, correct) in variants.items():
+                assert correct == ("WSP_FIXUP" not in kw.get("tune", {})), label
+        for kw in bf.PRODUCER_ABLATIONS.values():
+            kernels.producer_spec(bf.DTYPE, in_f, rows, kind=kind, projections=len(splits), **kw)
+
+
+def test_ablation_table_and_attribution():
+    """One line per cell with every variant; each attribution line is the difference of the two variants it names."""
+    variants = bf.list_ablations(1, 128, 132)
+    rows = [{"shape": name, "weights": "bf16", "sparsity": 0.5, "list_bound_us": 10.0, "today_us": 20.0,
+             "list": {label: {"us": 20.0 + i, "ok": c or None, "pct_of_bound": 50.0}
+                      for i, (label, (_, c)) in enumerate(variants.items())},
+             "producer": {p: {"us": 5.0, "ok": p in bf.CORRECT_PRODUCERS or None} for p in bf.PRODUCER_ABLATIONS}}
+            for name in bf.MLP]
+    text = bf.ablation_table(rows)
+    assert all(label in text.splitlines()[0] for label in [*variants, *bf.PRODUCER_ABLATIONS])
+    order = list(variants)
+    for what, a, b in bf.ATTRIBUTION:
+        line = next(x for x in text.splitlines() if x.strip().startswith(what))
+        want = (order.index(a) if a != "today" else 0) - (order.index(b) if b != "today" else 0)  # today: 20 us
+        assert [float(v) for v in line[len(what) + 2:].split()] == [want, want], what
+
+
+def test_ablate_argument():
+    assert not bf.parse_args(["--json", "x"]).ablate and bf.parse_args(["--json", "x", "--ablate"]).ablate

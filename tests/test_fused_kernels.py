@@ -49,6 +49,39 @@ def test_list_gemv_compiles_to_ptx(dtype, weights, rows, tile, vec, bias):
 
 
 @nvrtc
+@pytest.mark.parametrize("dtype,weights,rows,tile,vec,bias", LIST_VARIANTS)
+def test_cluster_split_list_gemv_compiles_to_ptx(dtype, weights, rows, tile, vec, bias):
+    """The cluster split keeps the list GEMV's parameters (ws and sem unused) and has no fix-up: no atomics, no
+    fences; its clusters reduce in distributed shared memory."""
+    for cluster in (1, 8):
+        spec = kernels.list_spec(dtype, 4096, [4096], rows, bias=bias, tile=tile, vec=vec, weights=weights,
+                                 split="cluster", cluster=cluster)
+        assert f".entry {spec.name}(" in spec.ptx and spec.name.endswith(f"_c{cluster}")
+        assert spec.ptx.count(".param .u32") == 6 and spec.ptx.count(".param .u64") == 7 + (weights is not None) + bias
+        assert "atom.global" not in spec.ptx and "membar.gl" not in spec.ptx
+        assert (".explicitcluster" in spec.ptx) == (cluster > 1) == ("st.shared::cluster" in spec.ptx)
+
+
+@nvrtc
+def test_ablation_builds_compile_and_their_defaults_are_todays_ptx():
+    """Every ablation macro compiles; set to its default it changes nothing (the PTX of the shipped builds is the
+    one without the macro), and each non-default value changes the code it should."""
+    base = {"WSP_NAME": "k", "WSP_LIST": 1, "WSP_R": 1, "WSP_TN": 128, "WSP_V": 8}
+    ptx = {k: kernels.compile_ptx(kernels.SOURCE, {**base, **d}) for k, d in {
+        "plain": {}, "defaults": {"WSP_SPLIT": 0, "WSP_KL": 1024, "WSP_FIXUP": 0}, "kl": {"WSP_KL": 4096},
+        "fixup1": {"WSP_FIXUP": 1}, "fixup2": {"WSP_FIXUP": 2}}.items()}
+    assert ptx["plain"] == ptx["defaults"] and ptx["kl"] != ptx["plain"]
+    assert "st.global.cg" in ptx["plain"] and "st.global.cg" not in ptx["fixup1"] and "atom.global" in ptx["fixup1"]
+    assert "atom.global" not in ptx["fixup2"] and "membar.gl" not in ptx["fixup2"]
+    for e in (1, 2):
+        prod = {"WSP_NAME": "k", "WSP_PRODUCER": e, "WSP_R": 1, "WSP_C": 4}
+        plain = kernels.compile_ptx(kernels.SOURCE, prod)
+        assert plain == kernels.compile_ptx(kernels.SOURCE, {**prod, "WSP_PMODE": 0})
+        for mode in (1, 2):
+            assert kernels.compile_ptx(kernels.SOURCE, {**prod, "WSP_PMODE": mode}) != plain
+
+
+@nvrtc
 @pytest.mark.slow
 def test_every_fused_variant_compiles():
     for dtype in ("bf16", "f16"):
@@ -64,6 +97,10 @@ def test_every_fused_variant_compiles():
                             spec = kernels.list_spec(dtype, 64, [64], rows, bias=bias, tile=tile, vec=vec,
                                                      weights=weights)
                             assert f".entry {spec.name}(" in spec.ptx
+                            for cluster in kernels.CLUSTERS:
+                                spec = kernels.list_spec(dtype, 64, [64], rows, bias=bias, tile=tile, vec=vec,
+                                                         weights=weights, split="cluster", cluster=cluster)
+                                assert f".entry {spec.name}(" in spec.ptx
 
 
 @nvrtc
@@ -75,6 +112,13 @@ def test_fused_cubins_have_no_spills():
                for r in kernels.LIST_ROWS]
     builds += [({"WSP_LIST": 1, "WSP_R": r, "WSP_TN": 256, "WSP_V": 16, "WSP_BIAS": 1, "WSP_WQ": wq},
                 1 if r > 2 else 2) for r in kernels.LIST_ROWS for wq in (1, 2)]
+    # The cluster split asks for today's kernel's blocks per multiprocessor (WSP_MINB by rows, cluster, weights).
+    builds += [({"WSP_LIST": 1, "WSP_SPLIT": 1, "WSP_C": c, "WSP_R": r, "WSP_TN": tn, "WSP_V": v, "WSP_BIAS": 1,
+                 **({"WSP_WQ": wq} if wq else {})}, 1 if r > 2 else 2 if c <= 2 or (wq and r == 2) else 3)
+               for c in kernels.CLUSTERS for r in kernels.LIST_ROWS
+               for tn, v, wq in ((128, 8, 0), (256, 16, 1), (128, 16, 2))]
+    builds += [({"WSP_LIST": 1, "WSP_R": r, "WSP_TN": 128, "WSP_V": 8, **d}, 1 if r > 2 else 2)
+               for r in (1, 2) for d in ({"WSP_KL": 4096 // r}, {"WSP_FIXUP": 1}, {"WSP_FIXUP": 2})]
     for defines, blocks in builds:
         _, log = kernels.compile_ptx(kernels.SOURCE, {"WSP_NAME": "k", **defines}, 90, cubin=True,
                                      extra=["--ptxas-options=-v"])
@@ -99,6 +143,27 @@ def test_fused_launch_specs():
     q = kernels.list_spec("bf16", 14336, [4096], 4, weights="int8", sms=132)
     assert q.name == "wsp_list_bf16_int8_r4_n256_v16" and q.grid == (132, 1, 1) and "('WSP_WQ', 2)" in q.ptx
     assert q.workspace == (132 + 16) * 4 * 256 and q.weights == "int8"
+    assert "WSP_SPLIT" not in g.ptx + q.ptx  # the shipped Stream-K build: no new define, the same PTX
+
+
+@pytest.mark.usefixtures("fake_ptx")
+@pytest.mark.parametrize("in_f,splits,weights", [(4096, [14336, 14336], None), (14336, [4096], None),
+                                                 (4096, [14336, 14336], "fp8_e4m3"), (14336, [4096], "int8"),
+                                                 (4096, [4096, 1024, 1024], None), (40, [200], None)])
+def test_cluster_split_specs_take_todays_tiling(in_f, splits, weights):
+    """split="cluster": today's kernel's tile and cluster for the shape (launch_spec, batch 1), C blocks per column
+    tile, no scratch; tuning and ablation knobs named in the kernel name; Stream-K's grid overridable."""
+    spec = kernels.list_spec("bf16", in_f, splits, 1, weights=weights, split="cluster", sms=132)
+    today = kernels.launch_spec("bf16", in_f, splits, 1, weights=weights, sms=132)
+    assert (spec.tile, spec.cluster) == (today.tile, today.cluster) and spec.grid == today.grid
+    assert spec.workspace == spec.semaphores == 0 and "('WSP_SPLIT', 1)" in spec.ptx
+    assert f"('WSP_C', {spec.cluster})" in spec.ptx and spec.name.endswith(f"_c{spec.cluster}")
+    kl = kernels.list_spec("bf16", in_f, splits, 1, weights=weights, split="cluster", tune={"WSP_KL": 1024})
+    assert kl.name == spec.name + "_kl1024" and "('WSP_KL', 1024)" in kl.ptx
+    sk = kernels.list_spec("bf16", in_f, splits, 1, weights=weights, blocks=132, tune={"WSP_FIXUP": 2})
+    assert sk.grid == (132, 1, 1) and sk.name.endswith("_fixup2") and sk.workspace == (132 + sk.semaphores) * sk.tile
+    p = kernels.producer_spec("bf16", in_f, 1, tune={"WSP_PMODE": 1})
+    assert p.name.endswith("_pmode1") and "('WSP_PMODE', 1)" in p.ptx
 
 
 @pytest.mark.parametrize("fn,kwargs,msg", [
@@ -113,6 +178,15 @@ def test_fused_launch_specs():
     ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], tile=256), "tile 256"),
     ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], weights="fp8_e4m3", arch=80), "sm_89"),
     ("list_spec", dict(dtype="bf16", in_features=64, splits=[12], vec=8), "multiples of 8"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="rows"), "split is one of"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], cluster=2), "takes no clusters"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="cluster", cluster=3), "clusters of 3"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="cluster", cluster=2, arch=80), "sm_90"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], split="cluster", tune={"WSP_FIXUP": 1}),
+     "has none"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], tune={"WSP_PMODE": 1}), "tuning macros"),
+    ("list_spec", dict(dtype="bf16", in_features=64, splits=[64], blocks=0), "at least one block"),
+    ("producer_spec", dict(dtype="bf16", in_features=64, tune={"WSP_KL": 64}), "tuning macros"),
 ])
 @pytest.mark.usefixtures("fake_ptx")
 def test_fused_launch_specs_refuse(fn, kwargs, msg):
@@ -357,27 +431,90 @@ def test_list_gemv_matches_float64(fmt, dtype, rows):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("fmt,dtype", [(None, torch.bfloat16), (None, torch.float16), ("fp8_e4m3", torch.bfloat16),
+                                       ("int8", torch.bfloat16)])
+@pytest.mark.parametrize("rows", [1, 2, 3])  # 3: R = 4 with a row past n_rows
+def test_list_gemv_variants_match_float64(fmt, dtype, rows):
+    """The cluster split (today's tiling, and clusters of 1 and 8) and Stream-K with long list chunks (WSP_KL)
+    against float64 with poisoned outputs, every shape and sparsity, count 0 included (float16 x with 1-byte
+    weights only changes x's conversion, which the bf16/f16 16-bit cases cover)."""
+    per_block = next(r for r in kernels.LIST_ROWS if r >= rows)
+    variants = [dict(split="cluster"), dict(split="cluster", cluster=1), dict(split="cluster", cluster=8)]
+    if per_block <= 2:
+        variants.append(dict(tune={"WSP_KL": 4096 // per_block}))
+    seed = 100
+    for k, splits in SHAPES:
+        for sparsity in (0.0, 0.5, 0.9, 1.0):
+            seed += 1
+            bias = seed % 2 == 0
+            lst, wt, scale, b, ref = _list_case(k, splits, rows, min(sparsity, 0.9), dtype, fmt, bias, seed)
+            if sparsity == 1.0:
+                lst[2].zero_()
+                ref = (b.double() if bias else torch.zeros(sum(splits), device="cuda").double()).expand(rows, -1)
+            for kw in variants:
+                spec = kernels.list_spec(dtype, k, splits, rows, bias=bias, sms=kernels.sm_count(wt.device),
+                                         weights=fmt, **kw)
+                y, _, sem = _run_list(spec, lst, wt, scale, b, rows)
+                torch.cuda.synchronize()
+                _assert_close(y, ref, dtype, f"{spec.name} {k}->{splits} s={sparsity}")
+                assert not sem.any(), f"{spec.name}: the fix-up left its counters set"
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kind", list(kernels.PRODUCERS))
+def test_producer_ablations_write_what_they_say(kind):
+    """WSP_PMODE=1 writes compact's counts (and RMSNorm's xn); WSP_PMODE=2 writes only v (xn, or SiLU(gate) * up in
+    vals[0, :, r]): the parts the ablation times are the shipped producer's."""
+    g = torch.Generator(device="cuda").manual_seed(7)
+    for rows, k, cluster in ((1, 4096, 4), (3, 14336, 8), (2, 1000, 1)):
+        per_block = next(r for r in kernels.LIST_ROWS if r >= rows)
+        if kind == "rmsnorm":
+            inputs = [(torch.randn(rows, k, device="cuda", generator=g) * 2).to(torch.bfloat16),
+                      torch.randn(k, device="cuda", generator=g).to(torch.bfloat16)]
+            v, xn_shape = kernels.rms_norm(*inputs, 1e-5), (rows, k)
+        else:
+            inputs = [torch.randn(rows, 2 * k, device="cuda", generator=g).to(torch.bfloat16)]
+            v, xn_shape = kernels.silu_mul(inputs[0]), None
+        tau = _tau(v, 1 if kind == "silu_mul" else 3, 0.5, g)
+        shipped = kernels.producer_spec("bf16", k, rows, kind=kind, projections=tau.shape[0], cluster=cluster)
+        xn, *want = _run_producer(shipped, inputs, tau, per_block, xn_shape)
+        for mode in (1, 2):
+            spec = kernels.producer_spec("bf16", k, rows, kind=kind, projections=tau.shape[0], cluster=cluster,
+                                         tune={"WSP_PMODE": mode})
+            got_xn, _, vals, count = _run_producer(spec, inputs, tau, per_block, xn_shape)
+            if kind == "rmsnorm":
+                assert torch.equal(got_xn, xn), f"{spec.name}: xn differs from the shipped producer's"
+            if mode == 1:
+                assert torch.equal(count, want[2]), f"{spec.name}: counts differ"
+            elif kind == "silu_mul":
+                assert torch.equal(vals[0, :, :rows].t(), v), f"{spec.name}: v differs from silu_mul"
+
+
+@pytest.mark.gpu
+@gpu
 def test_producer_then_list_gemv_is_the_unfused_block():
-    """RMSNorm producer -> list GEMV (q/k/v) and gate/up GEMV -> SiLU producer -> list GEMV (down) against the
-    unfused path (rms_norm, then the masked matmul), in float64 over the same rounded inputs."""
+    """RMSNorm producer -> list GEMV (q/k/v) and gate/up GEMV -> SiLU producer -> list GEMV (down), both splits,
+    against the unfused path (rms_norm, then the masked matmul), in float64 over the same rounded inputs."""
     g = torch.Generator(device="cuda").manual_seed(3)
     x = torch.randn(1, 4096, device="cuda", generator=g).to(torch.bfloat16)
     gamma = torch.randn(4096, device="cuda", generator=g).to(torch.bfloat16)
     wt = (torch.randn(4096, 6144, device="cuda", generator=g) / 64).to(torch.bfloat16)
     tau = _tau(kernels.rms_norm(x, gamma, 1e-5), 3, 0.5, g)
     xn, *lst = _run_producer(kernels.producer_spec("bf16", 4096, 1, projections=3), [x, gamma], tau, 1, (1, 4096))
-    spec = kernels.list_spec("bf16", 4096, [4096, 1024, 1024], 1, sms=kernels.sm_count(x.device))
-    y, _, _ = _run_list(spec, lst, wt, None, None, 1)
-    torch.cuda.synchronize()
-    _assert_close(y, _ref64(xn, wt, tau, None, [4096, 1024, 1024]), torch.bfloat16, "q/k/v")
     h = torch.randn(1, 2 * 14336, device="cuda", generator=g).to(torch.bfloat16)
     wd = (torch.randn(14336, 4096, device="cuda", generator=g) / 120).to(torch.bfloat16)
     tau_d = _tau(kernels.silu_mul(h), 1, 0.75, g)
-    _, *lst = _run_producer(kernels.producer_spec("bf16", 14336, 1, kind="silu_mul"), [h], tau_d, 1)
-    y, _, _ = _run_list(kernels.list_spec("bf16", 14336, [4096], 1, sms=kernels.sm_count(x.device)), lst, wd,
-                        None, None, 1)
-    torch.cuda.synchronize()
-    _assert_close(y, _ref64(kernels.silu_mul(h), wd, tau_d, None, [4096]), torch.bfloat16, "down")
+    _, *lst_d = _run_producer(kernels.producer_spec("bf16", 14336, 1, kind="silu_mul"), [h], tau_d, 1)
+    for split in kernels.SPLITS:
+        spec = kernels.list_spec("bf16", 4096, [4096, 1024, 1024], 1, sms=kernels.sm_count(x.device), split=split)
+        y, _, _ = _run_list(spec, lst, wt, None, None, 1)
+        torch.cuda.synchronize()
+        _assert_close(y, _ref64(xn, wt, tau, None, [4096, 1024, 1024]), torch.bfloat16, f"q/k/v {split}")
+        spec = kernels.list_spec("bf16", 14336, [4096], 1, sms=kernels.sm_count(x.device), split=split)
+        y, _, _ = _run_list(spec, lst_d, wd, None, None, 1)
+        torch.cuda.synchronize()
+        _assert_close(y, _ref64(kernels.silu_mul(h), wd, tau_d, None, [4096]), torch.bfloat16, f"down {split}")
 
 
 @pytest.mark.gpu

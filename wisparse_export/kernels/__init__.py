@@ -25,9 +25,12 @@ from .geometry import (
     CLUSTERS,
     DTYPES,
     LIST_ROWS,
+    LIST_TUNE,
     MAX_SPLITS,
+    PRODUCER_TUNE,
     PRODUCERS,
     ROWS,
+    SPLITS,
     THREADS,
     TILES,
     LaunchSpec,
@@ -58,4 +61,5 @@ __all__ = ["CLUSTERS", "DTYPES", "KEEP_MAX", "MAX_SPLITS", "Q_ROWS", "ROWS", "SO
            "launch_spec", "mask_op", "mask_spec", "nvrtc_version", "pick_tiling", "preload", "quantized", "reference",
            "sm_count", "sparse_linear", "sparse_linear_op", "sparse_linear_q_op", "supports", "use_kernel",
            "as_weight_format",
-           "LIST_ROWS", "PRODUCERS", "compact", "list_reference", "list_spec", "producer_spec", "rms_norm", "silu_mul"]
+           "LIST_ROWS", "LIST_TUNE", "PRODUCER_TUNE", "PRODUCERS", "SPLITS", "compact", "list_reference", "list_spec",
+           "producer_spec", "rms_norm", "silu_mul"]

@@ -128,6 +128,17 @@ def _check_arch(fmt: WeightFormat | None, arch: int | None) -> int:
     return arch
 
 
+def _suffix(tune: dict[str, int] | None) -> str:
+    """A tuned or ablated build's name suffix: WSP_KL=4096 -> _kl4096 (one PTX per name)."""
+    return "".join(f"_{k[4:].lower()}{v}" for k, v in sorted((tune or {}).items()))
+
+
+def _check_tune(tune: dict[str, int] | None, allowed: Sequence[str]) -> dict[str, int]:
+    if tune and not set(tune) <= set(allowed):
+        raise WisparseError(f"tuning macros here are {sorted(allowed)}, not {sorted(set(tune) - set(allowed))}")
+    return dict(tune or {})
+
+
 def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
                 ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
                 cluster: int | None = None, vec: int | None = None, arch: int | None = None, sms: int = 132,
@@ -166,8 +177,7 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
     if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
         raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
     wq = f"_{fmt.name}" if fmt is not None else ""
-    name = f"wsp_gemv_{dt}{wq}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "")
-    name += "".join(f"_{k[4:].lower()}{v}" for k, v in sorted((tune or {}).items()))
+    name = f"wsp_gemv_{dt}{wq}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "") + _suffix(tune)
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows_per_block, "WSP_TN": tile,
                "WSP_V": vec, "WSP_C": cluster, "WSP_BIAS": int(bias), **(tune or {})}
     if fmt is not None:  # absent for 16-bit weights: their PTX stays byte for byte what it was
@@ -199,6 +209,12 @@ def bytes_moved(in_features: int, out: int, n_rows: int, keep: float, elem: int 
 
 PRODUCERS = {"rmsnorm": 1, "silu_mul": 2}  # producer kind -> the kernel's WSP_PRODUCER
 LIST_ROWS = (1, 2, 4)  # rows a producer's list carries per kept channel (the fused decode path: batch 1 to 4)
+SPLITS = ("stream_k", "cluster")  # how the list GEMV shares a column tile's entries between blocks (WSP_SPLIT)
+# Benchmark knobs (benchmarks/bench_fused.py --ablate): list entries staged per chunk, load depth, blocks per SM;
+# WSP_FIXUP (Stream-K without its partials, or without any fix-up) and WSP_PMODE (producer without its list, or
+# without its mask) give WRONG outputs: timing only.
+LIST_TUNE = ("WSP_KL", "WSP_U", "WSP_MINB", "WSP_FIXUP")
+PRODUCER_TUNE = ("WSP_PMODE",)
 
 
 def _list_rows(n_rows: Any, rows_per_block: int | None) -> int:
@@ -215,11 +231,13 @@ def _list_rows(n_rows: Any, rows_per_block: int | None) -> int:
 
 def producer_spec(dtype: Any, in_features: int, n_rows: Any = 1, *, kind: str = "rmsnorm", projections: int = 1,
                   eps: float = 1e-5, ld: int | None = None, rows_per_block: int | None = None,
-                  cluster: int | None = None, arch: int | None = None) -> LaunchSpec:
+                  cluster: int | None = None, arch: int | None = None, tune: dict[str, int] | None = None
+                  ) -> LaunchSpec:
     """The producer kernel (WSP_PRODUCER): RMSNorm of x, or SiLU(gate) * up of a fused gate/up output, then the
     kept-channel list of each of `projections` tau rows (docs/KERNEL_ABI.md). One cluster: grid = (cluster, 1, 1).
 
-    `ld`: the input's row stride (default in_features for RMSNorm, 2 * in_features for [gate | up])."""
+    `ld`: the input's row stride (default in_features for RMSNorm, 2 * in_features for [gate | up]). `tune`:
+    PRODUCER_TUNE ablations, timing only."""
     dt = _dtype(dtype, "the producer kernels take")
     if kind not in PRODUCERS:
         raise WisparseError(f"producer kind must be one of {list(PRODUCERS)}, not {kind!r}")
@@ -233,21 +251,53 @@ def producer_spec(dtype: Any, in_features: int, n_rows: Any = 1, *, kind: str = 
         cluster = max(c for c in CLUSTERS if c == 1 or (arch >= 90 and in_features >= 1024 * c))
     if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
         raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
-    name = f"wsp_{kind}_{dt}_r{rows}_c{cluster}"
+    tune = _check_tune(tune, PRODUCER_TUNE)
+    name = f"wsp_{kind}_{dt}_r{rows}_c{cluster}" + _suffix(tune)
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows, "WSP_C": cluster,
-               "WSP_PRODUCER": PRODUCERS[kind]}
+               "WSP_PRODUCER": PRODUCERS[kind], **tune}
     eps_bits = struct.unpack("<i", struct.pack("<f", eps if kind == "rmsnorm" else 0.0))[0]
     return LaunchSpec(name, compile_ptx(SOURCE, defines, arch), (cluster, 1, 1), (THREADS, 1, 1), 0,
                       (n_rows, in_features, ld, projections, eps_bits), rows, 0, 1, cluster, False)
 
 
+def _list_grid(split: str, splits: Sequence[int], in_features: int, vec: int, rows: int, tiles: tuple[int, ...],
+               tile: int | None, cluster: int | None, blocks: int | None, minb: int, sms: int, arch: int
+               ) -> tuple[int, int, int]:
+    """(tile, cluster, blocks) of a list GEMV. Stream-K: the widest tile, a persistent grid of `minb` blocks per
+    multiprocessor (or `blocks`). Cluster split: today's kernel's tiling (pick_tiling), C blocks per column tile."""
+    if split not in SPLITS:
+        raise WisparseError(f"the list GEMV's split is one of {list(SPLITS)}, not {split!r}")
+    if split == "stream_k":
+        if cluster not in (None, 1):
+            raise WisparseError("the Stream-K list GEMV takes no clusters (split='cluster' does)")
+        tile = tiles[0] if tile is None else tile
+        blocks = sms * minb if blocks is None else int(blocks)
+        if blocks < 1:
+            raise WisparseError(f"the Stream-K list GEMV needs at least one block, not {blocks}")
+        cluster = 1
+    elif tile is None or cluster is None:
+        t, c = pick_tiling(splits, in_features, 1, vec, sms, arch, tiles)
+        tile, cluster = tile or t, cluster or c
+    if tile not in tiles:
+        raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows} rows")
+    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
+        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+    n_tiles = sum(_cdiv(s, tile) for s in splits)
+    return tile, cluster, blocks if split == "stream_k" else cluster * n_tiles
+
+
 def list_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any = 1, *, bias: bool = False,
               ldw: int | None = None, rows_per_block: int | None = None, tile: int | None = None,
               vec: int | None = None, arch: int | None = None, sms: int = 132,
-              weights: WeightFormat | str | None = None) -> LaunchSpec:
-    """The GEMV over a producer's kept lists (WSP_LIST): y = vals @ W[idx] per projection, a Stream-K split over
-    a persistent grid of 1 (4 rows) or 2 blocks per multiprocessor. The widest column tile is taken (the split no
-    longer needs narrow tiles to fill the GPU); `workspace` and `semaphores` size the scratch the launch needs."""
+              weights: WeightFormat | str | None = None, split: str = "stream_k", cluster: int | None = None,
+              blocks: int | None = None, tune: dict[str, int] | None = None) -> LaunchSpec:
+    """The GEMV over a producer's kept lists (WSP_LIST): y = vals @ W[idx] per projection.
+
+    split="stream_k": a Stream-K split over a persistent grid of 1 (4 rows) or 2 blocks per multiprocessor
+    (`blocks` overrides it), the widest column tile (the split no longer needs narrow tiles to fill the GPU);
+    `workspace` and `semaphores` size the scratch the launch needs. split="cluster": clusters of `cluster` blocks
+    share each column tile's list evenly (today's kernel's tiling unless `tile`/`cluster` are given), reducing in
+    distributed shared memory: no scratch (ws and sem are still parameters; null is fine). `tune`: LIST_TUNE."""
     dt = _dtype(dtype, "sparse kernels take")
     fmt = as_weight_format(weights)
     splits = [int(s) for s in splits]
@@ -255,18 +305,22 @@ def list_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any =
     vec = _check_weight(in_features, splits, ldw, vec, (16, 8, 1) if fmt is not None else (8, 1))
     rows = _list_rows(n_rows, rows_per_block)
     arch = _check_arch(fmt, arch)
-    tiles = _tiles(fmt, vec, rows)
-    tile = tiles[0] if tile is None else tile
-    if tile not in tiles:
-        raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows} rows")
+    tune = _check_tune(tune, LIST_TUNE)
+    if split == "cluster" and "WSP_FIXUP" in tune:
+        raise WisparseError("WSP_FIXUP ablates the Stream-K fix-up; split='cluster' has none")
+    tile, cluster, blocks = _list_grid(split, splits, in_features, vec, rows, _tiles(fmt, vec, rows), tile,
+                                       cluster, blocks, tune.get("WSP_MINB", 1 if rows > 2 else 2), sms, arch)
     wq = f"_{fmt.name}" if fmt is not None else ""
     name = f"wsp_list_{dt}{wq}_r{rows}_n{tile}_v{vec}" + ("_bias" if bias else "")
+    name += (f"_c{cluster}" if split == "cluster" else "") + _suffix(tune)
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows, "WSP_TN": tile, "WSP_V": vec,
-               "WSP_BIAS": int(bias), "WSP_LIST": 1}
+               "WSP_BIAS": int(bias), "WSP_LIST": 1, **tune}
     if fmt is not None:
         defines["WSP_WQ"] = WQ[fmt.name]
-    blocks = sms * (1 if rows > 2 else 2)  # the kernel's WSP_MINB for these rows
+    if split == "cluster":  # absent for Stream-K: its PTX stays byte for byte what it was
+        defines.update(WSP_SPLIT=1, WSP_C=cluster)
     n_tiles = sum(_cdiv(s, tile) for s in splits)
+    scratch = ((blocks + n_tiles) * rows * tile, n_tiles) if split == "stream_k" else (0, 0)
     return LaunchSpec(name, compile_ptx(SOURCE, defines, arch), (blocks, 1, 1), (THREADS, 1, 1), 0,
-                      (n_rows, in_features, ldw, *splits, *[0] * (MAX_SPLITS - len(splits))), rows, tile, vec, 1,
-                      bias, fmt.name if fmt is not None else None, (blocks + n_tiles) * rows * tile, n_tiles)
+                      (n_rows, in_features, ldw, *splits, *[0] * (MAX_SPLITS - len(splits))), rows, tile, vec,
+                      cluster, bias, fmt.name if fmt is not None else None, *scratch)
