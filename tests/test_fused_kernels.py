@@ -397,6 +397,15 @@ def _list_case(k, splits, rows, sparsity, dtype, fmt, bias, seed):
     return kernels.compact(x, tau, per_block), wt, scale, b, _ref64(x, w64, tau, b, splits)
 
 
+def _list_case_or_empty(k, splits, rows, sparsity, dtype, fmt, bias, seed):
+    """`_list_case`; sparsity 1.0: every count 0, and the reference is the bias alone (or zeros)."""
+    lst, wt, scale, b, ref = _list_case(k, splits, rows, min(sparsity, 0.9), dtype, fmt, bias, seed)
+    if sparsity == 1.0:
+        lst[2].zero_()
+        ref = (b.double() if bias else torch.zeros(sum(splits), device="cuda").double()).expand(rows, -1)
+    return lst, wt, scale, b, ref
+
+
 def _run_list(spec, lst, wt, scale, b, rows, ws=None, sem=None):
     ws = torch.full((spec.workspace,), float("nan"), device="cuda") if ws is None else ws  # any contents
     sem = torch.zeros(spec.semaphores, dtype=torch.int32, device="cuda") if sem is None else sem
@@ -417,10 +426,7 @@ def test_list_gemv_matches_float64(fmt, dtype, rows):
         for sparsity in (*SPARSITY, 1.0):  # 1.0: tau = +inf everywhere below, count 0
             for bias in (False, True):
                 seed += 1
-                lst, wt, scale, b, ref = _list_case(k, splits, rows, min(sparsity, 0.9), dtype, fmt, bias, seed)
-                if sparsity == 1.0:
-                    lst[2].zero_()
-                    ref = (b.double() if bias else torch.zeros(sum(splits), device="cuda").double()).expand(rows, -1)
+                lst, wt, scale, b, ref = _list_case_or_empty(k, splits, rows, sparsity, dtype, fmt, bias, seed)
                 spec = kernels.list_spec(dtype, k, splits, rows, bias=bias, sms=kernels.sm_count(wt.device),
                                          weights=fmt)
                 y, _, sem = _run_list(spec, lst, wt, scale, b, rows)
@@ -447,10 +453,7 @@ def test_list_gemv_variants_match_float64(fmt, dtype, rows):
         for sparsity in (0.0, 0.5, 0.9, 1.0):
             seed += 1
             bias = seed % 2 == 0
-            lst, wt, scale, b, ref = _list_case(k, splits, rows, min(sparsity, 0.9), dtype, fmt, bias, seed)
-            if sparsity == 1.0:
-                lst[2].zero_()
-                ref = (b.double() if bias else torch.zeros(sum(splits), device="cuda").double()).expand(rows, -1)
+            lst, wt, scale, b, ref = _list_case_or_empty(k, splits, rows, sparsity, dtype, fmt, bias, seed)
             for kw in variants:
                 spec = kernels.list_spec(dtype, k, splits, rows, bias=bias, sms=kernels.sm_count(wt.device),
                                          weights=fmt, **kw)
