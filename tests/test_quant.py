@@ -372,3 +372,29 @@ def test_tensorrt_view_maps_version_2_nodes_to_the_q_plugin_order(quantized_expo
     assert (got == want).all()
     plain = onnx.load(str(out / "dense.onnx"), load_external_data=False)
     assert tensorrt_view(plain) is plain
+
+
+def test_weight_only_reference_computes_the_dequantized_linear_and_leaves_no_trace(llama_dir, monkeypatch):
+    """gpt-fast's weight-only linear (bench's compiled dense 1-byte reference) is the dequantized product; its
+    instance forwards are gone after the timing, so `apply` later finds plain linears; with compile, the result
+    names both dense 1-byte paths and divides by the faster (torch.compile stubbed: the flow, not the speed)."""
+    from wisparse_export import bench
+    from wisparse_export.runtime import sparse_linears
+
+    loaded = load_model(str(llama_dir), "float32", "cpu")
+    model = quantize(loaded.model, INT8)
+    lin = model.model.layers[0].mlp.down_proj
+    x = torch.randn(3, lin.in_features)
+    assert torch.allclose(bench.weight_only_forward(lin, x), torch.nn.functional.linear(x, lin.weight), atol=1e-5)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([[5, 9, 11]])).logits
+        with bench.weight_only(model):
+            assert "forward" in vars(lin)
+            got = model(input_ids=torch.tensor([[5, 9, 11]])).logits
+    assert "forward" not in vars(lin) and torch.allclose(got, want, atol=1e-4)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    r = bench.run(model, [0.5], steps=2, graphs=False, compile=True, plan=make_plan(loaded, sparsity=0.5))
+    assert set(r["dense_q_paths"]) == {"kernels, thresholds 0", "torch.compile weight-only"}
+    assert r["dense_q_tokens_per_s"] == max(r["dense_q_paths"].values())
+    assert r["dense_q_paths"][r["dense_q_path"]] == r["dense_q_tokens_per_s"]
+    assert all("forward" not in vars(m) for m in sparse_linears(model).values())

@@ -10,7 +10,10 @@ quantiles of |x| on random tokens (alpha 0), uniform at each requested sparsity.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -192,15 +195,53 @@ def time_dense_quantized(model: nn.Module, dec: Decoder, steps: int, graphs: boo
             m.tau.copy_(tau)
 
 
+def weight_only_forward(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """gpt-fast's weight-only linear on the stored 1-byte weight: converted inside the product, then the scale (under
+    torch.compile, Inductor fuses the conversion into the matmul's kernel)."""
+    y = F.linear(x, lin.weight_q.to(x.dtype)) * lin.weight_scale.to(x.dtype)
+    return y if lin.bias is None else y + lin.bias
+
+
+@contextlib.contextmanager
+def weight_only(model: nn.Module) -> Iterator[None]:
+    """Every quantized block linear computes `weight_only_forward` inside the block (an instance `forward`, removed
+    on the way out: it must not outlive the timing, or it would shadow SparseLinear's forward after `apply`)."""
+    mods = [m for blk in find_blocks(model) for m in map(model.get_submodule, blk.linears)
+            if getattr(m, "weight_format", None) is not None]
+    for m in mods:
+        m.forward = functools.partial(weight_only_forward, m)
+    try:
+        yield
+    finally:
+        for m in mods:
+            del m.forward
+
+
+def time_weight_only(model: nn.Module, dec: Decoder, steps: int, graphs: bool) -> Timing:
+    """Dense decode with gpt-fast's compiled weight-only linears: a dense 1-byte reference besides our kernels."""
+    with weight_only(model):
+        dec.compile(True)
+        return time_decode(dec, steps, graphs)
+
+
+def dense_q_fields(kernel: Timing, compiled: Timing | None) -> tuple[dict, Timing]:
+    """The result's dense 1-byte fields: the faster path's figures (what the sparse rows are divided by) and each."""
+    paths = {"kernels, thresholds 0": kernel} | ({"torch.compile weight-only": compiled} if compiled else {})
+    name, best = max(paths.items(), key=lambda p: p[1].tokens_per_s)
+    return {"dense_q_tokens_per_s": best.tokens_per_s, "dense_q_ms_per_step": best.ms_per_step,
+            "dense_q_path": name, "dense_q_paths": {k: t.tokens_per_s for k, t in paths.items()}}, best
+
+
 def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
         fuse: bool = True, plan=None, label: str = "", compile: bool = False) -> dict:
     """Dense tokens/s, then sparse tokens/s (kernels on CUDA) with realized sparsity: for `plan`, once, with its own
     per-layer thresholds; otherwise at each of `sparsities`, uniform quantile thresholds.
 
     A quantized model (`models.quantize_weights`) times three paths: dense on its dequantized weights (cuBLAS in
-    the model's dtype: what the unquantized model costs), dense on the kernels reading the 1-byte weights
-    (`dense_q`), and sparse on the 1-byte weights. With compile=True every run goes through torch.compile (then the
-    fused q/k/v, gate/up launches are off: each linear is its own op in the compiled graph).
+    the model's dtype: what the unquantized model costs), dense on the 1-byte weights (`dense_q`: the faster of our
+    kernels with every threshold 0 and, with compile, gpt-fast's weight-only linear), and sparse on the 1-byte
+    weights. With compile=True every run goes through torch.compile (then the fused q/k/v, gate/up launches are off:
+    each linear is its own op in the compiled graph).
     """
 
     device = input_device(model)
@@ -214,6 +255,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
               "plan": None if plan is None else plan.digest(), "sparse": []}
     fmt = weight_format(model, [n for blk in find_blocks(model) for n in blk.linears])
     result["weights"] = None if fmt is None else fmt.name
+    compiled_q = time_weight_only(model, dec, steps, graphs) if fmt is not None and compile else None
     samples = None
     if plan is None:
         samples = activation_samples(model)
@@ -221,9 +263,10 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     apply(model, plan, check=False, kernels=False)  # switched to the kernels below, unfused under torch.compile
     to_kernels(model, (plan.groups or None) if fuse and not compile else [])
     dec.compile(compile)  # the linears changed: trace again
-    dense_q = time_dense_quantized(model, dec, steps, graphs) if fmt is not None else None
-    if dense_q is not None:
-        result["dense_q_tokens_per_s"], result["dense_q_ms_per_step"] = dense_q.tokens_per_s, dense_q.ms_per_step
+    dense_q = None
+    if fmt is not None:
+        fields, dense_q = dense_q_fields(time_dense_quantized(model, dec, steps, graphs), compiled_q)
+        result.update(fields)
     for s in sparsities if samples is not None else [plan.target_sparsity]:
         if samples is not None:
             set_sparsity(model, samples, s)

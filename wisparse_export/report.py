@@ -86,6 +86,10 @@ def bench_table(result: dict) -> str:
         tps = result["dense_q_tokens_per_s"]
         lines.append(f"{'dense ' + name:>12} {'':>7} {'':>9} {tps:>10.1f} {result['dense_q_ms_per_step']:>8.3f} "
                      f"{tps / result['dense_tokens_per_s']:>8.2f} {1.0:>8.2f}")
+    paths = result.get("dense_q_paths", {})
+    if len(paths) > 1:
+        lines.append(f"{'':>12} dense {name} above: {result['dense_q_path']}, the faster of "
+                     + ", ".join(f"{k} {v:.1f} tok/s" for k, v in paths.items()))
     for r in result["sparse"]:
         tail = f" {r['speedup_over_dense_q']:>8.2f}" if q else ""
         lines.append(f"{'sparse':>12} {r['target']:>7.2f} {r['realized']:>9.3f} {r['tokens_per_s']:>10.1f} "
