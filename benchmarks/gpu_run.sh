@@ -5,14 +5,15 @@
 #   bash benchmarks/gpu_run.sh
 # Environment knobs: quick=1 (bf16 batch-1 kernel table only), shapes="llama3-8b" (end-to-end models),
 # compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile
-# fused; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
-# `bench_fused.py --ablate`, neither in the default set).
+# fused quant quant_e2e; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
+# `bench_fused.py --ablate`, quant = the 1-byte weights' GPU tests and kernel table, quant_e2e = `wisparse bench
+# --weights fp8|int8 --compile` on the 8B shape; none of these in the default set).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 parts=${parts:-tests e2e kernels}
 for p in $parts; do
-  case $p in tests | e2e | kernels | profile | fused) ;;
-    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile fused)" >&2; exit 2 ;;
+  case $p in tests | e2e | kernels | profile | fused | quant | quant_e2e) ;;
+    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile fused quant quant_e2e)" >&2; exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -62,6 +63,24 @@ if want profile; then
   timeout 500 python3 benchmarks/profile_kernel.py --json "$OUT/profile.json" >"$OUT/profile.log" 2>&1
   echo "profile_kernel exit $?"
   tail -n 60 "$OUT/profile.log"
+fi
+
+if want quant; then
+  echo "== 1-byte weights: GPU tests (apply on quantized models, the op, the plugin), then the kernel table"
+  timeout 200 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plugin.py \
+    -k "quantized and not every_quantized or apply_on_a_cuda" >"$OUT/quant_gpu_tests.log" 2>&1
+  echo "pytest exit $?"; tail -n 15 "$OUT/quant_gpu_tests.log"
+  timeout 300 python3 benchmarks/bench_kernels.py --weights fp8 int8 --json "$OUT/kernels_quantized.json" \
+    >"$OUT/kernels_quantized.log" 2>&1
+  echo "bench_kernels --weights exit $?"; tail -n 70 "$OUT/kernels_quantized.log"
+fi
+
+if want quant_e2e; then
+  echo "== end to end on 1-byte weights, torch.compile (dense 1-byte = the faster of our kernels and gpt-fast's)"
+  for w in fp8 int8; do
+    timeout 270 wisparse bench --shape llama3-8b --weights "$w" --compile --sparsity 0.5 --sparsity 0.75 \
+      --steps 128 --json "$OUT/e2e_${w}_compiled.json" 2>&1 | grep -v Warning | tee -a "$OUT/run.log" | tail -n 9
+  done
 fi
 
 if want fused; then
