@@ -172,3 +172,35 @@ def test_aot_ptx_launched_by_driver_matches_float64(dtype, tactic, x_shape, in_f
     assert torch.isfinite(y).all()
     eps = 2**-8 if dtype == torch.bfloat16 else 2**-10
     assert ((y.double() - ref).abs() <= eps * ref.abs() + 1e-3 * ref.abs().max()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_NVRTC), reason="needs a CUDA GPU and cuda-python")
+@pytest.mark.parametrize("weights", ["fp8_e4m3", "int8"])
+@pytest.mark.parametrize("tactic", sorted(TACTIC_ROWS))
+@pytest.mark.parametrize("x_shape,in_f,splits", [((1, 1, 4096), 4096, [4096, 1024, 1024]),
+                                                 ((5, 1, 14336), 14336, [4096])])
+def test_aot_ptx_of_quantized_weights_launched_by_driver_matches_float64(weights, tactic, x_shape, in_f, splits):
+    """SparseLinearQ's ahead-of-time kernel in TensorRT's parameter order (X, W_q, tau, W_scale, ints, Y), launched
+    through the driver API as the engine would: y = scale * sum of x * W_q over kept channels, against float64."""
+    from wisparse_export import quant
+
+    g = torch.Generator(device="cuda").manual_seed(tactic)
+    out = sum(splits)
+    x = torch.randn(x_shape, device="cuda", generator=g).to(torch.bfloat16)
+    q, scale = quant.quantize(torch.randn(out, in_f, device="cuda", generator=g) / in_f**0.5, quant.FORMATS[weights])
+    wq = q.t().contiguous()  # [in, out], the node's and the kernel's layout
+    thr = torch.quantile(x.float().abs().flatten(), 0.5).item()
+    tau = (thr * (0.8 + 0.4 * torch.rand(len(splits), in_f, device="cuda", generator=g))).squeeze(0).contiguous()
+    name, ptx, p, args = aot_launch(x.shape, wq.shape, tau.shape, "bf16", splits=splits, tactic=tactic,
+                                    weights=weights, scale_shape=scale.shape)
+    y = torch.full(x_shape[:-1] + (out,), float("nan"), dtype=torch.bfloat16, device="cuda")
+    _driver_launch(name, ptx, p, [x.data_ptr(), wq.data_ptr(), tau.data_ptr(), scale.data_ptr()], args, y.data_ptr())
+    w64 = wq.double() * scale.double()
+    taus, ref, col = tau.reshape(len(splits), in_f), [], 0
+    for i, s in enumerate(splits):
+        ref.append((x.double() * (x.float().abs() > taus[i])) @ w64[:, col:col + s])
+        col += s
+    ref = torch.cat(ref, -1)
+    assert torch.isfinite(y).all()
+    assert ((y.double() - ref).abs() <= 2**-8 * ref.abs() + 1e-3 * ref.abs().max()).all()
