@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from wisparse_export import kernels, quant, scores
+from wisparse_export.bench import weight_only_linear
 from wisparse_export.kernels import sparse_linear_op as op
 from wisparse_export.runtime import SparseLinear, to_kernels
 
@@ -255,16 +256,10 @@ def per_token(x: torch.Tensor, fmt: quant.WeightFormat, rows: int) -> tuple[torc
     return q, torch.nn.functional.pad(scale, pad, value=1.0)
 
 
-def weight_only(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """gpt-fast's weight-only linear: the 1-byte weight converted to x's dtype inside the product, then the scale;
-    under torch.compile, Inductor fuses the conversion into the matmul's kernel."""
-    return torch.nn.functional.linear(x, q.to(x.dtype)) * scale
-
-
 def dense_references(x, qs, scale, fmt) -> dict[str, list]:
     """name -> calls over the weight copies: the dense 1-byte GEMMs torch offers (activation quantization included)
     and torch.compile's fused weight-only linear (gpt-fast style)."""
-    compiled, sx16 = torch.compile(weight_only, dynamic=False), scale.to(x.dtype)
+    compiled, sx16 = torch.compile(weight_only_linear, dynamic=False), scale.to(x.dtype)
     out = {"torch.compile weight-only (gpt-fast style)": [lambda q=q: compiled(x, q, sx16) for q in qs]}
     if fmt.integer:  # torch._int_mm: int8 x int8 -> int32, more than 16 rows
         def call(q):

@@ -195,21 +195,26 @@ def time_dense_quantized(model: nn.Module, dec: Decoder, steps: int, graphs: boo
             m.tau.copy_(tau)
 
 
-def weight_only_forward(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """gpt-fast's weight-only linear on the stored 1-byte weight: converted inside the product, then the scale (under
-    torch.compile, Inductor fuses the conversion into the matmul's kernel)."""
-    y = F.linear(x, lin.weight_q.to(x.dtype)) * lin.weight_scale.to(x.dtype)
-    return y if lin.bias is None else y + lin.bias
+def weight_only_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """gpt-fast's weight-only linear on a stored 1-byte weight q [out, in]: converted inside the product, then the
+    scale (under torch.compile, Inductor fuses the conversion into the matmul's kernel)."""
+    y = F.linear(x, q.to(x.dtype)) * scale.to(x.dtype)
+    return y if bias is None else y + bias
+
+
+def _weight_only_forward(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return weight_only_linear(x, lin.weight_q, lin.weight_scale, lin.bias)
 
 
 @contextlib.contextmanager
 def weight_only(model: nn.Module) -> Iterator[None]:
-    """Every quantized block linear computes `weight_only_forward` inside the block (an instance `forward`, removed
+    """Every quantized block linear computes `weight_only_linear` inside the block (an instance `forward`, removed
     on the way out: it must not outlive the timing, or it would shadow SparseLinear's forward after `apply`)."""
     mods = [m for blk in find_blocks(model) for m in map(model.get_submodule, blk.linears)
             if getattr(m, "weight_format", None) is not None]
     for m in mods:
-        m.forward = functools.partial(weight_only_forward, m)
+        m.forward = functools.partial(_weight_only_forward, m)
     try:
         yield
     finally:

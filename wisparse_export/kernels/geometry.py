@@ -128,6 +128,11 @@ def _check_arch(fmt: WeightFormat | None, arch: int | None) -> int:
     return arch
 
 
+def _check_cluster(cluster: int, arch: int) -> None:
+    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
+        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+
+
 def _suffix(tune: dict[str, int] | None) -> str:
     """A tuned or ablated build's name suffix: WSP_KL=4096 -> _kl4096 (one PTX per name)."""
     return "".join(f"_{k[4:].lower()}{v}" for k, v in sorted((tune or {}).items()))
@@ -174,8 +179,7 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
         tile, cluster = tile or t, cluster or c
     if tile not in (tiles + (256,) if tune is not None else tiles) or (vec == 1 and tile > 32):
         raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows_per_block} rows")
-    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
-        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+    _check_cluster(cluster, arch)
     wq = f"_{fmt.name}" if fmt is not None else ""
     name = f"wsp_gemv_{dt}{wq}_r{rows_per_block}_n{tile}_v{vec}_c{cluster}" + ("_bias" if bias else "") + _suffix(tune)
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows_per_block, "WSP_TN": tile,
@@ -249,8 +253,7 @@ def producer_spec(dtype: Any, in_features: int, n_rows: Any = 1, *, kind: str = 
     arch = arch or 90
     if cluster is None:  # about 1024 or more channels per block, on up to 8 multiprocessors
         cluster = max(c for c in CLUSTERS if c == 1 or (arch >= 90 and in_features >= 1024 * c))
-    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
-        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+    _check_cluster(cluster, arch)
     tune = _check_tune(tune, PRODUCER_TUNE)
     name = f"wsp_{kind}_{dt}_r{rows}_c{cluster}" + _suffix(tune)
     defines = {"WSP_NAME": name, "WSP_F16": int(dt == "f16"), "WSP_R": rows, "WSP_C": cluster,
@@ -280,8 +283,7 @@ def _list_grid(split: str, splits: Sequence[int], in_features: int, vec: int, ro
         tile, cluster = tile or t, cluster or c
     if tile not in tiles:
         raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows} rows")
-    if cluster not in CLUSTERS or (cluster > 1 and arch < 90):
-        raise WisparseError(f"clusters of {cluster} blocks need sm_90 or newer and a size in {CLUSTERS}")
+    _check_cluster(cluster, arch)
     n_tiles = sum(_cdiv(s, tile) for s in splits)
     return tile, cluster, blocks if split == "stream_k" else cluster * n_tiles
 
