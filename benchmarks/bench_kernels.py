@@ -186,6 +186,9 @@ def variants(dtype, in_f, splits, rows, spec, weights=None):
     tuned = [(spec.tile, spec.cluster, u, p, b) for u, p, b in ((4, 1, 2), (8, 1, 2), (6, 2, 2), (4, 1, 3), (4, 2, 3),
                                                                (2, 1, 4))]
     tuned += [(t, c, 4, 1, 3) for t, c in ((128, 4), (64, 2), (128, 2), (64, 4)) if (t, c) != (spec.tile, spec.cluster)]
+    if weights is not None and rows == 1:  # the 1-byte heuristic before 2026-12-02 (256 columns, macros by cluster)
+        t, c = kernels.pick_tiling(splits, in_f, 1, 16, 132, 90, (256, *kernels.TILES))
+        tuned.append((t, c, 8 if c <= 2 else 4, 2, 2 if c <= 2 else 3))
     for t, c, u, p, b in tuned:
         out.append((f"{t}x{c}u{u}p{p}b{b}", variant_spec(t, c, WSP_U=u, WSP_NPASS=p, WSP_MINB=b)))
     return out
@@ -241,8 +244,8 @@ def bars(rows, read_tbps: float) -> list[str]:
     return lines
 
 
-Q_SHAPES = ["8B gate/up 4096->14336", "8B down 14336->4096", "8B qkv fused 4096->6144", "70B gate/up 8192->28672",
-            "70B down 28672->8192"]
+Q_SHAPES = ["8B gate/up 4096->14336", "8B down 14336->4096", "8B qkv fused 4096->6144", "8B q/o 4096->4096",
+            "8B gate+up fused 4096->28672", "70B gate/up 8192->28672", "70B down 28672->8192"]
 Q_SPARSITIES = [0.0, 0.25, 0.5, 0.75]
 
 
@@ -310,9 +313,9 @@ def bench_quantized(fmt: quant.WeightFormat, copy: float, reps: int = 3) -> list
 
 
 def tune_quantized(fmt: quant.WeightFormat, copy: float) -> list[dict]:
-    """The quantized kernel's variants (tilings, load depths, blocks per SM) on the 8B shapes, batch 1: us each."""
+    """The quantized kernel's variants (tilings, load depths, blocks per SM) on every shape, batch 1: us each."""
     rows = []
-    for name in Q_SHAPES[:3]:
+    for name in Q_SHAPES:
         in_f, splits = SHAPES[name]
         out = sum(splits)
         q, scale = quant.quantize(torch.randn(out, in_f, device="cuda").div_(in_f**0.5), fmt)

@@ -3,7 +3,8 @@
 # launched through the driver API), end-to-end decode benchmarks, then the kernel benchmark (its table last).
 # Logs and JSON go to $OUT (the device tool brings them back).
 #   bash benchmarks/gpu_run.sh
-# Environment knobs: quick=1 (bf16 batch-1 kernel table only), shapes="llama3-8b" (end-to-end models),
+# Environment knobs: quick=1 (bf16 batch-1 kernel table only), tune=1 (quant: also the 1-byte variant sweep),
+# shapes="llama3-8b" (end-to-end models),
 # compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile
 # fused quant quant_e2e; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
 # `bench_fused.py --ablate`, quant = the 1-byte weights' GPU tests and kernel table, quant_e2e = `wisparse bench
@@ -70,7 +71,7 @@ if want quant; then
   timeout 200 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plugin.py \
     -k "quantized and not every_quantized or apply_on_a_cuda" >"$OUT/quant_gpu_tests.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/quant_gpu_tests.log"
-  timeout 300 python3 benchmarks/bench_kernels.py --weights fp8 int8 --json "$OUT/kernels_quantized.json" \
+  timeout 330 python3 benchmarks/bench_kernels.py --weights fp8 int8 ${tune:+--tune} --json "$OUT/kernels_quantized.json" \
     >"$OUT/kernels_quantized.log" 2>&1
   echo "bench_kernels --weights exit $?"; tail -n 70 "$OUT/kernels_quantized.log"
 fi

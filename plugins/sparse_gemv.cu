@@ -93,19 +93,22 @@ constexpr int CPT = 8;                 // channels each thread tests per pass (o
 constexpr int PASS = THREADS * CPT;    // channels per mask pass
 // Load depth and blocks per multiprocessor, from the H200 sweep in docs/BENCHMARKS.md: long walks (one or two
 // blocks per column tile) want 8 loads per batch; split-K over 4 or 8 blocks wants 4 and a third block per SM.
+// 1-byte weights, one row, column tiles of 128 or less split over 2+ blocks (the quantized sweep in
+// docs/BENCHMARKS.md): one mask pass, 4 loads per batch, 3 blocks per SM; 256-column tiles keep the rules above.
+#define WSP_Q1 (WSP_WQ && R == 1 && TN <= 128 && C >= 2)
 #ifndef WSP_NPASS
-#define WSP_NPASS (R <= 2 ? 2 : 1)
+#define WSP_NPASS (WSP_Q1 ? 1 : R <= 2 ? 2 : 1)
 #endif
 #ifndef WSP_U
 #if WSP_WQ  // 16 weights per load: 2 rows' accumulators leave room for 4 loads per batch
-#define WSP_U (R == 1 && C <= 2 ? 8 : 4)
+#define WSP_U (R == 1 && C <= 2 && !WSP_Q1 ? 8 : 4)
 #else
 #define WSP_U (R <= 2 && C <= 2 ? 8 : 4)
 #endif
 #endif
 #ifndef WSP_MINB
 #if WSP_WQ  // twice the accumulators per thread (16 weights per load): 2 rows fit 2 blocks per multiprocessor, not 3
-#define WSP_MINB (R > 2 ? 1 : R == 2 || C <= 2 ? 2 : 3)
+#define WSP_MINB (R > 2 ? 1 : WSP_Q1 ? 3 : R == 2 || C <= 2 ? 2 : 3)
 #else
 #define WSP_MINB (R > 2 ? 1 : C <= 2 ? 2 : 3)
 #endif

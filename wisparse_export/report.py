@@ -89,7 +89,9 @@ def bench_table(result: dict) -> str:
     paths = result.get("dense_q_paths", {})
     if len(paths) > 1:
         lines.append(f"{'':>12} dense {name} above: {result['dense_q_path']}, the faster of "
-                     + ", ".join(f"{k} {v:.1f} tok/s" for k, v in paths.items()))
+                     + "; ".join(f"{k} {v:.1f} tok/s" for k, v in paths.items()))
+    for path, why in result.get("dense_q_failed", {}).items():
+        lines.append(f"{'':>12} dense {name} reference {path} not timed: it failed to compile ({why})")
     for r in result["sparse"]:
         tail = f" {r['speedup_over_dense_q']:>8.2f}" if q else ""
         lines.append(f"{'sparse':>12} {r['target']:>7.2f} {r['realized']:>9.3f} {r['tokens_per_s']:>10.1f} "

@@ -96,7 +96,9 @@ def as_weight_format(weights: WeightFormat | str | None) -> WeightFormat | None:
 
 def _tiles(fmt: WeightFormat | None, vec: int, rows: int) -> tuple[int, ...]:
     """Column tiles of a variant. 1-byte weights read with 16-byte loads also take 256 columns (the 256-byte row
-    segments of 128 16-bit columns) up to 4 rows: 8 rows x 256 columns of partial sums exceed 48 KB of shared memory."""
+    segments of 128 16-bit columns) up to 4 rows: 8 rows x 256 columns of partial sums exceed 48 KB of shared memory.
+    At one row, launch_spec takes 256 only where each block of the cluster walks 2048+ channels: shorter walks run
+    faster as 128 columns over half the blocks (the quantized sweep, docs/BENCHMARKS.md)."""
     if vec == 1:
         return tuple(t for t in TILES if t <= 32)
     return (256, *TILES) if fmt is not None and vec == 16 and rows <= 4 else TILES
@@ -176,6 +178,8 @@ def launch_spec(dtype: Any, in_features: int, splits: Sequence[int], n_rows: Any
     if tile is None or cluster is None:
         t, c = pick_tiling(splits, in_features, row_blocks if isinstance(row_blocks, int) else 1, vec, sms, arch,
                            tiles)
+        if fmt is not None and rows_per_block == 1 and t == 256 and in_features // c < 2048:
+            t, c = pick_tiling(splits, in_features, 1, vec, sms, arch, TILES)  # see _tiles
         tile, cluster = tile or t, cluster or c
     if tile not in (tiles + (256,) if tune is not None else tiles) or (vec == 1 and tile > 32):
         raise WisparseError(f"tile {tile} is not supported with {vec}-element loads and {rows_per_block} rows")
