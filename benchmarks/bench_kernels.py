@@ -262,6 +262,7 @@ def per_token(x: torch.Tensor, fmt: quant.WeightFormat, rows: int) -> tuple[torc
 def dense_references(x, qs, scale, fmt) -> dict[str, list]:
     """name -> calls over the weight copies: the dense 1-byte GEMMs torch offers (activation quantization included)
     and torch.compile's fused weight-only linear (gpt-fast style)."""
+    torch._dynamo.reset()  # a fresh compile per shape: past dynamo's recompile limit (8) the call would run eagerly
     compiled, sx16 = torch.compile(weight_only_linear, dynamic=False), scale.to(x.dtype)
     out = {"torch.compile weight-only (gpt-fast style)": [lambda q=q: compiled(x, q, sx16) for q in qs]}
     if fmt.integer:  # torch._int_mm: int8 x int8 -> int32, more than 16 rows
