@@ -334,6 +334,38 @@ def test_fused_group_matches_members_on_cpu(cpu_kernels):
     assert torch.all(group.tau[0] == 9.0)
 
 
+@pytest.mark.parametrize("fmt", [None, "int8"])
+def test_fused_group_is_one_launch_under_torch_compile(cpu_kernels, fmt):
+    """Under torch.compile (fullgraph) a q/k/v group still launches once for its three members, with the eager
+    results, and its cached input is released after: dynamo traces the group's bookkeeping (one op per group in
+    the graph, as in eager decoding)."""
+    from wisparse_export import quant
+    from wisparse_export.models import quantize_weights
+
+    model = _tiny_llama(torch.bfloat16)
+    if fmt is not None:
+        model = quantize_weights(model, quant.FORMATS[fmt])
+    mods = sparse_linears(_apply_uniform(model, threshold=0.3))
+    names = _qkv(mods)
+    to_kernels(model, [names])
+    group = mods[names[0]].fused
+
+    def qkv(x):
+        return [kernels.sparse_linear(mods[n], x, mods[n].fused, mods[n].index) for n in names]
+
+    x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    want = qkv(x)
+    ops = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if "wisparse" in str(n.target))
+        return gm
+
+    got = torch.compile(qkv, backend=backend, fullgraph=True)(x)
+    assert ops == ["wisparse.sparse_linear_q.default" if fmt else "wisparse.sparse_linear.default"]
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)) and group.x is None
+
+
 def test_threshold_zero_takes_the_plain_dense_matmul(monkeypatch, cpu_kernels):
     """A layer planned at sparsity 0 runs cuBLAS on x itself (no mask launch, no kernel), alone or as a fused group
     (one matmul over the concatenated weight); re-thresholding switches the path on the next call."""
@@ -702,6 +734,36 @@ def test_prepared_model_matches_torch_backend(fuse):
         prefill = model(input_ids=torch.randint(0, 64, (2, 9), device="cuda")).logits  # > 8 rows: cuBLAS path
     assert torch.isfinite(prefill).all()
     assert (got - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("fmt", [None, "fp8_e4m3"])
+def test_compiled_cuda_model_launches_one_kernel_per_group(fmt):
+    """The whole decode step under torch.compile (fullgraph) on CUDA: one kernel op per fused group and per other
+    linear (4 a layer: q/k/v, o, gate+up, down), the same logits as the eager step, and every group released."""
+    from wisparse_export import quant
+    from wisparse_export.models import find_blocks, quantize_weights
+
+    model = _tiny_llama(torch.bfloat16, "cuda")
+    if fmt is not None:
+        model = quantize_weights(model, quant.FORMATS[fmt])
+    plan = _uniform_plan(model, threshold=0.3)
+    apply(model, plan, check=False, kernels=False)
+    to_kernels(model, plan.groups)
+    ids = torch.randint(0, 64, (1, 1), device="cuda")
+    ops = []
+
+    def backend(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if "wisparse" in str(n.target))
+        return gm
+
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        got = torch.compile(lambda i: model(input_ids=i).logits, backend=backend, fullgraph=True)(ids)
+    assert len(ops) == 4 * len(find_blocks(model)), ops
+    assert torch.equal(got, want)
+    assert all(m.fused is None or m.fused.x is None for m in sparse_linears(model).values())
 
 
 @pytest.mark.gpu

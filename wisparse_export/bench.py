@@ -257,8 +257,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     A quantized model (`models.quantize_weights`) times three paths: dense on its dequantized weights (cuBLAS in
     the model's dtype: what the unquantized model costs), dense on the 1-byte weights (`dense_q`: the faster of our
     kernels with every threshold 0 and, with compile, gpt-fast's weight-only linear), and sparse on the 1-byte
-    weights. With compile=True every run goes through torch.compile (then the fused q/k/v, gate/up launches are off:
-    each linear is its own op in the compiled graph).
+    weights. With compile=True every run goes through torch.compile, the fused q/k/v and gate/up launches included.
     """
 
     device = input_device(model)
@@ -277,8 +276,8 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     if plan is None:
         samples = activation_samples(model)
         plan = uniform_plan(model, samples, sparsities[0])
-    apply(model, plan, check=False, kernels=False)  # switched to the kernels below, unfused under torch.compile
-    to_kernels(model, (plan.groups or None) if fuse and not compile else [])
+    apply(model, plan, check=False, kernels=False)  # switched to the kernels below
+    to_kernels(model, (plan.groups or None) if fuse else [])
     dec.compile(compile)  # the linears changed: trace again
     dense_q = None
     if fmt is not None:

@@ -155,7 +155,7 @@ def _cublas(layer: Planned, x: torch.Tensor) -> torch.Tensor:
 def sparse_linear(layer: Planned, x: torch.Tensor, fused: Fused | None = None, index: int = 0) -> torch.Tensor:
     """A planned linear on the GPU: the kernel for decode rows, cuBLAS on masked x where it is faster, and the plain
     dense matmul at threshold 0 (the kernel's dense walk is ~8% slower there). `fused`: the layer is member `index`
-    of that group, one launch for all members (not under torch.compile, where each member is its own op).
+    of that group, one launch for all members (under torch.compile too: dynamo traces the group's bookkeeping).
     Quantized weights: the kernel on the 1-byte rows up to Q_ROWS rows, cuBLAS on the dequantized weight above."""
     n = x.numel() // max(x.shape[-1], 1)
     if x.dtype not in DTYPES or layer.weight.dtype != x.dtype:
@@ -163,12 +163,12 @@ def sparse_linear(layer: Planned, x: torch.Tensor, fused: Fused | None = None, i
     if quantized(layer):
         if n > Q_ROWS:
             return _cublas(layer, x)
-        if fused is not None and not torch.compiler.is_compiling():
+        if fused is not None:
             return fused(index, x)
         return sparse_linear_q_op(x, layer.weight_q.t(), layer.weight_scale, layer.tau, layer.bias,
                                   [layer.weight.shape[0]])
     s = fused.sparsity if fused is not None else layer.sparsity
-    if fused is not None and not torch.compiler.is_compiling():
+    if fused is not None:
         return fused(index, x) if fused.dense or use_kernel(n, s) else _cublas(layer, x)
     if layer.threshold <= 0 or not use_kernel(n, s):
         return _cublas(layer, x)
@@ -184,8 +184,7 @@ def preload(layers: Iterable[tuple[Planned, Fused | None]]) -> None:
         out, in_features = m.weight.shape
         splits, ldw = (tuple(fused.splits), fused.wt.stride(0)) if fused is not None else ((out,), out)
         fmt = getattr(m, "weight_format", None)
-        for sp in {splits, (out,)}:  # a fused member also runs alone under torch.compile
-            needed.add((m.weight.dtype, m.weight.device, in_features, sp, ldw, m.bias is not None, fmt))
+        needed.add((m.weight.dtype, m.weight.device, in_features, splits, ldw, m.bias is not None, fmt))
     for dtype, dev in {(d, dev) for d, dev, *_ in needed}:
         function(mask_spec(dtype, 8, 1, arch=device_arch(dev), sms=sm_count(dev)), dev.index or 0)
     for dtype, dev, in_features, sp, ldw, bias, fmt in needed:
