@@ -117,11 +117,14 @@ class Chain:
         return [partial(self.call, i) for i in range(self.n)]
 
     def counters_ok(self) -> bool:
-        """After whole rounds x_i holds c + i (x_0: c + n) with c a multiple of n: call c read copy c mod n."""
+        """Whether every call i read a counter c = i mod n (so c picks copy c mod n, as the kernel assumes): true
+        when the calls ran in ring order from zeroed counters."""
         return ring_ok(self.xs.view(torch.int32)[:, 0].tolist())
 
 
 def ring_ok(counters: Sequence[int]) -> bool:
+    """What calls in ring order from zeroed counters leave: n consecutive values past the first round, x_i's
+    congruent to i mod n (x_i is only written by call i - 1, with x_{i-1} + 1)."""
     n = len(counters)
     return max(counters) > n and max(counters) - min(counters) == n - 1 and all(
         c % n == i for i, c in enumerate(counters))
