@@ -104,8 +104,8 @@ class Chain:
     def __init__(self, wts: list[torch.Tensor], in_f: int, row_bytes: int, blocks: int, arch: int,
                  fixed: bool = False, name: str = "wsp_floor_chain"):
         positions, step = chain_geometry(in_f, row_bytes, blocks)
-        self.wts, self.n = wts, len(wts)
-        self.spec = floor_spec(name, blocks, (1 if fixed else positions, step, self.n), arch)
+        self.wts, self.n, self.positions = wts, len(wts), 1 if fixed else positions
+        self.spec = floor_spec(name, blocks, (self.positions, step, self.n), arch)
         self.xs = torch.zeros(self.n, in_f, dtype=DTYPE, device=wts[0].device)  # first 4 bytes: the counter
         self.y = torch.zeros(blocks, dtype=torch.int32, device=wts[0].device)
 
@@ -116,10 +116,12 @@ class Chain:
     def calls(self) -> list:
         return [partial(self.call, i) for i in range(self.n)]
 
-    def counters_ok(self) -> bool:
-        """Whether every call i read a counter c = i mod n (so c picks copy c mod n, as the kernel assumes): true
-        when the calls ran in ring order from zeroed counters."""
-        return ring_ok(self.xs.view(torch.int32)[:, 0].tolist())
+    def check(self) -> dict:
+        """What the counters say: calls made, whether every call i read c = i mod n (so c picked copy c mod n, as
+        the kernel assumes) and whether no (copy, position) was read twice (fewer calls than copies x positions;
+        the fixed-address control rereads by design)."""
+        c = self.xs.view(torch.int32)[:, 0].tolist()
+        return {"calls": max(c), "ring_ok": ring_ok(c), "fresh": max(c) <= self.n * self.positions}
 
 
 def ring_ok(counters: Sequence[int]) -> bool:
@@ -150,13 +152,13 @@ def dense_equal(out: int, in_eq: int, reps: int) -> dict[str, float]:
 
 def chains(wts: list[torch.Tensor], in_f: int, row_bytes: int, sms: int, arch: int, reps: int) -> dict:
     """chain_us (one block per SM), chain_1_us (one block), chain_l2_us (fixed address: the segment in L2), each
-    with whether its counters show every call took its own copy and position."""
+    with what its counters say (Chain.check) under `{key}_check`."""
     out = {}
     for key, blocks, fixed in (("chain", sms, False), ("chain_1", 1, False), ("chain_l2", sms, True)):
         c = Chain(wts, in_f, row_bytes, blocks, arch, fixed)
         out[f"{key}_us"] = _time(c.calls(), c.n, reps)
         torch.cuda.synchronize()
-        out[f"{key}_counters_ok"] = c.counters_ok()
+        out[f"{key}_check"] = c.check()
     return out
 
 
@@ -213,13 +215,14 @@ def empty_us(arch: int, reps: int) -> float:
 
 
 def table(rows: list[dict], empty: float) -> str:
-    head = (f"{'cell':<32}{'w':>5}{'s':>5}{'keep':>6}{'bound':>7}{'ours [%]':>13}{'empty':>7}{'chain':>7}"
+    head = (f"{'cell':<32}{'w':>9}{'s':>5}{'keep':>6}{'bound':>7}{'ours [%]':>13}{'empty':>7}{'chain':>7}"
             f"{'1 blk':>7}{'L2':>6}{'dense= [%]':>14}{'ceil %':>8}{'bar':>5}  mark")
     lines = [head]
     for r in rows:
-        ok = "" if r["chain_counters_ok"] and r["chain_1_counters_ok"] else " (chain counters wrong)"
+        checks = [r[f"{k}_check"] for k in ("chain", "chain_1")]
+        ok = "" if all(c["ring_ok"] and c["fresh"] for c in checks) else " (chain counters wrong: see JSON)"
         bar = f"{r['bar_pct']:5.0f}" if r["bar_pct"] is not None else "    -"
-        lines.append(f"{r['shape']:<32}{r['weights']:>5}{r['sparsity']:>5}{r['keep']:>6.2f}{r['bound_us']:>7.1f}"
+        lines.append(f"{r['shape']:<32}{r['weights']:>9}{r['sparsity']:>5}{r['keep']:>6.2f}{r['bound_us']:>7.1f}"
                      f"{r['ours_us']:>7.1f} [{r['ours_pct']:3.0f}]{empty:>7.2f}{r['chain_us']:>7.2f}"
                      f"{r['chain_1_us']:>7.2f}{r['chain_l2_us']:>6.2f}{r['dense_equal_us']:>8.1f} "
                      f"[{r['dense_equal_pct']:3.0f}]{r['ceiling_pct']:>8.1f}{bar}  {r['mark'] or '-'}{ok}")

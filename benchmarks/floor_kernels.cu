@@ -7,10 +7,12 @@
 // chooses the weight position, an address into this call's weight copy that no recent call read (so in DRAM); each
 // block loads its WSP_SEG-byte row segment there (the real kernel's load instruction), reduces it across the block
 // (warp shuffles, shared memory, one barrier, as the real kernel's reduction) and writes one y value; block 0 writes
-// c + 1 into the next call's x. Position = ((c / copies) * K) mod positions with K prime: call c reads copy
-// c mod copies (the ring rotates copies in step with the counter), and a (copy, position) pair comes back only after
-// copies * positions calls, i.e. after every copy has been read in full. positions = 1 pins the address: the
-// segment then comes from L2 after the first round (the chain without its DRAM trip, a control).
+// c + 1 into the next call's x. Position = (c / copies) mod positions: call c reads copy c mod copies (the ring
+// rotates copies in step with the counter), and a (copy, position) pair comes back only after copies * positions
+// calls, i.e. after every copy has been read in full. Positions advance in address order (a copy's next position is
+// the next WSP_SEG * blocks bytes, rounded up to whole rows), so DRAM pages and TLB entries are reused as much as a
+// real call's first rows would allow: no cost the real kernel avoids. positions = 1 pins the address: the segment
+// then comes from L2 after the first round (the chain without its DRAM trip, a control).
 //
 // wsp_floor_empty: one block that returns at once (same parameters): what a launch costs in the same kind of graph.
 //
@@ -30,7 +32,7 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_chain(
     u32* __restrict__ y, u32* __restrict__ x_next) {
     __shared__ u32 red[WSP_THREADS / 32];
     const u32 c = x[0];  // one uniform load: an L2 round trip
-    const unsigned long long pos = (unsigned long long)(c / (u32)copies) * 2654435761ull % (u32)positions;
+    const unsigned long long pos = c / (u32)copies % (u32)positions;
     const unsigned char* seg = w + pos * (unsigned)step + (size_t)blockIdx.x * WSP_SEG;
     u32 v = 0;
     if (threadIdx.x < WSP_SEG / 16) {  // the segment, 16 bytes a thread: a DRAM round trip behind the first

@@ -14,8 +14,6 @@ from _plans import nvrtc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_floor as fl  # noqa: E402
 
-MUL = 2654435761  # floor_kernels.cu: position = ((c / copies) * MUL) mod positions
-
 
 @pytest.mark.parametrize("name", list(fl.CELLS))
 @pytest.mark.parametrize("w_elem", [1, 2])
@@ -72,11 +70,11 @@ def test_counter_ring(n):
 def test_chain_never_rereads_within_all_copies(name, n):
     """With the kernel's position formula, n * positions consecutive calls read n * positions distinct
     (copy, position) pairs: a segment comes back only after every copy was read in full (so not from L2)."""
-    assert f"{MUL}ull" in fl.SOURCE.read_text()
+    assert "pos = c / (u32)copies % (u32)positions;" in fl.SOURCE.read_text()
     in_f, splits, _ = fl.CELLS[name]
-    positions, _ = fl.chain_geometry(in_f, sum(splits), 132)  # 1-byte weights: the fewest positions
-    pairs = {(c % n, (c // n) * MUL % positions) for c in range(n * positions)}
-    assert len(pairs) == n * positions
+    positions, step = fl.chain_geometry(in_f, sum(splits), 132)  # 1-byte weights: the fewest positions
+    pairs = {(c % n, c // n % positions) for c in range(n * positions)}
+    assert len(pairs) == n * positions and step >= 132 * fl.SEG
 
 
 def test_ceiling_and_mark():
@@ -91,17 +89,17 @@ def test_ceiling_and_mark():
 def _row(s, bar, ceiling, mark):
     return {"shape": "8B down 14336->[4096]", "weights": "fp8", "sparsity": s, "keep": 0.5, "bound_us": 7.1,
             "ours_us": 13.3, "ours_pct": 53.0, "chain_us": 1.9, "chain_1_us": 1.6, "chain_l2_us": 1.4,
-            "chain_counters_ok": True, "chain_1_counters_ok": True, "dense_equal_us": 9.0, "dense_equal_pct": 80.0,
-            "bar_pct": bar, "ceiling_pct": ceiling, "mark": mark}
+            "chain_check": {"ring_ok": True, "fresh": True}, "chain_1_check": {"ring_ok": True, "fresh": True},
+            "dense_equal_us": 9.0, "dense_equal_pct": 80.0, "bar_pct": bar, "ceiling_pct": ceiling, "mark": mark}
 
 
 def test_table_has_one_line_per_cell():
     rows = [_row(0.5, 85.0, 78.9, "out of reach"), _row(0.0, None, 90.0, None)]
-    rows[1]["chain_counters_ok"] = False
+    rows[1]["chain_1_check"] = {"ring_ok": True, "fresh": False}
     lines = fl.table(rows, 1.0).splitlines()
     assert len(lines) == 2 + len(rows)
     assert lines[1].endswith("out of reach") and "13.3 [ 53]" in lines[1]
-    assert lines[2].endswith("- (chain counters wrong)")
+    assert lines[2].endswith("- (chain counters wrong: see JSON)")
 
 
 def test_arguments_and_no_gpu(monkeypatch, capsys):
@@ -135,3 +133,7 @@ def test_chain_spec_on_cpu_tensors():
     c = fl.Chain(wts, 4096, 8192, 132, 90)
     assert c.spec.args == (*fl.chain_geometry(4096, 8192, 132), 3) and c.xs.shape == (3, 4096)
     assert fl.Chain(wts, 4096, 8192, 132, 90, fixed=True).spec.args[0] == 1
+    c.xs.view(torch.int32)[:, 0] = torch.tensor(_ring(3, [i % 3 for i in range(6)]), dtype=torch.int32)
+    assert c.check() == {"calls": 6, "ring_ok": True, "fresh": True}
+    c.xs.view(torch.int32)[:, 0] += 3 * c.positions  # as if the ring had wrapped round every position
+    assert c.check()["fresh"] is False
