@@ -11,6 +11,7 @@ graph-replay median (`median_call_us`), weights rotated over bench_kernels' `cop
                derive from it an address into this call's weight copy that no recent call read (DRAM), load a
                256-byte segment there, reduce across the block, write y (and the next call's x); `chain_1_us`
                with one block, `chain_l2_us` with a fixed address (the segment in L2: the DRAM trip's control);
+               `*_check` in the JSON: what the counters say (calls made, in ring order, no segment read twice);
   dense_equal  torch.matmul in bf16 (the faster of both layouts) with x [1, in'] on a dense weight with as many
                bytes as the cell's kept rows (in' = in * keep * weight bytes / 2, to a multiple of 8), and its % of
                the bound for those bytes (weight, x, y): the vendor's GEMV on the same traffic, no sparsity at all;
