@@ -202,6 +202,16 @@ class Launcher:
                 "fused": ([lambda m=m: self.fused(m) for m in wts], len(wts))}
 
 
+def dense_ceiling(in_f: int, out: int, n_rows: int, read_bps: float) -> tuple[float, float]:
+    """(cuBLAS's dense bf16 us on the shape, the ceiling in bytes/s): the faster of the plain read and that matmul's
+    bandwidth, weights rotated over `copies`."""
+    dense_w = [torch.randn(out, in_f, device="cuda").to(DTYPE) for _ in range(copies(in_f * out * 2))]
+    xd = torch.randn(n_rows, in_f, device="cuda").to(DTYPE)
+    dense_us = median_call_us([lambda m=m: torch.matmul(xd, m.t()) for m in dense_w], len(dense_w))
+    dense_bps = (in_f * out * 2 + n_rows * (in_f + out) * 2) / (dense_us * 1e-6)
+    return dense_us, max(read_bps, dense_bps)
+
+
 def bench_shape(name: str, weights: str | None, n_rows: int, reps: int, read_bps: float, sparsities) -> list[dict]:
     """Rows for one shape and weight format: every sparsity, every path, with bytes, bound and % of bound."""
     in_f, splits, kind = SHAPES[name]
@@ -211,12 +221,7 @@ def bench_shape(name: str, weights: str | None, n_rows: int, reps: int, read_bps
     sms, arch = kernels.sm_count(dev), kernels.device_arch(dev)
     n_max = copies(in_f * out * w_elem * (1 - max(sparsities)))
     wts, scale = _weights(in_f, out, weights, n_max)
-    dense_w = [torch.randn(out, in_f, device="cuda").to(DTYPE) for _ in range(copies(in_f * out * 2))]
-    xd = torch.randn(n_rows, in_f, device="cuda").to(DTYPE)
-    dense_us = median_call_us([lambda m=m: torch.matmul(xd, m.t()) for m in dense_w], len(dense_w))
-    dense_bps = (in_f * out * 2 + n_rows * (in_f + out) * 2) / (dense_us * 1e-6)
-    ceiling = max(read_bps, dense_bps)
-    del dense_w
+    dense_us, ceiling = dense_ceiling(in_f, out, n_rows, read_bps)
     rows = []
     for s in sparsities:
         case = make_case(in_f, splits, kind, s, n_rows)

@@ -6,15 +6,17 @@
 # Environment knobs: quick=1 (bf16 batch-1 kernel table only), tune=1 (quant: also the 1-byte variant sweep),
 # shapes="llama3-8b" (end-to-end models),
 # compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile
-# fused quant quant_e2e; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
+# fused quant quant_e2e floor; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
 # `bench_fused.py --ablate`, quant = the 1-byte weights' GPU tests and kernel table, quant_e2e = `wisparse bench
-# --weights fp8|int8 --compile` on the 8B shape; none of these in the default set).
+# --weights fp8|int8 --compile` on the 8B shape, floor = `bench_floor.py`: issue 15's cells beside an empty kernel,
+# the minimal dependent chain and cuBLAS on the kept bytes; none of these in the default set).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 parts=${parts:-tests e2e kernels}
 for p in $parts; do
-  case $p in tests | e2e | kernels | profile | fused | quant | quant_e2e) ;;
-    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile fused quant quant_e2e)" >&2; exit 2 ;;
+  case $p in tests | e2e | kernels | profile | fused | quant | quant_e2e | floor) ;;
+    *) echo "error: unknown part '$p' (choose from: tests e2e kernels profile fused quant quant_e2e floor)" >&2
+       exit 2 ;;
   esac
 done
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
@@ -90,6 +92,12 @@ if want fused; then
   echo "bench_fused --ablate exit $?"; tail -n 30 "$OUT/fused_ablate.log"
   timeout 330 python3 -m pytest -q -m gpu tests/test_fused_kernels.py >"$OUT/fused_gpu_tests.log" 2>&1
   echo "pytest exit $?"; tail -n 25 "$OUT/fused_gpu_tests.log"
+fi
+
+if want floor; then
+  echo "== floor: today's kernel, an empty kernel, the minimal dependent chain, cuBLAS on the kept bytes"
+  timeout 300 python3 benchmarks/bench_floor.py --json "$OUT/floor.json" >"$OUT/floor.log" 2>&1
+  echo "bench_floor exit $?"; tail -n 16 "$OUT/floor.log"
 fi
 
 if want e2e && [ "${compiled:-1}" != 0 ]; then

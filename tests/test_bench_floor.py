@@ -1,0 +1,139 @@
+"""benchmarks/bench_floor.py on CPU: the equal-bytes dense shape, the chain's geometry and counter ring, the ceiling
+and its mark, the floor kernels' PTX (the timing needs a GPU: `python benchmarks/bench_floor.py --json OUT.json`)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _plans import nvrtc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_floor as fl  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(fl.CELLS))
+@pytest.mark.parametrize("w_elem", [1, 2])
+@pytest.mark.parametrize("sparsity", [0.5, 0.75])
+def test_dense_equal_has_the_kept_bytes(name, w_elem, sparsity):
+    """in' = in * keep * weight bytes / 2 (to a multiple of 8), so [out, in'] in bf16 holds the cell's kept rows."""
+    in_f, splits, _ = fl.CELLS[name]
+    out = sum(splits)
+    counts = [round(in_f * (1 - sparsity)) + p for p in range(len(splits))]  # projections may keep different counts
+    in_eq = fl.dense_equal_in(splits, counts, w_elem)
+    kept = sum(c * s for c, s in zip(counts, splits, strict=True)) * w_elem
+    assert in_eq % 8 == 0 and abs(in_eq * out * 2 - kept) <= 4 * out * 2
+    keep = sum(counts) / (len(counts) * in_f)
+    assert abs(in_eq - in_f * keep * w_elem / 2) <= 4 + len(splits)
+    assert fl.dense_bytes(in_eq, out) == in_eq * out * 2 + (in_eq + out) * 2
+
+
+def test_dense_equal_is_never_empty():
+    assert fl.dense_equal_in([4096], [1], 1) == 8
+
+
+@pytest.mark.parametrize("name", list(fl.CELLS))
+@pytest.mark.parametrize("w_elem", [1, 2])
+@pytest.mark.parametrize("blocks", [1, 132])
+def test_chain_positions_are_disjoint_and_inside_the_weight(name, w_elem, blocks):
+    in_f, splits, _ = fl.CELLS[name]
+    row = sum(splits) * w_elem
+    positions, step = fl.chain_geometry(in_f, row, blocks)
+    assert step % row == 0 and step >= blocks * fl.SEG and step % 16 == 0  # whole rows, 16-byte aligned loads
+    assert (positions - 1) * step + blocks * fl.SEG <= in_f * row < positions * step + blocks * fl.SEG
+    with pytest.raises(ValueError):
+        fl.chain_geometry(1, fl.SEG, 2)  # two blocks' segments do not fit one 256-byte row
+
+
+def _ring(n: int, order) -> list[int]:
+    """The counters after chain calls in `order`: call i reads x[i] and writes x[i+1 mod n] (from zeros)."""
+    xs = [0] * n
+    for i in order:
+        xs[(i + 1) % n] = xs[i] + 1
+    return xs
+
+
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_counter_ring(n):
+    """Calls in graph order (whole rounds or not) leave counters that say call c read copy c mod n; a ring whose
+    first round started elsewhere, or that never ran, is caught."""
+    assert fl.ring_ok(_ring(n, [i % n for i in range(5 * n)]))
+    assert fl.ring_ok(_ring(n, [i % n for i in range(5 * n + 1)]))
+    assert not fl.ring_ok(_ring(n, [i % n for i in range(1, 5 * n)])) and not fl.ring_ok([0] * n)
+
+
+@pytest.mark.parametrize("name", list(fl.CELLS))
+@pytest.mark.parametrize("n", [2, 7, 8, 13])
+def test_chain_never_rereads_within_all_copies(name, n):
+    """With the kernel's position formula, n * positions consecutive calls read n * positions distinct
+    (copy, position) pairs: a segment comes back only after every copy was read in full (so not from L2)."""
+    assert "pos = c / (u32)copies % (u32)positions;" in fl.SOURCE.read_text()
+    in_f, splits, _ = fl.CELLS[name]
+    positions, step = fl.chain_geometry(in_f, sum(splits), 132)  # 1-byte weights: the fewest positions
+    pairs = {(c % n, c // n % positions) for c in range(n * positions)}
+    assert len(pairs) == n * positions and step >= 132 * fl.SEG
+
+
+def test_ceiling_and_mark():
+    """FP8 down at 0.5 (bound 7.1 us, bar 85%): 1.25 us of chain is exactly what the bar leaves."""
+    assert fl.ceiling_pct(7.1, 1.25) == pytest.approx(100 * 7.1 / 8.35)
+    assert fl.ceiling_pct(7.1, 0.0) == 100.0
+    assert fl.mark(fl.ceiling_pct(7.1, 1.2), 85.0) == "reachable"
+    assert fl.mark(fl.ceiling_pct(7.1, 1.3), 85.0) == "out of reach"
+    assert fl.mark(fl.ceiling_pct(3.5, 1.2), 75.0) == "out of reach"  # FP8 down at 0.75
+
+
+def _row(s, bar, ceiling, mark):
+    return {"shape": "8B down 14336->[4096]", "weights": "fp8", "sparsity": s, "keep": 0.5, "bound_us": 7.1,
+            "ours_us": 13.3, "ours_pct": 53.0, "chain_us": 1.9, "chain_1_us": 1.6, "chain_l2_us": 1.4,
+            "chain_check": {"ring_ok": True, "fresh": True}, "chain_1_check": {"ring_ok": True, "fresh": True},
+            "dense_equal_us": 9.0, "dense_equal_pct": 80.0, "bar_pct": bar, "ceiling_pct": ceiling, "mark": mark}
+
+
+def test_table_has_one_line_per_cell():
+    rows = [_row(0.5, 85.0, 78.9, "out of reach"), _row(0.0, None, 90.0, None)]
+    rows[1]["chain_1_check"] = {"ring_ok": True, "fresh": False}
+    lines = fl.table(rows, 1.0).splitlines()
+    assert len(lines) == 2 + len(rows)
+    assert lines[1].endswith("out of reach") and "13.3 [ 53]" in lines[1]
+    assert lines[2].endswith("- (chain counters wrong: see JSON)")
+
+
+def test_arguments_and_no_gpu(monkeypatch, capsys):
+    a = fl.parse_args(["--json", "x.json"])
+    assert a.weights == ["bf16", "fp8"] and a.reps == 3 and a.sparsities == [0.5, 0.75]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        fl.main(["--json", "x.json"])
+    assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+
+
+@nvrtc
+@pytest.mark.parametrize("arch", [80, 90])
+def test_floor_kernels_compile_to_ptx(arch):
+    """Both entry points take what kernels.launch passes: 2 input pointers, the spec's int32 args, y, then x_next."""
+    for name in ("wsp_floor_chain", "wsp_floor_empty"):
+        spec = fl.floor_spec(name, 132, (4096, 57344, 2), arch)
+        entry = re.search(rf"\.entry {name}\((.*?)\)", spec.ptx, re.S)
+        assert entry and entry.group(1).count(".param .u64") == 4
+        assert entry.group(1).count(".param .u32") == len(spec.args) == 3
+        assert spec.grid == (132, 1, 1) and spec.block == (256, 1, 1)
+    chain = spec.ptx.split(".entry wsp_floor_empty")[0]  # the chain comes first in the source
+    assert "ld.global.nc.L1::no_allocate.L2::256B.v4.u32" in chain and "bar.sync" in chain
+    assert "shfl.sync.bfly" in chain and chain.count("st.global") == 2  # y, and the next call's counter
+
+
+@nvrtc
+def test_chain_spec_on_cpu_tensors():
+    """The ring and the spec's arguments, without launching: positions, step, copies; x one buffer a copy."""
+    wts = [torch.zeros(4096, 8192, dtype=torch.uint8) for _ in range(3)]
+    c = fl.Chain(wts, 4096, 8192, 132, 90)
+    assert c.spec.args == (*fl.chain_geometry(4096, 8192, 132), 3) and c.xs.shape == (3, 4096)
+    assert fl.Chain(wts, 4096, 8192, 132, 90, fixed=True).spec.args[0] == 1
+    c.xs.view(torch.int32)[:, 0] = torch.tensor(_ring(3, [i % 3 for i in range(6)]), dtype=torch.int32)
+    assert c.check() == {"calls": 6, "ring_ok": True, "fresh": True}
+    c.xs.view(torch.int32)[:, 0] += 3 * c.positions  # as if the ring had wrapped round every position
+    assert c.check()["fresh"] is False
