@@ -198,7 +198,7 @@ def head_export(tmp_path_factory):
 
 
 EXPORTS = [("llama", "fp8_e4m3", "fp8_e4m3"), ("qwen2", "fp8_e4m3", "fp8_e4m3"), ("llama", None, "int8"),
-           ("qwen2", "int8", "int8")]
+           ("qwen2", "int8", "int8"), ("gemma3", "fp8_e4m3", "int8")]
 
 
 @pytest.mark.parametrize(("kind", "blocks", "head"), EXPORTS)
@@ -233,6 +233,15 @@ def test_both_graphs_dequantize_the_head_and_a_tied_embedding_keeps_its_float_in
         gather = next(n for n in proto.graph.node if n.op_type == "Gather")
         assert gather.input[0] == "embed_tokens.weight"
         assert not [n for n in proto.graph.node if n.op_type == "Transpose" and "embed_tokens.weight" in n.input]
+    assert torch.equal(loaded.model.get_input_embeddings().weight, torch.frombuffer(
+        bytearray(embed_bytes(out)), dtype=torch.float32).reshape(260, 64))  # bit for bit the loaded embedding
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+
+
+def embed_bytes(out) -> bytes:
+    """The raw bytes of embed_tokens.weight as the export stored them (external data, or inline)."""
+    proto = onnx.load(str(out / "dense.onnx"))
+    return next(t for t in proto.graph.initializer if t.name == "embed_tokens.weight").raw_data
 
 
 def test_check_passes_on_a_quantized_head(head_export):
