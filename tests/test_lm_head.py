@@ -362,3 +362,16 @@ def test_quantized_head_on_a_cuda_model_matches_the_dequantized_path(monkeypatch
         assert (got - want).norm() / want.norm() < 2e-2, ids.shape
     remove(m)
     assert type(m.lm_head) is nn.Linear
+
+
+def test_a_bad_manifest_lm_head_is_one_line(head_export, tmp_path):
+    _, _, out = head_export("llama", None, "int8")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in out.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((out / "manifest.json").read_text())
+    write_json(copy / "manifest.json", {**manifest, "lm_head": {"format": "fp4", "scale": "per_output_channel"}})
+    with pytest.raises(WisparseError, match="invalid manifest: lm_head.format must be one of") as e:
+        read_manifest(copy)
+    assert "\n" not in str(e.value)
