@@ -3,7 +3,7 @@
     import wisparse_export as ws
     loaded = ws.load_model()                 # the embedded SmolLM2-135M, or a path / hub id
     plan = ws.load_plan("plan.json")         # made by `wisparse calibrate`
-    ws.quantize(loaded.model, plan.weights)  # a plan made on FP8/INT8 weights: quantize first (None: no-op)
+    ws.quantize(loaded.model, plan.weights, plan.lm_head)  # a plan made on FP8/INT8 weights: quantize first
     ws.apply(loaded.model, plan)             # in place; ws.remove(model) undoes it
     ws.save(loaded.model, plan, "ckpt/", loaded.tokenizer)   # save_pretrained's folder + the plan beside it
     loaded, plan = ws.load("ckpt/")          # back, sparse

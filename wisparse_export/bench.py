@@ -23,9 +23,10 @@ from torch import nn
 from .calibration import make_plan, uniform
 from .errors import WisparseError
 from .evaluate import weighted_sparsity
-from .models import Loaded, execution_device, find_blocks, input_device, offloaded, weight_format
+from .kernels import Q_ROWS
+from .models import Loaded, execution_device, find_blocks, head_format, input_device, offloaded, weight_format
 from .plan import Plan
-from .runtime import apply, sparse_linears, to_kernels, track_sparsity
+from .runtime import QuantizedHead, apply, sparse_linears, to_kernels, track_sparsity
 
 
 class Decoder:
@@ -209,10 +210,11 @@ def _weight_only_forward(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def weight_only(model: nn.Module) -> Iterator[None]:
-    """Every quantized block linear computes `weight_only_linear` inside the block (an instance `forward`, removed
-    on the way out: it must not outlive the timing, or it would shadow SparseLinear's forward after `apply`)."""
-    mods = [m for blk in find_blocks(model) for m in map(model.get_submodule, blk.linears)
-            if getattr(m, "weight_format", None) is not None]
+    """Every quantized block linear, and a quantized lm_head, computes `weight_only_linear` (an instance `forward`,
+    removed on the way out: it must not outlive the timing, or it would shadow SparseLinear's forward after
+    `apply`)."""
+    linears = [m for blk in find_blocks(model) for m in map(model.get_submodule, blk.linears)]
+    mods = [m for m in [*linears, model.get_output_embeddings()] if getattr(m, "weight_format", None) is not None]
     for m in mods:
         m.forward = functools.partial(_weight_only_forward, m)
     try:
@@ -249,6 +251,23 @@ def dense_q_fields(kernel: Timing, compiled: Timing | str | None) -> tuple[dict,
             "dense_q_failed": failed}, best
 
 
+def head_paths(model: nn.Module, rows: int, dense_q_path: str | None) -> dict:
+    """What the lm_head runs in each timed path (the result's "lm_head"), read off the model once `to_kernels` ran:
+    the dense run (before `apply`) computes with its weight in the model's dtype (for a quantized head, the
+    dequantized one: the unquantized model's cost); dense_q and sparse, a quantized head on the kernels, read its
+    1-byte rows at threshold 0 (a compiled weight-only dense_q, gpt-fast's linear)."""
+    head = model.get_output_embeddings()
+    fmt = head_format(model)
+    dtype = str(head.weight.dtype).replace("torch.", "")
+    plain = f"{dtype} ({'cuBLAS' if head.weight.is_cuda else 'CPU matmul'}"
+    plain += ")" if fmt is None else f", the dequantized {fmt.name} weight)"
+    ours = f"{fmt.name} (our kernel, threshold 0)" if isinstance(head, QuantizedHead) and rows <= Q_ROWS else plain
+    paths = {"format": None if fmt is None else fmt.name, "dense": plain, "sparse": ours}
+    if dense_q_path is not None:
+        paths["dense_q"] = f"{fmt.name} ({WEIGHT_ONLY})" if dense_q_path == WEIGHT_ONLY and fmt else ours
+    return paths
+
+
 def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
         fuse: bool = True, plan=None, label: str = "", compile: bool = False) -> dict:
     """Dense tokens/s, then sparse tokens/s (kernels on CUDA) with realized sparsity: for `plan`, once, with its own
@@ -258,6 +277,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     the model's dtype: what the unquantized model costs), dense on the 1-byte weights (`dense_q`: the faster of our
     kernels with every threshold 0 and, with compile, gpt-fast's weight-only linear), and sparse on the 1-byte
     weights. With compile=True every run goes through torch.compile, the fused q/k/v and gate/up launches included.
+    The result's "lm_head" says what the lm_head runs in each path (`head_paths`).
     """
 
     device = input_device(model)
@@ -283,6 +303,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     if fmt is not None:
         fields, dense_q = dense_q_fields(time_dense_quantized(model, dec, steps, graphs), compiled_q)
         result.update(fields)
+    result["lm_head"] = head_paths(model, batch, result.get("dense_q_path"))
     for s in sparsities if samples is not None else [plan.target_sparsity]:
         if samples is not None:
             set_sparsity(model, samples, s)

@@ -21,6 +21,7 @@ from .models import (
     Loaded,
     execution_device,
     get_linear,
+    head_format,
     input_device,
     model_section,
     run_blocks,
@@ -117,7 +118,7 @@ def make_plan(loaded: Loaded, allocation: Allocation, threshold: Callable[[str, 
               method: str, target: float, calibration: dict, search: dict | None = None) -> Plan:
     """Turn per-linear (sparsity, alpha) into a plan; threshold(name, sparsity, alpha) gives each layer's score cut
     (Stats.threshold for calibration; bench and tests pass exact quantiles of their own samples). The plan records
-    the model's weight format (quantized or not: models.quantize_weights)."""
+    the model's weight format and lm_head format (quantized or not: models.quantize_weights)."""
     layers = {}
     for name, (s, a) in allocation.items():
         lin = get_linear(loaded.model, name)
@@ -125,7 +126,8 @@ def make_plan(loaded: Loaded, allocation: Allocation, threshold: Callable[[str, 
                                  shape=(lin.out_features, lin.in_features))
     groups = [g for b in loaded.blocks for g in b.groups if len(g) > 1 and all(n in layers for n in g)]
     return Plan(model=model_section(loaded, layers), method=method, target_sparsity=target, calibration=calibration,
-                layers=layers, groups=groups, search=search, weights=weight_format(loaded.model, layers))
+                layers=layers, groups=groups, search=search, weights=weight_format(loaded.model, layers),
+                lm_head=head_format(loaded.model))
 
 
 def refit(loaded: Loaded, plan: Plan, allocation: Allocation, seqs: torch.Tensor,

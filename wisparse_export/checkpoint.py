@@ -56,10 +56,10 @@ def plan_path(folder: str | os.PathLike) -> Path:
 def load(folder: str | os.PathLike, dtype: str | None = None, device: str | None = None,
          progress: bool = True) -> tuple[Loaded, Plan]:
     """The checkpoint's model with its plan applied (checked against the weights), and the plan; quantized first in
-    the plan's weight format, if it has one (the folder holds the dequantized weights, which quantize back to
-    themselves)."""
+    the plan's weight and lm_head formats, if it has them (the folder holds the dequantized weights, which quantize
+    back to themselves; a head quantized from a tied one was saved untied)."""
     path = plan_path(folder)
     plan = load_plan(path)
     loaded = load_model(str(folder), dtype, device, progress=progress)
-    apply(quantize_weights(loaded.model, plan.weights), plan)
+    apply(quantize_weights(loaded.model, plan.weights, plan.lm_head), plan)
     return loaded, plan

@@ -25,7 +25,7 @@ from .evaluate import evaluate as evaluate_plan
 from .files import check_writable, write_json
 from .models import DTYPES, check_plan, context_length, input_device, load_model, quantize_weights
 from .plan import load_plan, save_plan
-from .quant import OPTIONS, by_option
+from .quant import OPTIONS, WeightFormat, by_option
 from .report import bench_table, evaluation_table, plot_allocation
 
 
@@ -84,6 +84,10 @@ DTYPE = click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
                      help="auto: float32 on CPU, bfloat16 on GPU.")
 DEVICE = click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
+LM_HEAD = click.option("--lm-head", "lm_head", default="none", show_default=True, metavar="|".join(OPTIONS),
+                       help="Quantize the lm_head too, the same way as --weights (a tied one is untied first; the "
+                       "embedding stays as it is); the plan records it. It is never sparsified: on a GPU its decode "
+                       "rows run our kernel at threshold 0.")
 
 
 def device_map_options(command):
@@ -154,21 +158,22 @@ def search_config(budget: str | None, device, generations: int | None, offspring
               help="Quantize the decoder-block weights first (fp8: e4m3, int8: symmetric; one float32 scale per "
               "output channel) and calibrate on the quantized model; the plan records the format and evaluate, "
               "export and bench quantize the same way.")
+@LM_HEAD
 @output_options
 def calibrate(model_src, dtype, device, device_map, offload_folder, sparsity, method, calib_text, calib_tokens,
               seq_len, seed, validation, validation_tokens, output, search_budget, search_generations, search_offspring,
-              search_tokens, search_workers, weights, quiet):
+              search_tokens, search_workers, weights, lm_head, quiet):
     """Calibrate thresholds on text and write a plan file (wisparse: never worse than teal and wina on the
     held-out validation documents; it writes the better of them otherwise, and says so)."""
     check_sparsity(sparsity, "--sparsity")
     lean_gpu_memory()
-    weight_format = by_option(weights)
+    weight_format, head = by_option(weights), by_option(lm_head, "--lm-head")
     config = replace(CALIBRATE, method=method, seq_len=seq_len, tokens=calib_tokens, seed=seed, validation=validation,
                      validation_tokens=validation_tokens)
     check_writable(output)
     text = load_text(list(calib_text), "calibration")
     loaded = load_model(model_src, dtype, device, not quiet, device_map, offload_folder)
-    quantize_weights(loaded.model, weight_format)
+    quantize_weights(loaded.model, weight_format, head)
     search = None
     if method == "wisparse":
         search = search_config(search_budget, input_device(loaded.model), search_generations, search_offspring,
@@ -215,7 +220,7 @@ def evaluate(model_src, dtype, device, device_map, offload_folder, plan_path, te
     if calibration_text is not None:
         data.check_disjoint(calibration_text, evaluation)
     loaded = load_model(model_src or plan.model.get("source"), dtype, device, not quiet, device_map, offload_folder)
-    check_plan(quantize_weights(loaded.model, plan.weights), plan)
+    check_plan(quantize_weights(loaded.model, plan.weights, plan.lm_head), plan)
     data.check_lengths(seq_len, tokens, context_length(loaded.model))
     seqs = data.sequences(loaded.tokenizer, evaluation, seq_len, tokens)
     result = evaluate_plan(loaded.model, plan, seqs, progress=not quiet, source=loaded.source)
@@ -247,16 +252,20 @@ def evaluate(model_src, dtype, device, device_map, offload_folder, plan_path, te
 @click.option("--weights", "weights", default=None, metavar="|".join(OPTIONS),
               help="Quantize the decoder-block weights first (default: none, or the plan's format) and also time the "
               "dense path on the 1-byte weights.")
+@click.option("--lm-head", "lm_head", default=None, metavar="|".join(OPTIONS),
+              help="Quantize the lm_head too (default: none, or the plan's); the dense run keeps the dequantized "
+              "weight in the model's dtype, the 1-byte paths read it on our kernel at threshold 0.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 @output_options
 def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path, sparsity, batch, steps, no_graphs,
-          no_fuse, compile_, weights, json_out, quiet):
+          no_fuse, compile_, weights, lm_head, json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
 
     sparsities = list(sparsity) or [0.5]
     if plan_path and sparsity:
         raise WisparseError("give --plan or --sparsity, not both (a plan times its own per-layer thresholds)")
     weight_format = by_option(weights) if weights is not None else None
+    head = by_option(lm_head, "--lm-head") if lm_head is not None else None
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         raise WisparseError("--sparsity must be in [0, 1)")
     if json_out:
@@ -264,15 +273,15 @@ def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path
     if shape and model_src:
         raise WisparseError("give --model or --shape, not both")
     plan = load_plan(plan_path) if plan_path else None
-    if plan is not None and weights is not None and weight_format != plan.weights:
-        raise WisparseError(f"--weights {weights} differs from the plan's weights "
-                            f"({plan.weights.name if plan.weights else 'none'}): leave --weights out with --plan")
+    if plan is not None:
+        same_as_plan("--weights", weights, weight_format, plan.weights, "weights")
+        same_as_plan("--lm-head", lm_head, head, plan.lm_head, "lm_head")
     loaded = load_model(f"random:{shape}" if shape else model_src, dtype, device, not quiet, device_map,
                         offload_folder)
     if plan is not None:
-        check_plan(quantize_weights(loaded.model, plan.weights), plan)
+        check_plan(quantize_weights(loaded.model, plan.weights, plan.lm_head), plan)
     else:
-        quantize_weights(loaded.model, weight_format)
+        quantize_weights(loaded.model, weight_format, head)
     result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
                    plan=plan, label=loaded.source, compile=compile_)
     click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
@@ -283,6 +292,14 @@ def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path
     if json_out:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}")
+
+
+def same_as_plan(option: str, value: str | None, fmt: WeightFormat | None, planned: WeightFormat | None,
+                 field: str) -> None:
+    """A format option given with --plan must be the plan's own (it is taken from the plan)."""
+    if value is not None and fmt != planned:
+        raise WisparseError(f"{option} {value} differs from the plan's {field} "
+                            f"({planned.name if planned else 'none'}): leave {option} out with --plan")
 
 
 @cli.command("export")
@@ -307,7 +324,7 @@ def export_cmd(model_src, device, device_map, offload_folder, plan_path, output,
     plan = load_plan(plan_path)
     loaded = load_model(model_src or plan.model.get("source"), export_dtype, device, not quiet, device_map,
                         offload_folder)
-    quantize_weights(loaded.model, plan.weights)
+    quantize_weights(loaded.model, plan.weights, plan.lm_head)
     m = exporting.export(loaded, plan, output, export_dtype, external_data, log=lambda line: click.echo(line, err=True))
     click.echo(f"wrote {output}: dense.onnx, sparse.onnx ({m['counts']['sparse_linear_nodes']} SparseLinear nodes), "
                f"{m['files']['weights'] or 'weights inside each graph'}, {export_dtype}, opset {m['opset']}, "

@@ -192,6 +192,7 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
     """manifest.json: what was exported, from which model and plan, the graphs' shape and the custom op."""
     model, arch = loaded.model, describe(loaded.model)
     quantized = {"weights": plan.weights.to_dict()} if plan.weights is not None else {}
+    head = {"lm_head": plan.lm_head.to_dict()} if plan.lm_head is not None else {}
     op = {**PLUGIN_ATTRS, "version": OP_VERSION_QUANTIZED, "plugin_version": str(OP_VERSION_QUANTIZED),
           "weight_inputs": "W_q [in, out] (input 4), W_scale [out] (input 5)"} if quantized else \
         {"version": OP_VERSION, **PLUGIN_ATTRS}
@@ -220,6 +221,7 @@ def manifest_of(loaded: Loaded, plan: Plan, dtype: str, files: dict, counts: dic
                    "dense_linear_nodes_in_dense": counts["dense"]["dense_linear"]},
         "provenance": versions(*PROVENANCE),
         **quantized,
+        **head,
     }
 
 

@@ -7,7 +7,8 @@ reads each planned linear's weight back from an ONNX file at `identity.positions
 not loaded) so that a graph exported from other weights of the same shapes is refused, not measured.
 Optional (manifests written before them still load): "provenance", the versions of the packages that wrote the
 export, "model.revision" (models.revision), and "weights", the plan's weight format when the graphs hold quantized
-weights (then each planned weight is read back as its quantized values times their scale: the dequantized weight).
+weights (then each planned weight is read back as its quantized values times their scale: the dequantized weight),
+and "lm_head", the plan's lm_head format when the graphs hold a quantized lm_head (DequantizeLinear -> MatMul).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def validate(m: dict) -> dict:
     check_provenance(m.get("provenance"), "invalid manifest: ")
     if "weights" in m:
         from_record(m["weights"], "invalid manifest: ")
+    if "lm_head" in m:
+        from_record(m["lm_head"], "invalid manifest: ", "lm_head")
     weights = _obj(model, "weights", "model")
     if not layers or set(weights) != set(layers):
         raise WisparseError("invalid manifest: model.weights must hold a sample for every planned layer")

@@ -419,30 +419,72 @@ def block_linears(model: nn.Module) -> dict[str, nn.Linear]:
             if isinstance(m, nn.Linear)}
 
 
+def _quantize_linear(name: str, lin: nn.Linear, fmt: WeightFormat) -> None:
+    """One linear quantized in place (see quantize_weights); the same format again changes nothing."""
+    if type(lin) is not nn.Linear:
+        raise WisparseError(f"quantize the model before applying a plan ({name} is a {type(lin).__name__})")
+    done = getattr(lin, "weight_format", None)
+    if done is not None and done != fmt:
+        raise WisparseError(f"{name} is already quantized as {done.name}; load the model again to use {fmt.name}")
+    if done is None:
+        q, scale = quantize(lin.weight, fmt)
+        lin.weight.data = dequantize(q, scale, lin.weight.dtype)
+        lin.register_buffer("weight_q", q, persistent=False)
+        lin.register_buffer("weight_scale", scale, persistent=False)
+        lin.weight_format = fmt
+
+
+def _check_resident(model: nn.Module, what: str) -> None:
+    if offloaded(model):
+        raise WisparseError(f"quantized weights ({what}) need every block in GPU or CPU memory, not offloaded by the "
+                            "device map")
+
+
 @torch.no_grad()
-def quantize_weights(model: nn.Module, fmt: WeightFormat | None) -> nn.Module:
-    """Quantize every decoder-block linear in place (fmt None: leave the model as it is). Each keeps its class and
-    parameter names: `weight` becomes the dequantized weight in the model's dtype (what calibration, `apply` and
-    evaluation compute with), and the stored form lives in non-persistent buffers `weight_q` [out, in] and
-    `weight_scale` [out] (float32) for export. Quantizing again in the same format changes nothing."""
+def quantize_weights(model: nn.Module, fmt: WeightFormat | None, lm_head: WeightFormat | None = None) -> nn.Module:
+    """Quantize every decoder-block linear in place (fmt None: leave them as they are), and the lm_head in the
+    format `lm_head` (`quantize_lm_head`; None: leave it). Each keeps its class and parameter names: `weight` becomes
+    the dequantized weight in the model's dtype (what calibration, `apply` and evaluation compute with), and the
+    stored form lives in non-persistent buffers `weight_q` [out, in] and `weight_scale` [out] (float32) for export.
+    Quantizing again in the same format changes nothing."""
+    if fmt is not None:
+        _check_resident(model, "--weights")
+        for name, lin in block_linears(model).items():
+            _quantize_linear(name, lin, fmt)
+    return quantize_lm_head(model, lm_head)
+
+
+def output_head(model: nn.Module) -> nn.Linear:
+    """The model's lm_head (its output embeddings): a linear, [vocab, hidden]."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise WisparseError(f"model has no linear lm_head to quantize (its output embeddings are a "
+                            f"{type(head).__name__})")
+    return head
+
+
+@torch.no_grad()
+def quantize_lm_head(model: nn.Module, fmt: WeightFormat | None) -> nn.Module:
+    """Quantize the lm_head in place like a block linear (fmt None: leave it). A head tied to the input embedding is
+    untied first, and the config says so (save_pretrained then writes both): the embedding keeps its exact values and
+    only the head is quantized. Untying adds `lm_head.weight` to the parameters, so the model's fingerprint is then
+    that of the untied model (a plan made on it records that one)."""
     if fmt is None:
         return model
-    if offloaded(model):
-        raise WisparseError("quantized weights (--weights) need every block in GPU or CPU memory, not offloaded by "
-                            "the device map")
-    for name, lin in block_linears(model).items():
-        if type(lin) is not nn.Linear:
-            raise WisparseError(f"quantize the model before applying a plan ({name} is a {type(lin).__name__})")
-        done = getattr(lin, "weight_format", None)
-        if done is not None and done != fmt:
-            raise WisparseError(f"{name} is already quantized as {done.name}; load the model again to use {fmt.name}")
-        if done is None:
-            q, scale = quantize(lin.weight, fmt)
-            lin.weight.data = dequantize(q, scale, lin.weight.dtype)
-            lin.register_buffer("weight_q", q, persistent=False)
-            lin.register_buffer("weight_scale", scale, persistent=False)
-            lin.weight_format = fmt
+    _check_resident(model, "--lm-head")
+    head = output_head(model)
+    if type(head) is nn.Linear and getattr(head, "weight_format", None) is None \
+            and head.weight is model.get_input_embeddings().weight:
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+        for config in (model.config, model.config.get_text_config()):
+            config.tie_word_embeddings = False
+    _quantize_linear("lm_head", head, fmt)
     return model
+
+
+def head_format(model: nn.Module) -> WeightFormat | None:
+    """The lm_head's quantized format (None: in the model's dtype, or no linear lm_head)."""
+    return getattr(model.get_output_embeddings(), "weight_format", None)
 
 
 def weight_format(model: nn.Module, names: Iterable[str]) -> WeightFormat | None:
@@ -468,6 +510,20 @@ def _check_format(model: nn.Module, plan: Plan) -> WeightFormat | None:
     raise WisparseError(f"plan was made on {want.name} weights ({source}) and this model's are {have.name}")
 
 
+def _check_head(model: nn.Module, plan: Plan) -> None:
+    """The plan's lm_head format must be the model's (checked before the fingerprint: untying a tied head, which
+    quantizing it does, changes the parameter names)."""
+    have, want = head_format(model), plan.lm_head
+    if have != want:
+        raise WisparseError(f"plan was made with {_head_label(want)} ({plan.model.get('source')}) and this model has "
+                            f"{_head_label(have)}: load it and quantize it as the plan says "
+                            "(wisparse_export.quantize(model, plan.weights, plan.lm_head); the CLI does so)")
+
+
+def _head_label(fmt: WeightFormat | None) -> str:
+    return "an unquantized lm_head" if fmt is None else f"an {fmt.name} lm_head"
+
+
 def _check_quantized(expected: dict[str, list[float]], model: nn.Module, fmt: WeightFormat, what: str) -> None:
     """Quantized samples: the same weights quantized from another dtype's load may differ by one grid step."""
     for name, values in expected.items():
@@ -484,7 +540,8 @@ def check_plan(model: nn.Module, plan: Plan) -> None:
     """Refuse a plan made for another model, in one line: fingerprint; each planned linear's name, shape, and place
     (inside a decoder block: export and the kernels handle only those, so evaluate must not sparsify more); and the
     recorded weight values. A plan without values (older files) is checked without them, saying so once. The plan's
-    weight format (plan.weights) must be the model's (`quantize_weights`)."""
+    weight format (plan.weights) and lm_head format (plan.lm_head) must be the model's (`quantize_weights`)."""
+    _check_head(model, plan)
     fp = fingerprint(model)
     source = plan.model.get("source")
     if plan.model.get("fingerprint") != fp:

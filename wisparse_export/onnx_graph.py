@@ -12,7 +12,8 @@ function `wisparse.SparseLinear` with a standard-op body, so any ONNX runtime ru
 to the plugin through its `plugin_namespace` / `plugin_version` attributes. A linear quantized by
 `models.quantize_weights` is stored as its quantized [in, out] weight and float32 scale per output channel: the
 dense graph dequantizes it (DequantizeLinear, axis 1, then a Cast to the graph's dtype) in front of MatMul, and
-its SparseLinear node (op version 2) takes them as inputs 4 and 5 in place of W.
+its SparseLinear node (op version 2) takes them as inputs 4 and 5 in place of W. A quantized lm_head
+(`models.quantize_lm_head`) is DequantizeLinear -> MatMul in both graphs.
 
 Weights are not held in the graph: `Graph.init` hands every initializer above INLINE_BYTES to a store, and
 `WeightsFile` (the store export uses) streams its bytes to one external data file as it is produced, chunk by
@@ -374,10 +375,13 @@ def sandwich_block(s: Step, h: str, layer: torch.nn.Module, i: int) -> str:
 
 
 def head(s: Step, h: str, model: torch.nn.Module) -> str:
-    """Final norm, lm_head (the embedding transposed in-graph when tied), soft-capping, float32 `logits`."""
+    """Final norm, lm_head (the embedding transposed in-graph when tied; DequantizeLinear of its stored form when
+    quantized by `models.quantize_lm_head`, in both graphs), soft-capping, float32 `logits`."""
     base, lm = model.model, model.lm_head
     h = s.arch.norm(s, h, base.norm)
-    if lm.weight.data_ptr() == base.embed_tokens.weight.data_ptr():
+    if getattr(lm, "weight_format", None) is not None:
+        (w,) = weight_inputs(s, "lm_head", lm, sparse=False)
+    elif lm.weight.data_ptr() == base.embed_tokens.weight.data_ptr():
         w = s.op("Transpose", "embed_tokens.weight", perm=[1, 0])
     else:
         w = s.g.init("lm_head.weight_t", lm.weight.detach().t().to(s.dtype))

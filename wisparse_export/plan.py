@@ -9,14 +9,17 @@ Format (version 1), readable by any tool without this code:
    "provenance": {"wisparse-export": v, "torch": v, "transformers": v},  # versions that wrote it (optional)
    "layers": {"model.layers.0.mlp.down_proj": {"sparsity": f, "threshold": t, "alpha": a, "shape": [out, in]}},
    "search": {...},                                     # settings and trace of the allocation search (optional)
-   "weights": {"format": "fp8_e4m3" | "int8", "scale": "per_output_channel"}}  # quantized weights (optional)
+   "weights": {"format": "fp8_e4m3" | "int8", "scale": "per_output_channel"},  # quantized weights (optional)
+   "lm_head": {"format": "fp8_e4m3" | "int8", "scale": "per_output_channel"}}  # quantized lm_head (optional)
 Input channel i of a planned linear is kept iff |x_i| * ||W[:, i]||_2 ** alpha > threshold, W as stored
 ([out, in]) in float32; other channels become 0. The fingerprint hashes parameter names and shapes; "weights"
 holds a few values of each planned weight (identity.weight_sample) so that a plan is refused on another model of
 the same shapes. Plans written before "weights" existed still load, checked by fingerprint only.
 Quantized weights (quant.py): with a top-level "weights" format, W is the dequantized weight of that format (the
 weights a quantized deployment computes with), and model.weights samples those; without it (every older plan), W
-is the unquantized weight, as before.
+is the unquantized weight, as before. With "lm_head", the model's output projection is quantized that way too (it
+is never sparsified; untied from the embedding first where the two were tied); without it (every older plan), the
+lm_head is in the model's dtype.
 Provenance, for people (never checked against the running versions): "provenance" holds the package versions that
 wrote the plan and "model.revision" the model's revision where known (models.revision); plans without them load.
 """
@@ -88,6 +91,7 @@ class Plan:
     search: dict | None = None
     provenance: dict | None = field(default_factory=lambda: versions(*PROVENANCE))  # None: a file without one
     weights: WeightFormat | None = None  # the quantized weight format the plan was made on (None: unquantized)
+    lm_head: WeightFormat | None = None  # the lm_head's quantized format (None: the model's dtype)
 
     @property
     def budget(self) -> float:
@@ -117,6 +121,8 @@ class Plan:
             d["provenance"] = self.provenance
         if self.weights is not None:
             d["weights"] = self.weights.to_dict()
+        if self.lm_head is not None:
+            d["lm_head"] = self.lm_head.to_dict()
         return d
 
     def digest(self) -> str:
@@ -232,7 +238,8 @@ def from_dict(d: dict) -> Plan:
     return Plan(model=_model(d, layers), method=method, target_sparsity=target, calibration=_calibration(d),
                 layers=layers, groups=_groups(d, layers), search=search,
                 provenance=check_provenance(d.get("provenance"), "invalid plan: "),
-                weights=from_record(d["weights"], "invalid plan: ") if "weights" in d else None)
+                weights=from_record(d["weights"], "invalid plan: ") if "weights" in d else None,
+                lm_head=from_record(d["lm_head"], "invalid plan: ", "lm_head") if "lm_head" in d else None)
 
 
 def load_plan(path: str | Path) -> Plan:

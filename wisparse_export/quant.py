@@ -10,7 +10,8 @@ granularity, and `quantize` / `dequantize` are the one definition every runtime 
 
 float32(q) is exact for both formats and the product is rounded once, so PyTorch, ONNX Runtime's DequantizeLinear
 and a kernel scaling in float32 compute the very same dequantized weight. A plan records its format under
-"weights" ({"format", "scale"}); plans without it mean unquantized weights.
+"weights" ({"format", "scale"}); plans without it mean unquantized weights. The output projection (lm_head) may be
+quantized too, the same way, recorded under "lm_head" (absent: it is in the model's dtype).
 """
 
 from __future__ import annotations
@@ -53,23 +54,24 @@ FORMATS = {
 OPTIONS = {"none": None, "fp8": FORMATS["fp8_e4m3"], "int8": FORMATS["int8"]}  # the CLI's --weights
 
 
-def by_option(value: str) -> WeightFormat | None:
-    """The format a `--weights` value names (none: unquantized); anything else refused in one line."""
+def by_option(value: str, option: str = "--weights") -> WeightFormat | None:
+    """The format a `--weights` (or `--lm-head`) value names (none: unquantized); anything else refused in one
+    line."""
     if value not in OPTIONS:
-        raise WisparseError(f"--weights must be one of {', '.join(OPTIONS)}, got {value!r}")
+        raise WisparseError(f"{option} must be one of {', '.join(OPTIONS)}, got {value!r}")
     return OPTIONS[value]
 
 
-def from_record(value, where: str) -> WeightFormat:
-    """A plan's or manifest's optional "weights" field, when present: exactly {"format", "scale"} naming a known
-    format and its granularity (absent means unquantized; null is refused, as no wisparse writes it)."""
+def from_record(value, where: str, field: str = "weights") -> WeightFormat:
+    """A plan's or manifest's optional "weights" (or "lm_head") field, when present: exactly {"format", "scale"}
+    naming a known format and its granularity (absent means unquantized; null is refused, as no wisparse writes it)."""
     if not (isinstance(value, dict) and set(value) == {"format", "scale"}):
-        raise WisparseError(f"{where}weights must be an object with exactly \"format\" and \"scale\", got {value!r}")
+        raise WisparseError(f"{where}{field} must be an object with exactly \"format\" and \"scale\", got {value!r}")
     fmt = FORMATS.get(value["format"]) if isinstance(value["format"], str) else None
     if fmt is None:
-        raise WisparseError(f"{where}weights.format must be one of {', '.join(FORMATS)}, got {value['format']!r}")
+        raise WisparseError(f"{where}{field}.format must be one of {', '.join(FORMATS)}, got {value['format']!r}")
     if value["scale"] != fmt.scale:
-        raise WisparseError(f"{where}weights.scale must be {fmt.scale!r} for {fmt.name}, got {value['scale']!r}")
+        raise WisparseError(f"{where}{field}.scale must be {fmt.scale!r} for {fmt.name}, got {value['scale']!r}")
     return fmt
 
 

@@ -96,4 +96,16 @@ def bench_table(result: dict) -> str:
         tail = f" {r['speedup_over_dense_q']:>8.2f}" if q else ""
         lines.append(f"{'sparse':>12} {r['target']:>7.2f} {r['realized']:>9.3f} {r['tokens_per_s']:>10.1f} "
                      f"{r['ms_per_step']:>8.3f} {r['speedup']:>8.2f}{tail}")
+    if "lm_head" in result:
+        lines.append(head_line(result["lm_head"], dense, f"dense {name}"))
     return "\n".join(lines)
+
+
+def head_line(paths: dict, dense: str, dense_q: str) -> str:
+    """"lm_head: bfloat16 (cuBLAS) in dense bf16; fp8_e4m3 (our kernel, threshold 0) in dense fp8 and sparse"."""
+    rows = {"dense": dense, "dense_q": dense_q, "sparse": "sparse"}
+    where: dict[str, list[str]] = {}
+    for key, row in rows.items():
+        if key in paths:
+            where.setdefault(paths[key], []).append(row)
+    return "lm_head: " + "; ".join(f"{what} in {' and '.join(r)}" for what, r in where.items())

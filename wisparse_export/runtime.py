@@ -4,7 +4,9 @@ In the spirit of torchao's `quantize_(model, config)`: one call, undone by `remo
 the same module object at the same path with the same `weight` and `bias` parameters: only its class becomes
 SparseLinear (a subclass of nn.Linear), and its plan values live in non-persistent buffers and plain attributes, so
 `state_dict()` and `save_pretrained` write exactly the dense model's keys and tensors. On CPU the mask is plain
-PyTorch; on a CUDA device in bfloat16/float16 the linears run on `kernels`, the backend this module calls.
+PyTorch; on a CUDA device in bfloat16/float16 the linears run on `kernels`, the backend this module calls. A quantized
+lm_head (`models.quantize_lm_head`) is never planned or sparsified, but on the kernels it becomes a `QuantizedHead`,
+read by the same kernel at threshold 0, until `remove`.
 """
 
 from __future__ import annotations
@@ -126,6 +128,44 @@ class SparseLinear(nn.Linear):
         return f"in={self.in_features}, out={self.out_features}, sparsity={self.sparsity:.3f}, alpha={self.alpha}"
 
 
+class QuantizedHead(nn.Linear):
+    """A quantized lm_head on the kernels: up to kernels.Q_ROWS rows (decode) the kernel reads its 1-byte rows at
+    threshold 0 (its dense walk: every row, no mask), more rows the dequantized `weight` on cuBLAS (the dispatch of
+    `kernels.sparse_linear`). Not a SparseLinear: it has no plan values, so realized sparsity, `dense_mode` and
+    re-thresholding never see it. Made in place by `to_kernels`, undone by `release` (`remove`); same parameters."""
+
+    tau: torch.Tensor      # float32 zeros [in]: nothing finite is dropped
+    threshold = 0.0        # what the dispatch reads of a planned linear (kernels.Planned)
+    sparsity = 0.0
+
+    @classmethod
+    def convert(cls, head: nn.Linear) -> QuantizedHead:
+        """`head` itself on the kernels: its stored weight in the kernel layout ([out, in] view of [in, out])."""
+        head.__class__ = cls
+        _rebind(head)
+        head.register_buffer("tau", torch.zeros(head.in_features, device=head.weight.device), persistent=False)
+        head.weight_q = kernels.kernel_layout(head.weight_q)
+        return head
+
+    def release(self) -> nn.Linear:
+        """Back to the plain nn.Linear it was, its stored weight [out, in] contiguous again (as export reads it)."""
+        self.weight_q = _owned(self.weight_q)
+        del self.tau
+        self.__class__ = nn.Linear
+        _rebind(self)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.sparse_linear(self, x) if x.is_cuda else F.linear(x, self.weight, self.bias)
+
+
+def _quantized_head(model: nn.Module) -> nn.Linear | None:
+    """The model's lm_head where it is a plain linear quantized by `models.quantize_lm_head`, else None."""
+    get = getattr(model, "get_output_embeddings", None)  # a transformers model's; not a bare module list's
+    head = get() if get is not None else None
+    return head if type(head) is nn.Linear and kernels.quantized(head) else None
+
+
 def apply(model: nn.Module, plan: Plan, check: bool = True, kernels: bool = True) -> nn.Module:
     """Make `model` sparse as `plan` says, in place; returns the model. Re-applying replaces the last plan.
 
@@ -148,9 +188,12 @@ def to_kernels(model: nn.Module, groups: Sequence[Sequence[str]] | None = None) 
     Each weight is converted to the kernel layout ([in, out]; `.weight` stays its [out, in] view, held once; a
     quantized linear's `weight_q` too, while `.weight` keeps its dequantized values for many rows), and each of
     `groups` (names of linears sharing an input: q/k/v, gate/up; None: `models.find_blocks` finds them) that
-    the kernels can fuse becomes one launch. The kernels are compiled (or read from the disk cache) and loaded here,
-    outside any graph capture.
+    the kernels can fuse becomes one launch. A quantized lm_head becomes a `QuantizedHead`. The kernels are compiled
+    (or read from the disk cache) and loaded here, outside any graph capture.
     """
+    head = _quantized_head(model)
+    if head is not None and kernels.supports(head.weight, head.weight_format):
+        kernels.preload([(QuantizedHead.convert(head), None)])
     mods = {n: m for n, m in sparse_linears(model).items()
             if not m.on_kernels and kernels.supports(m.weight, getattr(m, "weight_format", None))}
     if not mods:
@@ -181,8 +224,9 @@ def to_kernels(model: nn.Module, groups: Sequence[Sequence[str]] | None = None) 
 
 
 def remove(model: nn.Module) -> nn.Module:
-    """Undo `apply`: every planned linear is a plain nn.Linear again, its weights as they were."""
-    for m in sparse_linears(model).values():
+    """Undo `apply`: every planned linear (and a quantized lm_head on the kernels) is a plain nn.Linear again, its
+    weights as they were."""
+    for m in [*sparse_linears(model).values(), *(m for m in model.modules() if isinstance(m, QuantizedHead))]:
         m.release()
     return model
 
