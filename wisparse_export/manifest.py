@@ -26,7 +26,7 @@ from .errors import WisparseError
 from .files import read_json
 from .identity import SAMPLES, check_samples, positions
 from .models import DTYPES
-from .onnx_graph import ONNX_TYPES, quantized_names, weight_name
+from .onnx_graph import DOMAIN, ONNX_TYPES, OP_TYPE, quantized_names, weight_name
 from .plan import PROVENANCE as PLAN_PROVENANCE
 from .plan import check_provenance
 from .quant import WeightFormat, from_record
@@ -202,26 +202,60 @@ def verify_graph(out: Path, manifest: dict, role: str) -> Path:
         raise WisparseError(f"{path}: its cache is not {manifest['dtype']}, the dtype {MANIFEST} names")
     inits = {t.name: t for t in proto.graph.initializer}
     fmt = from_record(manifest["weights"], "") if "weights" in manifest else None
+    fused = fused_members(proto, path)
     actual = {}
     with ExternalData(out, manifest, role, path) as data:
         for name in manifest["model"]["weights"]:
             if fmt is not None:
-                actual.update(quantized_sample(path, inits, name, fmt, data))
+                actual.update(quantized_sample(path, inits, name, fmt, data, fused.get(name)))
                 continue
-            t = inits.get(weight_name(name))
+            t, cols = inits.get(weight_name(name)), None
+            if t is None and name in fused:  # a member of a fused node: its columns of the group's weight
+                (w_name, _), cols = fused[name]
+                t = inits.get(w_name)
             if t is not None:
                 if t.data_type != want or len(t.dims) != 2:
                     raise WisparseError(f"{path}: weight {name} is not a {manifest['dtype']} matrix, as {MANIFEST} "
                                         "says")
-                actual[name] = sample(t, data)
+                actual[name] = sample(t, data, columns(path, t, name, cols))
     check_samples(manifest["model"]["weights"], actual, what=path.name)
     return path
 
 
-def quantized_sample(path: Path, inits: dict, name: str, fmt: WeightFormat, data: ExternalData) -> dict:
+def fused_members(proto: onnx.ModelProto, path: Path) -> dict[str, tuple[tuple[str, str], tuple[int, int]]]:
+    """member -> ((weight, scale) initializer names, (first column, width)) for every SparseLinear node that fuses
+    several linears: its name joins theirs with "+" (onnx_graph.group_name), its `splits` are their widths."""
+    found = {}
+    for n in proto.graph.node:
+        splits = next((list(a.ints) for a in n.attribute if a.name == "splits"), [])
+        if n.domain != DOMAIN or n.op_type != OP_TYPE or len(splits) < 2:
+            continue
+        names = n.name.split("+")
+        if len(names) != len(splits) or len(n.input) not in (3, 6):
+            raise WisparseError(f"{path}: SparseLinear node {n.name} fuses {len(splits)} linears but names "
+                                f"{len(names)}; re-run wisparse export")
+        weights = (n.input[4], n.input[5]) if len(n.input) == 6 else (n.input[1], "")
+        for i, name in enumerate(names):
+            found[name] = weights, (sum(splits[:i]), splits[i])
+    return found
+
+
+def columns(path: Path, t: TensorProto, name: str, cols: tuple[int, int] | None) -> tuple[int, int]:
+    """(first column, width) of linear `name` in weight t [in, out]: all of it, or a fused member's own columns,
+    refused when they lie outside t."""
+    first, width = cols or (0, t.dims[1])
+    if first + width > t.dims[1]:
+        raise WisparseError(f"{path}: the fused weight {t.name} has {t.dims[1]} columns, fewer than its node's "
+                            f"splits give {name}; re-run wisparse export")
+    return first, width
+
+
+def quantized_sample(path: Path, inits: dict, name: str, fmt: WeightFormat, data: ExternalData,
+                     fused: tuple[tuple[str, str], tuple[int, int]] | None = None) -> dict:
     """{name: dequantized values at identity.positions} of a quantized weight ([in, out] values in the storage
-    dtype, float32 scale [out]), or {} when the graph holds no such weight."""
-    q_name, scale_name = quantized_names(name)
+    dtype, float32 scale [out]; `fused`: a member's initializers and columns, from `fused_members`), or {} when
+    the graph holds no such weight."""
+    (q_name, scale_name), cols = (quantized_names(name), None) if fused is None else fused
     q, scale = inits.get(q_name), inits.get(scale_name)
     if q is None:
         return {}
@@ -229,10 +263,10 @@ def quantized_sample(path: Path, inits: dict, name: str, fmt: WeightFormat, data
             or scale.data_type != TensorProto.FLOAT or list(scale.dims) != [q.dims[1]]:
         raise WisparseError(f"{path}: weight {name} is not {fmt.name} with a float32 scale per output channel, as "
                             f"{MANIFEST} says")
-    n_in, n_out = q.dims
-    pos = positions((n_out, n_in))
-    values = values_at(q, [c * n_out + r for r, c in pos], data)
-    scales = values_at(scale, [r for r, _ in pos], data)
+    first, width = columns(path, q, name, cols)
+    pos = positions((width, q.dims[0]))
+    values = values_at(q, [c * q.dims[1] + first + r for r, c in pos], data)
+    scales = values_at(scale, [first + r for r, _ in pos], data)
     return {name: [float(np.float32(v) * np.float32(s)) for v, s in zip(values, scales, strict=True)]}
 
 
@@ -241,10 +275,11 @@ def verify_graphs(out: Path, manifest: dict, roles: tuple[str, ...] = GRAPHS) ->
     return {role: verify_graph(out, manifest, role) for role in roles}
 
 
-def sample(t: TensorProto, data: ExternalData) -> list[float]:
-    """The values of a weight stored [in, out] at identity.positions of its [out, in] shape: (r, c) is W_t[c, r]."""
-    n_in, n_out = t.dims
-    return values_at(t, [c * n_out + r for r, c in positions((n_out, n_in))], data)
+def sample(t: TensorProto, data: ExternalData, cols: tuple[int, int]) -> list[float]:
+    """The values of a weight stored [in, out] at identity.positions of its [out, in] shape, (r, c) being
+    W_t[c, first + r]: `cols` (first, width) are its columns of t, all of t unless t is a fused group's."""
+    (n_in, n_out), (first, width) = t.dims, cols
+    return values_at(t, [c * n_out + first + r for r, c in positions((width, n_in))], data)
 
 
 def values_at(t: TensorProto, flat: list[int], data: ExternalData) -> list[float]:

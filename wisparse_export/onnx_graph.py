@@ -38,6 +38,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from . import kernels
 from .errors import WisparseError
 from .models import get_linear, weight_format
 from .plan import LayerPlan, Plan
@@ -88,12 +89,20 @@ class Graph:
         self.store = store
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, domain: str = "",
-           doc: str | None = None, **attrs) -> str:
+           doc: str | None = None, overload: str | None = None, **attrs) -> str:
         self.count += 1
         out = out or f"{op_type}_{self.count}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name or f"{op_type}_{self.count}",
-                                           domain=domain, doc_string=doc, **attrs))
+                                           domain=domain, doc_string=doc, overload=overload, **attrs))
         return out
+
+    def split(self, x: str, sizes: list[int]) -> list[str]:
+        """x cut along its last axis into parts of `sizes`: one Split node, one output per part."""
+        self.count += 1
+        outs = [f"Split_{self.count}_{i}" for i in range(len(sizes))]
+        self.nodes.append(helper.make_node("Split", [x, self.const(sizes)], outs, name=f"Split_{self.count}",
+                                           axis=-1))
+        return outs
 
     def init(self, name: str, t: torch.Tensor, inline: bool = False) -> str:
         small = inline or self.store is None or t.numel() * t.element_size() < INLINE_BYTES
@@ -172,9 +181,11 @@ class Step:
     dtype: torch.dtype
     names: dict[torch.nn.Module, str]
     planned: dict[str, LayerPlan]
+    groups: list[list[str]]  # the plan's groups of linears sharing an input; empty: each call site's linears
     counts: dict[str, int] = field(default_factory=lambda: {"sparse_linear": 0, "dense_linear": 0})
     masks: dict[int | None, str] = field(default_factory=dict)  # sliding window (None: full) -> mask
     rope: dict[str, tuple[str, str]] = field(default_factory=dict)  # rope table key -> (cos, sin)
+    members: set[int] = field(default_factory=set)  # member counts of the fused SparseLinear nodes written
 
     def op(self, op_type: str, *inputs: str, **kw) -> str:
         return self.g.op(op_type, *inputs, **kw)
@@ -238,37 +249,83 @@ def softcap(s: Step, x: str, cap: float | None) -> str:
     return s.op("Mul", s.op("Tanh", s.op("Div", x, c)), c)
 
 
-def weight_inputs(s: Step, name: str, lin: torch.nn.Linear, sparse: bool) -> tuple[str, ...]:
-    """A linear's weight as the node reading it takes it: W [in, out] in the graph's dtype; for a quantized linear,
-    a MatMul gets it dequantized (DequantizeLinear, then Cast), a SparseLinear node the stored form as inputs 4, 5."""
-    if getattr(lin, "weight_format", None) is None:
-        return (s.g.init(weight_name(name), lin.weight.detach().t().to(s.dtype)),)  # [in, out], as kernels read it
+def weight_inputs(s: Step, name: str, lins: list[torch.nn.Linear], sparse: bool) -> tuple[str, ...]:
+    """The weight of a linear (or of a fused group's members, concatenated along out) as the node reading it takes
+    it: W [in, out] in the graph's dtype; for quantized linears, a MatMul gets it dequantized (DequantizeLinear, then
+    Cast), a SparseLinear node the stored form (and the scales, concatenated likewise) as inputs 4, 5."""
+    def cat(ts: list[torch.Tensor]) -> torch.Tensor:  # a single weight stays a view: no copy of it is made
+        return ts[0] if len(ts) == 1 else torch.cat(ts, dim=-1)
+
+    if getattr(lins[0], "weight_format", None) is None:  # [in, out], as kernels read it
+        return (s.g.init(weight_name(name), cat([lin.weight.detach().t() for lin in lins]).to(s.dtype)),)
     q_name, scale_name = quantized_names(name)
-    q, scale = s.g.init(q_name, lin.weight_q.t()), s.g.init(scale_name, lin.weight_scale)
+    q = s.g.init(q_name, cat([lin.weight_q.t() for lin in lins]))
+    scale = s.g.init(scale_name, cat([lin.weight_scale for lin in lins]))
     if sparse:
         return "", "", q, scale  # W (input 1) and B (input 3) absent; W_q, W_scale
     return (s.from_f32(s.op("DequantizeLinear", q, scale, axis=1)),)
 
 
-def linear(s: Step, x: str, module: torch.nn.Module) -> str:
-    """x @ W^T (+ b): a SparseLinear node for a planned linear, a MatMul otherwise. W is stored [in, out]."""
+def linear(s: Step, x: str, module: torch.nn.Module, fused: dict[str, str] | None = None) -> str:
+    """x @ W^T (+ b): a SparseLinear node for a planned linear, a MatMul otherwise. W is stored [in, out].
+    A member of a fused group (`fused`, from `fuse` on the same x) is its output already."""
     name = s.names[module]
+    if fused and name in fused:
+        return fused[name]
     lin = get_linear(s.model, name)  # a linear already wrapped by `apply` counts as its dense linear
     lp = s.planned.pop(name, None)
-    w = weight_inputs(s, name, lin, lp is not None)
     if lp is not None:
-        t = s.g.init(f"{name}.tau", tau(lp.threshold, column_norms(lin.weight), lp.alpha), inline=True)
-        attrs = {**PLUGIN_ATTRS, "plugin_version": str(OP_VERSION_QUANTIZED)} if len(w) > 1 else PLUGIN_ATTRS
-        inputs = (x, w[0], t, *w[1:])  # (X, W, tau) or (X, "", tau, "", W_q, W_scale)
-        y = s.op(OP_TYPE, *inputs, domain=DOMAIN, name=name, splits=[lin.out_features], **attrs,
-                 doc=f"sparsity {lp.sparsity}, alpha {lp.alpha}, threshold {lp.threshold!r}")
-        s.counts["sparse_linear"] += 1
+        y = sparse_node(s, x, name, [lin], [lp])
     else:
-        y = s.op("MatMul", x, w[0], name=name)
+        y = s.op("MatMul", x, weight_inputs(s, name, [lin], sparse=False)[0], name=name)
         s.counts["dense_linear"] += 1
     if lin.bias is not None:  # a standard Add, so the custom op keeps one fixed signature (KERNEL_ABI.md)
         y = s.op("Add", y, s.g.init(f"{name}.bias", lin.bias.detach().to(s.dtype)))
     return y
+
+
+def sparse_node(s: Step, x: str, name: str, lins: list[torch.nn.Linear], lps: list[LayerPlan]) -> str:
+    """The SparseLinear node of one planned linear (tau [in]) or of a fused group (tau [P, in], the overload
+    `overload(P)`): inputs (X, W, tau) or (X, "", tau, "", W_q, W_scale), `splits` the output widths."""
+    w = weight_inputs(s, name, lins, sparse=True)
+    taus = [tau(lp.threshold, column_norms(lin.weight), lp.alpha) for lin, lp in zip(lins, lps, strict=True)]
+    t = s.g.init(f"{name}.tau", taus[0] if len(taus) == 1 else torch.stack(taus), inline=True)
+    attrs = {**PLUGIN_ATTRS, "plugin_version": str(OP_VERSION_QUANTIZED)} if len(w) > 1 else PLUGIN_ATTRS
+    docs = [f"sparsity {lp.sparsity}, alpha {lp.alpha}, threshold {lp.threshold!r}" for lp in lps]
+    doc = docs[0] if len(lps) == 1 else "; ".join(f"{lin_name}: {d}" for lin_name, d in
+                                                  zip(name.split("+"), docs, strict=True))
+    s.counts["sparse_linear"] += 1
+    return s.op(OP_TYPE, x, w[0], t, *w[1:], domain=DOMAIN, name=name, splits=[lin.out_features for lin in lins],
+                overload=overload(len(lins)), doc=doc, **attrs)
+
+
+def group_name(members: list[str]) -> str:
+    """A fused group's node name and the stem of its initializers (`weight_name`, `quantized_names`)."""
+    return "+".join(members)
+
+
+def fusable_groups(s: Step, names: list[str]) -> list[list[str]]:
+    """The groups among `names` (linears reading one input) that the runtime fuses (`runtime.to_kernels`): the
+    plan's groups, or all of them when the plan has none (what `models.find_blocks` finds for these
+    architectures), each planned whole and `kernels.fusable`."""
+    candidates = [g for g in s.groups if set(g) <= set(names)] if s.groups else [names]
+    return [g for g in candidates if all(n in s.planned for n in g)
+            and kernels.fusable([get_linear(s.model, n) for n in g])]
+
+
+def fuse(s: Step, x: str, modules: list[torch.nn.Module]) -> dict[str, str]:
+    """One SparseLinear node per fusable group of `modules` (all reading x): W their [in, out] weights side by side,
+    tau [P, in], `splits` their widths; a Split cuts its output into the members' outputs (bias added after, as
+    for one linear). Returns member name -> output, for `linear`."""
+    out = {}
+    for group in fusable_groups(s, [s.names[m] for m in modules]):
+        lins, lps = [get_linear(s.model, n) for n in group], [s.planned.pop(n) for n in group]
+        y = sparse_node(s, x, group_name(group), lins, lps)
+        s.members.add(len(group))
+        for n, lin, y_p in zip(group, lins, s.g.split(y, [lin.out_features for lin in lins]), strict=True):
+            b = lin.bias
+            out[n] = y_p if b is None else s.op("Add", y_p, s.g.init(f"{n}.bias", b.detach().to(s.dtype)))
+    return out
 
 
 def embedding(s: Step, base: torch.nn.Module) -> str:
@@ -328,9 +385,10 @@ def heads(s: Step, y: str, n: int) -> str:
 def attention(s: Step, x: str, attn: torch.nn.Module, i: int) -> str:
     """Self-attention of layer i with its KV cache (present.{i}.* = past + this step's keys and values)."""
     a = s.arch
-    q = heads(s, linear(s, x, attn.q_proj), a.heads)  # [b, H, s, D]
-    k = heads(s, linear(s, x, attn.k_proj), a.kv_heads)
-    v = heads(s, linear(s, x, attn.v_proj), a.kv_heads)
+    fused = fuse(s, x, [attn.q_proj, attn.k_proj, attn.v_proj])
+    q = heads(s, linear(s, x, attn.q_proj, fused), a.heads)  # [b, H, s, D]
+    k = heads(s, linear(s, x, attn.k_proj, fused), a.kv_heads)
+    v = heads(s, linear(s, x, attn.v_proj, fused), a.kv_heads)
     if a.qk_norm:
         q, k = a.norm(s, q, attn.q_norm), a.norm(s, k, attn.k_norm)
     q, k = rotate(s, q, a.rope[i]), rotate(s, k, a.rope[i])
@@ -356,7 +414,9 @@ def grouped_attention(s: Step, q: str, k: str, v: str, mask: str) -> str:
 
 def mlp(s: Step, x: str, m: torch.nn.Module) -> str:
     """down(act(gate(x)) * up(x))."""
-    return linear(s, s.op("Mul", s.arch.act(s, linear(s, x, m.gate_proj)), linear(s, x, m.up_proj)), m.down_proj)
+    fused = fuse(s, x, [m.gate_proj, m.up_proj])
+    act = s.arch.act(s, linear(s, x, m.gate_proj, fused))  # before up: an unfused graph stays node for node as it was
+    return linear(s, s.op("Mul", act, linear(s, x, m.up_proj, fused)), m.down_proj)
 
 
 def pre_norm_block(s: Step, h: str, layer: torch.nn.Module, i: int) -> str:
@@ -380,7 +440,7 @@ def head(s: Step, h: str, model: torch.nn.Module) -> str:
     base, lm = model.model, model.lm_head
     h = s.arch.norm(s, h, base.norm)
     if getattr(lm, "weight_format", None) is not None:
-        (w,) = weight_inputs(s, "lm_head", lm, sparse=False)
+        (w,) = weight_inputs(s, "lm_head", [lm], sparse=False)
     elif lm.weight.data_ptr() == base.embed_tokens.weight.data_ptr():
         w = s.op("Transpose", "embed_tokens.weight", perm=[1, 0])
     else:
@@ -407,43 +467,72 @@ def io_signature(arch: Arch, dtype: torch.dtype) -> tuple[list, list]:
     return inputs, outputs
 
 
-def sparse_linear_function(quantized: bool = False) -> onnx.FunctionProto:
+def overload(members: int) -> str | None:
+    """The function overload a node of `members` fused projections names (None: one projection, the plain op)."""
+    return None if members == 1 else f"fused{members}"
+
+
+def sparse_linear_function(quantized: bool = False, members: int = 1) -> onnx.FunctionProto:
     """The standard-op body of wisparse.SparseLinear: Y = (X where float32(|X|) > tau, else 0) @ W.
 
     The attributes the node carries for TensorRT are declared so that ONNX Runtime accepts them; the body needs
-    none of them. `splits` (several fused projections) is declared for the ABI, but the exporter emits one node
-    per linear, so the body handles tau [in] only. `quantized` (op version 2, every planned linear quantized): W
-    is DequantizeLinear(W_q, W_scale, axis 1) cast to X's type, and the signature is (X, W, tau, B, W_q, W_scale)
-    with W and B left out by the nodes.
+    none of them but `splits`. `quantized` (op version 2, every planned linear quantized): W is
+    DequantizeLinear(W_q, W_scale, axis 1) cast to X's type, and the signature is (X, W, tau, B, W_q, W_scale) with
+    W and B left out by the nodes. `members` > 1: a fused node (tau [P, in], W [in, sum(splits)]), the overload
+    `overload(members)` of the same op, whose body cuts W by `splits` and masks X by each row of tau (`_members`).
     """
     version = {"plugin_version": str(OP_VERSION_QUANTIZED)} if quantized else {}
     inputs = ["X", "W_unused", "tau", "B_unused", "W_q", "W_scale"] if quantized else ["X", "W", "tau"]
-    return _function(OP_TYPE, inputs, quantized, version)
+    return _function(OP_TYPE, inputs, quantized, version, members)
 
 
-def sparse_linear_q_function() -> onnx.FunctionProto:
+def sparse_linear_q_function(members: int = 1) -> onnx.FunctionProto:
     """The standard-op body of wisparse.SparseLinearQ (X, W_q, tau, W_scale): op version 2's SparseLinear with its
     inputs in the kernel's (and TensorRT plugin's) order; the same arithmetic."""
-    return _function(OP_TYPE_Q, ["X", "W_q", "tau", "W_scale"], True, {})
+    return _function(OP_TYPE_Q, ["X", "W_q", "tau", "W_scale"], True, {}, members)
 
 
-def _function(op_type: str, inputs: list[str], quantized: bool, version: dict) -> onnx.FunctionProto:
+def _members(p: int) -> list[onnx.NodeProto]:
+    """The body of a fused node after |X| (absf) and zero: Y = Concat over members i of
+    (X where absf > tau[i], else 0) @ W[:, columns of member i], with W cut by the node's `splits` attribute."""
+    sizes = onnx.AttributeProto(name="value_ints", ref_attr_name="splits", type=onnx.AttributeProto.INTS)
+    nodes = [helper.make_node("Constant", [], ["sizes"]),
+             helper.make_node("Split", ["W", "sizes"], [f"W_{i}" for i in range(p)], axis=1)]
+    nodes[0].attribute.append(sizes)
+    for i in range(p):
+        nodes += [
+            helper.make_node("Constant", [], [f"row_{i}"], value=helper.make_tensor(f"i{i}", TensorProto.INT64, [],
+                                                                                    [i])),
+            helper.make_node("Gather", ["tau", f"row_{i}"], [f"tau_{i}"], axis=0),
+            helper.make_node("Greater", ["absf", f"tau_{i}"], [f"keep_{i}"]),
+            helper.make_node("Where", [f"keep_{i}", "X", "zero"], [f"xm_{i}"]),
+            helper.make_node("MatMul", [f"xm_{i}", f"W_{i}"], [f"Y_{i}"]),
+        ]
+    return nodes + [helper.make_node("Concat", [f"Y_{i}" for i in range(p)], ["Y"], axis=-1)]
+
+
+def _function(op_type: str, inputs: list[str], quantized: bool, version: dict,
+              members: int = 1) -> onnx.FunctionProto:
     dq = [helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["w_f"], axis=1),
           helper.make_node("CastLike", ["w_f", "X"], ["W"])] if quantized else []
-    nodes = dq + [
-        helper.make_node("Abs", ["X"], ["absx"]),
-        helper.make_node("Cast", ["absx"], ["absf"], to=TensorProto.FLOAT),
-        helper.make_node("Greater", ["absf", "tau"], ["keep"]),
-        helper.make_node("Constant", [], ["zero_f"], value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])),
-        helper.make_node("CastLike", ["zero_f", "X"], ["zero"]),
-        helper.make_node("Where", ["keep", "X", "zero"], ["xm"]),
-        helper.make_node("MatMul", ["xm", "W"], ["Y"]),
-    ]
+    absf = [helper.make_node("Abs", ["X"], ["absx"]),
+            helper.make_node("Cast", ["absx"], ["absf"], to=TensorProto.FLOAT)]
+    zero_f = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    zero = [helper.make_node("Constant", [], ["zero_f"], value=zero_f),
+            helper.make_node("CastLike", ["zero_f", "X"], ["zero"])]
+    if members == 1:  # node for node the body of files exported before fused nodes existed
+        body = absf + [helper.make_node("Greater", ["absf", "tau"], ["keep"])] + zero + [
+            helper.make_node("Where", ["keep", "X", "zero"], ["xm"]),
+            helper.make_node("MatMul", ["xm", "W"], ["Y"])]
+        doc = "Activation-sparse linear: input channel i is kept iff float32(|x_i|) > tau_i; W is [in, out]."
+    else:
+        body = absf + zero + _members(members)
+        doc = (f"{members} activation-sparse linears fused: tau [{members}, in], W [in, sum(splits)]; member p keeps "
+               "channel i iff float32(|x_i|) > tau[p, i] and reads its own columns of W, cut by splits.")
     defaults = [helper.make_attribute(k, v) for k, v in {**PLUGIN_ATTRS, **version}.items()]
-    return helper.make_function(DOMAIN, op_type, inputs, ["Y"], nodes, [helper.make_opsetid("", OPSET)],
-                                attributes=["splits"], attribute_protos=defaults,
-                                doc_string="Activation-sparse linear: input channel i is kept iff float32(|x_i|) > "
-                                           "tau_i; W is [in, out]. See docs/KERNEL_ABI.md.")
+    return helper.make_function(DOMAIN, op_type, inputs, ["Y"], dq + body, [helper.make_opsetid("", OPSET)],
+                                attributes=["splits"], attribute_protos=defaults, overload=overload(members),
+                                doc_string=f"{doc} See docs/KERNEL_ABI.md.")
 
 
 def tensorrt_view(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -463,7 +552,8 @@ def tensorrt_view(proto: onnx.ModelProto) -> onnx.ModelProto:
             del n.input[:]
             n.input.extend([x, q, t, scale])
             next(a for a in n.attribute if a.name == "plugin_version").s = PLUGIN_ATTRS["plugin_version"].encode()
-    view.functions.append(sparse_linear_q_function())
+    members = {len(next(a for a in n.attribute if a.name == "splits").ints) for n in quantized}
+    view.functions.extend(sparse_linear_q_function(p) for p in sorted(members | {1}))
     return view
 
 
@@ -474,7 +564,8 @@ def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype =
     Weights go to `store` (a WeightsFile: external data, written as produced) or, without one, inline."""
     arch = describe(model)
     names = {m: n for n, m in model.named_modules()}
-    s = Step(Graph(store), model, arch, dtype, names, dict(plan.layers) if plan else {})
+    layers, groups = (dict(plan.layers), plan.groups) if plan else ({}, [])
+    s = Step(Graph(store), model, arch, dtype, names, layers, groups)
     s.masks, s.rope = attention_masks(s), rope_tables(s)
     h = embedding(s, model.model)
     for i, layer in enumerate(model.model.layers):
@@ -487,8 +578,8 @@ def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype =
     quantized = plan is not None and weight_format(model, plan.layers) is not None
     version = OP_VERSION_QUANTIZED if quantized else OP_VERSION
     opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, version)] if plan else [])
-    proto = helper.make_model(graph, opset_imports=opsets,
-                              functions=[sparse_linear_function(quantized)] if plan else [],
+    functions = [sparse_linear_function(quantized, p) for p in sorted(s.members | {1})] if plan else []
+    proto = helper.make_model(graph, opset_imports=opsets, functions=functions,
                               ir_version=IR_VERSION, producer_name="wisparse-export")
     helper.set_model_props(proto, {"wisparse.role": role, "wisparse.counts": json.dumps(s.counts)})
     return proto
