@@ -260,8 +260,9 @@ def test_quantized_graphs_hold_the_stored_form_once(quantized_export, name):
     dq = [n for n in dense.graph.node if n.op_type == "DequantizeLinear"]
     assert len(dq) == 14 and all(n.attribute[0].name == "axis" and n.attribute[0].i == 1 for n in dq)
     nodes = [n for n in sparse.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN]
-    assert len(nodes) == 14 and all(list(n.input)[1] == "" and list(n.input)[3] == "" and len(n.input) == 6
-                                    for n in nodes)
+    # 4 nodes a layer: q/k/v and gate/up fused, their stored weights and scales concatenated like W
+    assert len(nodes) == 8 and all(list(n.input)[1] == "" and list(n.input)[3] == "" and len(n.input) == 6
+                                   for n in nodes)
     node = next(n for n in nodes if n.name == layer)
     assert list(node.input)[4:] == [q_name, scale_name]
     assert {o.domain: o.version for o in sparse.opset_import}[DOMAIN] == 2
@@ -354,13 +355,15 @@ def test_tensorrt_view_maps_version_2_nodes_to_the_q_plugin_order(quantized_expo
     view = tensorrt_view(sparse)
     before = {n.name: n for n in sparse.graph.node if n.op_type == OP_TYPE}
     after = {n.name: n for n in view.graph.node if n.domain == DOMAIN}
-    assert set(after) == set(before) == set(plan.layers) and {n.op_type for n in after.values()} == {OP_TYPE_Q}
+    assert set(after) == set(before) and {n.op_type for n in after.values()} == {OP_TYPE_Q}
+    assert sorted(m for layer in after for m in layer.split("+")) == sorted(plan.layers)  # q/k/v, gate/up fused
     for layer, n in after.items():
         x, _, tau_name, _, q, scale = before[layer].input
         assert list(n.input) == [x, q, tau_name, scale] and q and scale
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == DOMAIN.encode()
-        assert attrs["splits"] == [next(t for t in sparse.graph.initializer if t.name == q).dims[1]]
+        assert sum(attrs["splits"]) == next(t for t in sparse.graph.initializer if t.name == q).dims[1]
+        assert len(attrs["splits"]) == len(layer.split("+")) and n.overload == before[layer].overload
     assert [n.op_type for n in sparse.graph.node if n.domain == DOMAIN] == [OP_TYPE] * len(before)  # untouched
     onnx.save(view, str(out / "view.onnx"))  # beside weights.onnx.data, which it references
     try:

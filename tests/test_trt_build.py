@@ -82,7 +82,7 @@ def test_sparse_nodes_carry_exactly_the_plugin_fields(exported):
     plugin = registered_plugins()[f"{DOMAIN}::{OP_TYPE}"]  # TensorRT looks up (op type, version, namespace)
     proto = onnx.load(str(out / "sparse.onnx"), load_external_data=False)
     nodes = [n for n in proto.graph.node if n.op_type == OP_TYPE]
-    assert len(nodes) == len(plan.layers)
+    assert sum(len(n.name.split("+")) for n in nodes) == len(plan.layers) and len(nodes) == 8  # q/k/v, gate/up fused
     for n in nodes:
         assert n.domain == DOMAIN and len(n.input) == len(plugin["inputs"])
         attrs = {a.name: a for a in n.attribute}
