@@ -9,7 +9,8 @@ The ahead-of-time plugin gets one kernel launch and no workspace (tensorrt.plugi
 name, its PTX, KernelLaunchParams and extra int32 SymExprs), which the kernel is built for: one launch writes the
 whole output. Kernel parameters follow TensorRT's order: input pointers, the extra int32 arguments, output pointers.
 ONNX node and layouts: docs/KERNEL_ABI.md. The exported graphs add a bias after the node (a standard Add), so the
-plugin has one fixed signature (X, W, tau) and no bias input.
+plugin has one fixed signature (X, W, tau) and no bias input. A fused node (q/k/v, gate/up) is the same plugin: W
+[in, sum(splits)], tau [P, in], output width sum(splits), one launch of `launch_spec` with those splits.
 
 Quantized weights (op version 2's stored form): a second plugin, `wisparse::SparseLinearQ` (X, W_q [in, out] in
 float8e4m3fn or int8, tau, W_scale float32 [out]), the same kernel source built with WSP_WQ through the same

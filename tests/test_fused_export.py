@@ -15,6 +15,7 @@ import pytest
 import torch
 from _plans import graphs_match_pytorch, make_plan, save_tiny
 from onnx import numpy_helper
+from wisparse_export.plugins.trt_plugin import aot_launch
 
 from wisparse_export import kernels
 from wisparse_export.errors import WisparseError
@@ -28,7 +29,6 @@ from wisparse_export.onnx_graph import (
     sparse_linear_q_function,
     tensorrt_view,
 )
-from wisparse_export.plugins.trt_plugin import aot_launch
 from wisparse_export.quant import FORMATS
 from wisparse_export.scores import column_norms, tau
 

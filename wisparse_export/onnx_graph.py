@@ -13,7 +13,10 @@ to the plugin through its `plugin_namespace` / `plugin_version` attributes. A li
 `models.quantize_weights` is stored as its quantized [in, out] weight and float32 scale per output channel: the
 dense graph dequantizes it (DequantizeLinear, axis 1, then a Cast to the graph's dtype) in front of MatMul, and
 its SparseLinear node (op version 2) takes them as inputs 4 and 5 in place of W. A quantized lm_head
-(`models.quantize_lm_head`) is DequantizeLinear -> MatMul in both graphs.
+(`models.quantize_lm_head`) is DequantizeLinear -> MatMul in both graphs. Linears that the runtime launches as one
+kernel (q/k/v, gate/up: `fuse`) are one SparseLinear node, as there: W (or W_q and its scale) the members'
+concatenated along out, tau [P, in], `splits` their widths, the function overload `fusedP`, and a Split to the
+members' outputs; the weights file then holds those weights twice (the members' for the dense graph).
 
 Weights are not held in the graph: `Graph.init` hands every initializer above INLINE_BYTES to a store, and
 `WeightsFile` (the store export uses) streams its bytes to one external data file as it is produced, chunk by
