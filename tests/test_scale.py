@@ -71,7 +71,8 @@ def test_one_weights_file_both_graphs_match_pytorch(medium):
         where = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
         assert where == {WEIGHTS}
         taus = [t for t in proto.graph.initializer if t.name.endswith(".tau")]
-        assert len(taus) == (len(plan.layers) if role == "sparse" else 0)
+        members = [m for t in taus for m in t.name[: -len(".tau")].split("+")]  # a fused node's tau [P, in]
+        assert sorted(members) == (sorted(plan.layers) if role == "sparse" else [])
         assert all(t.data_location == onnx.TensorProto.DEFAULT for t in taus)  # inline, not in the shared file
     assert set(verify_graphs(out, read_manifest(out))) == {"dense", "sparse"}  # weight samples read by seeking
     graphs_match_pytorch(loaded, plan, out, seed=0)
