@@ -130,9 +130,11 @@ def test_graphs_files_and_manifest(tiny):
         onnx.checker.check_model(str(out / f"{role}.onnx"), full_check=True)
     m = read_manifest(out)
     assert m["plan"]["digest"] == plan.digest() and m["model"]["fingerprint"] == plan.model["fingerprint"]
-    # q/k/v and gate/up fused as the runtime fuses them: 4 SparseLinear nodes a layer for 7 planned linears
+    # q/k/v and gate/up fused as the runtime fuses them: 4 SparseLinear nodes a layer for 7 planned linears, and
+    # in dense.onnx 4 MatMuls a layer, fused alike
     assert m["counts"] == {"sparse_linear_nodes": 4 * loaded.model.config.num_hidden_layers,
-                           "dense_linear_nodes_in_sparse": 0, "dense_linear_nodes_in_dense": len(plan.layers)}
+                           "dense_linear_nodes_in_sparse": 0,
+                           "dense_linear_nodes_in_dense": 4 * loaded.model.config.num_hidden_layers}
     assert m["opset"] == 21 and m["dtype"] == "float32" and (out / "tokenizer.json").is_file()
     dense = onnx.load(str(out / "dense.onnx"))
     assert {n.domain for n in dense.graph.node} == {""} and not dense.functions
@@ -151,6 +153,8 @@ def test_graphs_files_and_manifest(tiny):
                                                         for k, v in PLUGIN_ATTRS.items()}
         w = next(i for i in sparse.graph.initializer if i.name == n.input[1])
         assert sum(attrs["splits"]) == w.dims[1] and len(attrs["splits"]) == len(n.name.split("+"))  # W [in, out]
+        matmul = next(d for d in dense.graph.node if d.op_type == "MatMul" and d.name == n.name)
+        assert matmul.input[1] == n.input[1]  # the dense graph's MatMul reads the same (fused) weight
     # Qwen2's q/k/v biases stay outside the custom op, as a standard Add.
     assert loaded.model.model.layers[0].self_attn.q_proj.bias is not None
     assert "model.layers.0.self_attn.q_proj.bias" in {i.name for i in sparse.graph.initializer}

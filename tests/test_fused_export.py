@@ -141,7 +141,10 @@ def test_unfusable_widths_stay_unfused(fused, tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "fusable", lambda members: seen.append(len(members)) and False)
     export(loaded, plan, tmp_path / "out")
     nodes = sparse_nodes(onnx.load(str(tmp_path / "out" / "sparse.onnx"), load_external_data=False))
-    assert set(nodes) == set(plan.layers) and sorted(seen) == [2, 2, 3, 3]
+    assert set(nodes) == set(plan.layers) and sorted(seen) == [2, 2, 2, 2, 3, 3, 3, 3]  # asked once per graph
+    dense = onnx.load(str(tmp_path / "out" / "dense.onnx"), load_external_data=False)
+    assert {n.name for n in dense.graph.node if n.op_type == "MatMul"} >= set(plan.layers)  # one MatMul each
+    assert not any("+" in n.name for n in dense.graph.node)
 
 
 @pytest.mark.parametrize("weights", [None, "fp8_e4m3"])

@@ -77,8 +77,8 @@ def write_graphs(model: torch.nn.Module, plan: Plan, dtype: torch.dtype, tmp: Pa
     (counts per role, files)."""
     counts, files = {}, {"dense": "dense.onnx", "sparse": "sparse.onnx", "weights": WEIGHTS if external else None}
     with WeightsFile(tmp / WEIGHTS) if external else nullcontext() as store:
-        for role, p in (("dense", None), ("sparse", plan)):
-            proto = build(model, p, dtype, store)
+        for role in ("dense", "sparse"):
+            proto = build(model, plan, dtype, store, dense=role == "dense")
             helper.set_model_props(proto, {**{q.key: q.value for q in proto.metadata_props},
                                            "wisparse.plan": plan.digest(), "wisparse.format": f"{FORMAT}/{VERSION}"})
             counts[role] = counts_of(proto)

@@ -223,21 +223,41 @@ def verify_graph(out: Path, manifest: dict, role: str) -> Path:
 
 
 def fused_members(proto: onnx.ModelProto, path: Path) -> dict[str, tuple[tuple[str, str], tuple[int, int]]]:
-    """member -> ((weight, scale) initializer names, (first column, width)) for every SparseLinear node that fuses
-    several linears: its name joins theirs with "+" (onnx_graph.group_name), its `splits` are their widths."""
+    """member -> ((weight, scale) initializer names, (first column, width)) for every node that computes several
+    linears at once, its name joining theirs with "+" (onnx_graph.group_name): a SparseLinear node, its `splits`
+    their widths, or the dense graph's MatMul on the same weight, cut into them by the Split that reads it."""
     found = {}
+    inits = {t.name: t for t in proto.graph.initializer}
     for n in proto.graph.node:
-        splits = next((list(a.ints) for a in n.attribute if a.name == "splits"), [])
-        if n.domain != DOMAIN or n.op_type != OP_TYPE or len(splits) < 2:
+        if n.domain == DOMAIN and n.op_type == OP_TYPE:
+            splits = next((list(a.ints) for a in n.attribute if a.name == "splits"), [])
+            weights = (n.input[4], n.input[5]) if len(n.input) == 6 else (n.input[1], "") if len(n.input) == 3 \
+                else None
+        elif n.domain == "" and n.op_type == "MatMul" and "+" in n.name:
+            splits = split_sizes(proto, n.output[0], inits)
+            weights = (n.input[1], "") if n.input[1] in inits else quantized_names(n.name)
+        else:
             continue
         names = n.name.split("+")
-        if len(names) != len(splits) or len(n.input) not in (3, 6):
-            raise WisparseError(f"{path}: SparseLinear node {n.name} fuses {len(splits)} linears but names "
-                                f"{len(names)}; re-run wisparse export")
-        weights = (n.input[4], n.input[5]) if len(n.input) == 6 else (n.input[1], "")
+        if len(names) == 1 and len(splits) < 2:
+            continue
+        if len(names) != len(splits) or weights is None:
+            what = f"names {len(names)}" if weights else f"has {len(n.input)} inputs"
+            raise WisparseError(f"{path}: {n.op_type} node {n.name} fuses {len(splits)} linears but {what}; re-run "
+                                "wisparse export")
         for i, name in enumerate(names):
             found[name] = weights, (sum(splits[:i]), splits[i])
     return found
+
+
+def split_sizes(proto: onnx.ModelProto, y: str, inits: dict) -> list[int]:
+    """The part widths of the Split reading y along its last axis (inline int64 sizes), [] where none does."""
+    split = next((n for n in proto.graph.node if n.op_type == "Split" and n.domain == "" and n.input[0] == y), None)
+    axis = next((a.i for a in split.attribute if a.name == "axis"), 0) if split is not None else 0
+    sizes = inits.get(split.input[1]) if axis == -1 and len(split.input) == 2 else None
+    if sizes is None or sizes.data_type != TensorProto.INT64 or sizes.data_location != TensorProto.DEFAULT:
+        return []
+    return [int(v) for v in onnx.numpy_helper.to_array(sizes).reshape(-1)]
 
 
 def columns(path: Path, t: TensorProto, name: str, cols: tuple[int, int] | None) -> tuple[int, int]:

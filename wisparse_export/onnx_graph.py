@@ -16,7 +16,9 @@ its SparseLinear node (op version 2) takes them as inputs 4 and 5 in place of W.
 (`models.quantize_lm_head`) is DequantizeLinear -> MatMul in both graphs. Linears that the runtime launches as one
 kernel (q/k/v, gate/up: `fuse`) are one SparseLinear node, as there: W (or W_q and its scale) the members'
 concatenated along out, tau [P, in], `splits` their widths, the function overload `fusedP`, and a Split to the
-members' outputs; the weights file then holds those weights twice (the members' for the dense graph).
+members' outputs. The dense graph computes such a group as a fused dense deployment does, one MatMul on the same
+concatenated initializers (quantized: DequantizeLinear of W_q and its scale) and the same Split, so each weight is
+stored once.
 
 Weights are not held in the graph: `Graph.init` hands every initializer above INLINE_BYTES to a store, and
 `WeightsFile` (the store export uses) streams its bytes to one external data file as it is produced, chunk by
@@ -185,6 +187,7 @@ class Step:
     names: dict[torch.nn.Module, str]
     planned: dict[str, LayerPlan]
     groups: list[list[str]]  # the plan's groups of linears sharing an input; empty: each call site's linears
+    sparse: bool  # SparseLinear nodes; False: dense MatMuls (a plan then only says which groups are fused)
     counts: dict[str, int] = field(default_factory=lambda: {"sparse_linear": 0, "dense_linear": 0})
     masks: dict[int | None, str] = field(default_factory=dict)  # sliding window (None: full) -> mask
     rope: dict[str, tuple[str, str]] = field(default_factory=dict)  # rope table key -> (cos, sin)
@@ -277,14 +280,17 @@ def linear(s: Step, x: str, module: torch.nn.Module, fused: dict[str, str] | Non
         return fused[name]
     lin = get_linear(s.model, name)  # a linear already wrapped by `apply` counts as its dense linear
     lp = s.planned.pop(name, None)
-    if lp is not None:
-        y = sparse_node(s, x, name, [lin], [lp])
-    else:
-        y = s.op("MatMul", x, weight_inputs(s, name, [lin], sparse=False)[0], name=name)
-        s.counts["dense_linear"] += 1
+    y = sparse_node(s, x, name, [lin], [lp]) if lp is not None and s.sparse else dense_node(s, x, name, [lin])
     if lin.bias is not None:  # a standard Add, so the custom op keeps one fixed signature (KERNEL_ABI.md)
         y = s.op("Add", y, s.g.init(f"{name}.bias", lin.bias.detach().to(s.dtype)))
     return y
+
+
+def dense_node(s: Step, x: str, name: str, lins: list[torch.nn.Linear]) -> str:
+    """One MatMul of x by a linear's weight, or by a fused group's concatenated weight (the initializers the
+    group's SparseLinear node reads, so the weights file holds them once)."""
+    s.counts["dense_linear"] += 1
+    return s.op("MatMul", x, weight_inputs(s, name, lins, sparse=False)[0], name=name)
 
 
 def sparse_node(s: Step, x: str, name: str, lins: list[torch.nn.Linear], lps: list[LayerPlan]) -> str:
@@ -317,14 +323,17 @@ def fusable_groups(s: Step, names: list[str]) -> list[list[str]]:
 
 
 def fuse(s: Step, x: str, modules: list[torch.nn.Module]) -> dict[str, str]:
-    """One SparseLinear node per fusable group of `modules` (all reading x): W their [in, out] weights side by side,
-    tau [P, in], `splits` their widths; a Split cuts its output into the members' outputs (bias added after, as
-    for one linear). Returns member name -> output, for `linear`."""
+    """One SparseLinear node (dense graph: one MatMul) per fusable group of `modules` (all reading x): W their
+    [in, out] weights side by side, tau [P, in], `splits` their widths; a Split cuts its output into the members'
+    outputs (bias added after, as for one linear). Returns member name -> output, for `linear`."""
     out = {}
     for group in fusable_groups(s, [s.names[m] for m in modules]):
         lins, lps = [get_linear(s.model, n) for n in group], [s.planned.pop(n) for n in group]
-        y = sparse_node(s, x, group_name(group), lins, lps)
-        s.members.add(len(group))
+        if s.sparse:
+            y = sparse_node(s, x, group_name(group), lins, lps)
+            s.members.add(len(group))
+        else:
+            y = dense_node(s, x, group_name(group), lins)
         for n, lin, y_p in zip(group, lins, s.g.split(y, [lin.out_features for lin in lins]), strict=True):
             b = lin.bias
             out[n] = y_p if b is None else s.op("Add", y_p, s.g.init(f"{n}.bias", b.detach().to(s.dtype)))
@@ -561,14 +570,16 @@ def tensorrt_view(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype = torch.float32,
-          store: Callable[[str, torch.Tensor], TensorProto] | None = None) -> onnx.ModelProto:
-    """The decoder-step graph of `model`: dense when plan is None, else each planned linear a SparseLinear node.
+          store: Callable[[str, torch.Tensor], TensorProto] | None = None, dense: bool = False) -> onnx.ModelProto:
+    """The decoder-step graph of `model`: each planned linear a SparseLinear node; dense (MatMuls) when plan is
+    None or `dense`, a plan then fusing the groups sparse.onnx fuses into one MatMul each, on the same weights.
 
     Weights go to `store` (a WeightsFile: external data, written as produced) or, without one, inline."""
     arch = describe(model)
     names = {m: n for n, m in model.named_modules()}
     layers, groups = (dict(plan.layers), plan.groups) if plan else ({}, [])
-    s = Step(Graph(store), model, arch, dtype, names, layers, groups)
+    sparse = plan is not None and not dense
+    s = Step(Graph(store), model, arch, dtype, names, layers, groups, sparse)
     s.masks, s.rope = attention_masks(s), rope_tables(s)
     h = embedding(s, model.model)
     for i, layer in enumerate(model.model.layers):
@@ -576,12 +587,12 @@ def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype =
     head(s, h, model)
     if s.planned:
         raise WisparseError(f"plan layer {next(iter(s.planned))} is not one of the decoder's linears")
-    role = "dense" if plan is None else "sparse"
+    role = "sparse" if sparse else "dense"
     graph = helper.make_graph(s.g.nodes, role, *io_signature(arch, dtype), s.g.inits)
-    quantized = plan is not None and weight_format(model, plan.layers) is not None
+    quantized = sparse and weight_format(model, plan.layers) is not None
     version = OP_VERSION_QUANTIZED if quantized else OP_VERSION
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, version)] if plan else [])
-    functions = [sparse_linear_function(quantized, p) for p in sorted(s.members | {1})] if plan else []
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, version)] if sparse else [])
+    functions = [sparse_linear_function(quantized, p) for p in sorted(s.members | {1})] if sparse else []
     proto = helper.make_model(graph, opset_imports=opsets, functions=functions,
                               ir_version=IR_VERSION, producer_name="wisparse-export")
     helper.set_model_props(proto, {"wisparse.role": role, "wisparse.counts": json.dumps(s.counts)})
