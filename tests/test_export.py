@@ -71,11 +71,11 @@ def test_more_architectures_match_pytorch(tmp_path, kind):
     loaded = load_model(str(save_tiny(kind, tmp_path / "model")), "float32", "cpu")
     plan = make_plan(loaded)
     ids = torch.randint(4, 260, (1, 20), generator=torch.Generator().manual_seed(2))
-    for p in (None, plan):
+    for p, dense in ((None, True), (plan, True), (plan, False)):  # dense: unfused; fused as the plan's groups
         path = tmp_path / "m.onnx"
-        onnx.save_model(build(loaded.model, p), path)
+        onnx.save_model(build(loaded.model, p, dense=dense), path)
         logits, _ = GraphSession(path).step(ids.numpy())
-        assert np.abs(logits - torch_logits(loaded.model, ids, p)).max() <= 1e-4
+        assert np.abs(logits - torch_logits(loaded.model, ids, None if dense else p)).max() <= 1e-4
 
 
 @pytest.mark.parametrize("kind", KINDS)

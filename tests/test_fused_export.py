@@ -1,7 +1,8 @@
 """Fused SparseLinear nodes in sparse.onnx (issue 15): q/k/v and gate/up as one node each where the runtime fuses
 them (tau [P, in], `splits`, the function overload fusedP, a Split to the members), float and quantized, against
-PyTorch in ONNX Runtime; what stays unfused; the single-projection bodies unchanged; `check` on fused weights; the
-TensorRT boundary (the plugin's ahead-of-time launch) for the fused node."""
+PyTorch in ONNX Runtime; dense.onnx's one MatMul per group on the same weights; what stays unfused; the
+single-projection bodies unchanged; `check` on fused weights; the TensorRT boundary (the plugin's ahead-of-time
+launch) for the fused node."""
 
 from __future__ import annotations
 
@@ -147,6 +148,31 @@ def test_unfusable_widths_stay_unfused(fused, tmp_path, monkeypatch):
     assert not any("+" in n.name for n in dense.graph.node)
 
 
+@pytest.mark.parametrize("weights", [None, "int8"])
+def test_dense_graph_reads_the_fused_weights(fused, weights):
+    """dense.onnx computes a fused group as a fused dense deployment does: one MatMul on the SparseLinear node's W
+    (quantized: DequantizeLinear of its W_q and W_scale), cut by a Split into the members; no member's own weight is
+    stored, and dense.onnx reads no weight bytes sparse.onnx does not: each weight is in the file once."""
+    _, _, out = fused(weights)
+    dense, sparse = (onnx.load(str(out / f"{r}.onnx"), load_external_data=False) for r in ("dense", "sparse"))
+    produced = {o: n for n in dense.graph.node for o in n.output}
+    for node in sparse_nodes(sparse).values():
+        matmul = next(n for n in dense.graph.node if n.op_type == "MatMul" and n.name == node.name)
+        if weights is None:
+            assert matmul.input[1] == node.input[1]
+        else:
+            w = produced[matmul.input[1]]  # float32 export: the DequantizeLinear itself, no Cast
+            assert w.op_type == "DequantizeLinear" and list(w.input) == list(node.input[4:])
+        splits = [list(numpy_helper.to_array(next(t for t in dense.graph.initializer if t.name == n.input[1])))
+                  for n in dense.graph.node if n.op_type == "Split" and n.input[0] == matmul.output[0]]
+        assert splits == ([attr(node, "splits")] if len(attr(node, "splits")) > 1 else [])
+    stored = {r: {t.name: tuple((e.key, e.value) for e in t.external_data) for t in p.graph.initializer
+                  if t.data_location == onnx.TensorProto.EXTERNAL} for r, p in (("dense", dense), ("sparse", sparse))}
+    assert stored["dense"].items() <= stored["sparse"].items() and "+".join(ATTN) in "".join(stored["dense"])
+    names = [t.name for p in (dense, sparse) for t in p.graph.initializer]
+    assert not [n for n in names for m in ATTN + MLP if n.startswith(f"{m}.") and n != f"{m}.bias"]
+
+
 @pytest.mark.parametrize("weights", [None, "fp8_e4m3"])
 def test_check_reads_members_in_the_fused_weight_and_refuses_a_tampered_one(fused, tmp_path, weights):
     loaded, _, out = fused(weights)
@@ -166,9 +192,22 @@ def test_check_reads_members_in_the_fused_weight_and_refuses_a_tampered_one(fuse
             raw[start: start + 128 * item] = raw[start: start + 128 * item][::-1]
         f.seek(int(info["offset"]))
         f.write(raw)
-    with pytest.raises(WisparseError, match="the weights differ .* first model.layers.0.mlp.up_proj"):
-        verify_graphs(copy, read_manifest(copy), roles=("sparse",))
+    for role in ("dense", "sparse"):  # one weight both graphs read: each refuses it
+        with pytest.raises(WisparseError, match="the weights differ .* first model.layers.0.mlp.up_proj"):
+            verify_graphs(copy, read_manifest(copy), roles=(role,))
     shutil.copy(out / "weights.onnx.data", copy / "weights.onnx.data")
+    dense = onnx.load(str(copy / "dense.onnx"), load_external_data=False)
+    matmul = next(n for n in dense.graph.node if n.op_type == "MatMul" and n.name == "+".join(MLP))
+    matmul.name = "+".join(MLP[::-1])  # the dense graph's members named in the wrong order
+    onnx.save(dense, str(copy / "dense.onnx"))
+    with pytest.raises(WisparseError, match="the weights differ"):
+        verify_graphs(copy, read_manifest(copy), roles=("dense",))
+    split = next(n for n in dense.graph.node if n.op_type == "Split" and n.input[0] == matmul.output[0])
+    # cut as q/k/v are: 3 widths for 2 linears
+    split.input[1] = next(n.input[1] for n in dense.graph.node if n.op_type == "Split" and len(n.output) == 3)
+    onnx.save(dense, str(copy / "dense.onnx"))
+    with pytest.raises(WisparseError, match="MatMul node .* fuses 3 linears but names 2"):
+        verify_graphs(copy, read_manifest(copy), roles=("dense",))
     node.name = "+".join(MLP[::-1])  # members named in the wrong order: each read from the other's columns
     onnx.save(proto, str(copy / "sparse.onnx"))
     with pytest.raises(WisparseError, match="the weights differ"):

@@ -258,7 +258,8 @@ def test_quantized_graphs_hold_the_stored_form_once(quantized_export, name):
         assert inits[scale_name].data_type == onnx.TensorProto.FLOAT
         assert list(inits[q_name].dims) == [128, 64] and list(inits[scale_name].dims) == [64]
     dq = [n for n in dense.graph.node if n.op_type == "DequantizeLinear"]
-    assert len(dq) == 14 and all(n.attribute[0].name == "axis" and n.attribute[0].i == 1 for n in dq)
+    # one a dense MatMul, 4 a layer: q/k/v and gate/up fused as in sparse.onnx
+    assert len(dq) == 8 and all(n.attribute[0].name == "axis" and n.attribute[0].i == 1 for n in dq)
     nodes = [n for n in sparse.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN]
     # 4 nodes a layer: q/k/v and gate/up fused, their stored weights and scales concatenated like W
     assert len(nodes) == 8 and all(list(n.input)[1] == "" and list(n.input)[3] == "" and len(n.input) == 6
@@ -267,6 +268,7 @@ def test_quantized_graphs_hold_the_stored_form_once(quantized_export, name):
     assert list(node.input)[4:] == [q_name, scale_name]
     assert {o.domain: o.version for o in sparse.opset_import}[DOMAIN] == 2
     assert not [n for n in sparse.graph.node if n.op_type == "DequantizeLinear"]  # inside the function only
+    assert {tuple(n.input) for n in dq} == {tuple(n.input[4:]) for n in nodes}  # the same initializers
     data = {e.value for p in (dense, sparse) for t in p.graph.initializer if t.name == q_name
             for e in t.external_data if e.key == "location"}
     assert data == {"weights.onnx.data"}

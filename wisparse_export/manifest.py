@@ -228,6 +228,7 @@ def fused_members(proto: onnx.ModelProto, path: Path) -> dict[str, tuple[tuple[s
     their widths, or the dense graph's MatMul on the same weight, cut into them by the Split that reads it."""
     found = {}
     inits = {t.name: t for t in proto.graph.initializer}
+    produced = {o: n for n in proto.graph.node for o in n.output}
     for n in proto.graph.node:
         if n.domain == DOMAIN and n.op_type == OP_TYPE:
             splits = next((list(a.ints) for a in n.attribute if a.name == "splits"), [])
@@ -235,7 +236,7 @@ def fused_members(proto: onnx.ModelProto, path: Path) -> dict[str, tuple[tuple[s
                 else None
         elif n.domain == "" and n.op_type == "MatMul" and "+" in n.name:
             splits = split_sizes(proto, n.output[0], inits)
-            weights = (n.input[1], "") if n.input[1] in inits else quantized_names(n.name)
+            weights = matmul_weights(n.input[1], produced)
         else:
             continue
         names = n.name.split("+")
@@ -248,6 +249,14 @@ def fused_members(proto: onnx.ModelProto, path: Path) -> dict[str, tuple[tuple[s
         for i, name in enumerate(names):
             found[name] = weights, (sum(splits[:i]), splits[i])
     return found
+
+
+def matmul_weights(w: str, produced: dict[str, onnx.NodeProto]) -> tuple[str, str]:
+    """(weight, scale) of a dense MatMul's weight input w: the DequantizeLinear's (behind its Cast) that makes w,
+    else (w, "")."""
+    src = produced.get(w)
+    src = produced.get(src.input[0]) if src is not None and src.op_type == "Cast" else src
+    return (src.input[0], src.input[1]) if src is not None and src.op_type == "DequantizeLinear" else (w, "")
 
 
 def split_sizes(proto: onnx.ModelProto, y: str, inits: dict) -> list[int]:
