@@ -9,14 +9,15 @@ The ahead-of-time plugin gets one kernel launch and no workspace (tensorrt.plugi
 name, its PTX, KernelLaunchParams and extra int32 SymExprs), which the kernel is built for: one launch writes the
 whole output. Kernel parameters follow TensorRT's order: input pointers, the extra int32 arguments, output pointers.
 ONNX node and layouts: docs/KERNEL_ABI.md. The exported graphs add a bias after the node (a standard Add), so the
-plugin has one fixed signature (X, W, tau) and no bias input. A fused node (q/k/v, gate/up) is the same plugin: W
-[in, sum(splits)], tau [P, in], output width sum(splits), one launch of `launch_spec` with those splits.
+plugin has one fixed signature (X, W, tau) and no bias input. A fused node (q/k/v, gate/up) of P members has op type
+SparseLinearP (onnx_graph.op_type) and is the same plugin, registered under that op type too: W [in, sum(splits)],
+tau [P, in], output width sum(splits), one launch of `launch_spec` with those splits.
 
 Quantized weights (op version 2's stored form): a second plugin, `wisparse::SparseLinearQ` (X, W_q [in, out] in
 float8e4m3fn or int8, tau, W_scale float32 [out]), the same kernel source built with WSP_WQ through the same
-`launch_spec`. Its input order is the kernel's pointer order. sparse.onnx's version-2 node is `SparseLinear` with
-empty inputs 1 and 3 (docs/KERNEL_ABI.md); `wisparse build` parses it as a `SparseLinearQ` node in this order
-(`onnx_graph.tensorrt_view`).
+`launch_spec`. Its input order is the kernel's pointer order. sparse.onnx's version-2 node is `SparseLinear` (or
+SparseLinearP) with empty inputs 1 and 3 (docs/KERNEL_ABI.md); `wisparse build` parses it as a `SparseLinearQ` (or
+SparseLinearQP) node in this order (`onnx_graph.tensorrt_view`).
 """
 
 from __future__ import annotations
@@ -87,8 +88,18 @@ def _const(e) -> int:
     return e if isinstance(e, int) else e.constant_value()
 
 
-def register() -> None:
-    """Register the plugins with TensorRT (10.9 or later). Call once before parsing an ONNX file that uses them."""
+def _define(trtp, ops: Sequence[str], desc: Callable, tune: Callable, aot: Callable) -> None:
+    """One plugin (output shape, tactics, ahead-of-time launch) registered under each op type of `ops`."""
+    for op in ops:
+        trtp.register(f"{NAMESPACE}::{op}")(desc)
+        trtp.autotune(f"{NAMESPACE}::{op}")(tune)
+        trtp.aot_impl(f"{NAMESPACE}::{op}")(aot)
+
+
+def register(ops: Sequence[str], q_ops: Sequence[str]) -> None:
+    """Register the plugins with TensorRT (10.9 or later) under every op type a graph may hold (SparseLinear and
+    its fused SparseLinearP: `ops`; SparseLinearQ and SparseLinearQP: `q_ops`; onnx_graph.op_types). Call once
+    before parsing an ONNX file that uses them."""
     import numpy as np
     import numpy.typing as npt
     import tensorrt as trt
@@ -100,7 +111,6 @@ def register() -> None:
         if x.dtype not in dtypes or w.dtype != x.dtype or tau.dtype != trt.float32:
             raise ValueError("SparseLinear takes X and W in float16 or bfloat16 alike, tau in float32")
 
-    @trtp.register(f"{NAMESPACE}::SparseLinear")
     def _desc(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc,
               splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
         check_types(x, w, tau)
@@ -108,23 +118,22 @@ def register() -> None:
         y.shape_expr[x.ndim - 1] = w.shape_expr[1]
         return y
 
-    @trtp.autotune(f"{NAMESPACE}::SparseLinear")
     def _tune(x, w, tau, outputs):
         return [trtp.AutoTuneCombination(f"{t}, {t}, FP32, {t}", "LINEAR", sorted(TACTIC_ROWS))
                 for t in ("BF16", "FP16")]
 
-    @trtp.aot_impl(f"{NAMESPACE}::SparseLinear")
     def _aot(x: trtp.TensorDesc, w: trtp.TensorDesc, tau: trtp.TensorDesc, splits: npt.NDArray[np.int32],
              outputs: tuple[trtp.TensorDesc], tactic: int):
         check_types(x, w, tau)
         return _kernel(trtp, *aot_launch(x.shape_expr, w.shape_expr, tau.shape_expr, dtypes[x.dtype],
                                          splits=list(splits), tactic=tactic, cdiv=trtp.cdiv, const=_const))
 
-    _register_quantized(trt, trtp, np, npt, dtypes)
+    _define(trtp, ops, _desc, _tune, _aot)
+    _register_quantized(trt, trtp, np, npt, dtypes, q_ops)
 
 
-def _register_quantized(trt, trtp, np, npt, dtypes) -> None:
-    """`wisparse::SparseLinearQ`: X, W_q (fp8 or int8), tau, W_scale."""
+def _register_quantized(trt, trtp, np, npt, dtypes, q_ops: Sequence[str]) -> None:
+    """`wisparse::SparseLinearQ` (and its fused op types, `q_ops`): X, W_q (fp8 or int8), tau, W_scale."""
     stored = {trt.fp8: "fp8_e4m3", trt.int8: "int8"}
 
     def check_types(x, w_q, tau, w_scale):
@@ -133,7 +142,6 @@ def _register_quantized(trt, trtp, np, npt, dtypes) -> None:
             raise ValueError("SparseLinearQ takes X in float16 or bfloat16, W_q in fp8 or int8, tau and W_scale in "
                              "float32")
 
-    @trtp.register(f"{NAMESPACE}::SparseLinearQ")
     def _desc(x: trtp.TensorDesc, w_q: trtp.TensorDesc, tau: trtp.TensorDesc, w_scale: trtp.TensorDesc,
               splits: npt.NDArray[np.int32]) -> trtp.TensorDesc:
         check_types(x, w_q, tau, w_scale)
@@ -141,15 +149,15 @@ def _register_quantized(trt, trtp, np, npt, dtypes) -> None:
         y.shape_expr[x.ndim - 1] = w_q.shape_expr[1]
         return y
 
-    @trtp.autotune(f"{NAMESPACE}::SparseLinearQ")
     def _tune(x, w_q, tau, w_scale, outputs):
         return [trtp.AutoTuneCombination(f"{t}, {q}, FP32, FP32, {t}", "LINEAR", sorted(TACTIC_ROWS))
                 for t in ("BF16", "FP16") for q in ("FP8", "INT8")]
 
-    @trtp.aot_impl(f"{NAMESPACE}::SparseLinearQ")
     def _aot(x: trtp.TensorDesc, w_q: trtp.TensorDesc, tau: trtp.TensorDesc, w_scale: trtp.TensorDesc,
              splits: npt.NDArray[np.int32], outputs: tuple[trtp.TensorDesc], tactic: int):
         check_types(x, w_q, tau, w_scale)
         return _kernel(trtp, *aot_launch(x.shape_expr, w_q.shape_expr, tau.shape_expr, dtypes[x.dtype],
                                          splits=list(splits), tactic=tactic, cdiv=trtp.cdiv, const=_const,
                                          weights=stored[w_q.dtype], scale_shape=w_scale.shape_expr))
+
+    _define(trtp, q_ops, _desc, _tune, _aot)

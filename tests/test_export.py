@@ -22,7 +22,7 @@ from wisparse_export.export import export
 from wisparse_export.files import read_json
 from wisparse_export.manifest import named, read_manifest, verify_graphs
 from wisparse_export.models import load_model
-from wisparse_export.onnx_graph import DOMAIN, OP_TYPE, PLUGIN_ATTRS, build
+from wisparse_export.onnx_graph import DOMAIN, OP_TYPE, PLUGIN_ATTRS, build, members_of
 from wisparse_export.ort import GraphSession, greedy
 from wisparse_export.runtime import apply, remove
 
@@ -139,7 +139,7 @@ def test_graphs_files_and_manifest(tiny):
     dense = onnx.load(str(out / "dense.onnx"))
     assert {n.domain for n in dense.graph.node} == {""} and not dense.functions
     sparse = onnx.load(str(out / "sparse.onnx"))
-    nodes = [n for n in sparse.graph.node if n.op_type == OP_TYPE]
+    nodes = [n for n in sparse.graph.node if members_of(n)]
     members = [m for n in nodes for m in n.name.split("+")]
     assert len(members) == len(plan.layers) and set(members) == set(plan.layers)
     assert all(n.domain == DOMAIN and len(n.input) == 3 for n in nodes)

@@ -1,8 +1,8 @@
 """Fused SparseLinear nodes in sparse.onnx (issue 15): q/k/v and gate/up as one node each where the runtime fuses
-them (tau [P, in], `splits`, the function overload fusedP, a Split to the members), float and quantized, against
-PyTorch in ONNX Runtime; dense.onnx's one MatMul per group on the same weights; what stays unfused; the
-single-projection bodies unchanged; `check` on fused weights; the TensorRT boundary (the plugin's ahead-of-time
-launch) for the fused node."""
+them (tau [P, in], `splits`, op type SparseLinearP with its own function, no overloads, a Split to the members),
+float and quantized, against PyTorch in ONNX Runtime; dense.onnx's one MatMul per group on the same weights; what
+stays unfused; the single-projection bodies unchanged; `check` on fused weights; the TensorRT boundary (the
+plugin's ahead-of-time launch) for the fused node."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ from wisparse_export.models import load_model, quantize_weights
 from wisparse_export.onnx_graph import (
     DOMAIN,
     OP_TYPE,
+    OP_TYPE_Q,
+    members_of,
+    op_types,
     sparse_linear_function,
     sparse_linear_q_function,
     tensorrt_view,
@@ -58,7 +61,7 @@ def fused(tmp_path_factory):
 
 
 def sparse_nodes(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {n.name: n for n in proto.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE}
+    return {n.name: n for n in proto.graph.node if members_of(n)}
 
 
 def attr(node: onnx.NodeProto, name: str):
@@ -74,9 +77,12 @@ def test_fused_graph_matches_pytorch_with_four_nodes_a_layer(fused, weights):
     layers = loaded.model.config.num_hidden_layers
     assert len(nodes) == 4 * layers and read_manifest(out)["counts"]["sparse_linear_nodes"] == 4 * layers
     assert "+".join(ATTN) in nodes and "+".join(MLP) in nodes
-    assert {n.overload for n in nodes.values()} == {"", "fused2", "fused3"}
-    assert {(f.name, f.overload) for f in proto.functions} == {(OP_TYPE, ""), (OP_TYPE, "fused2"),
-                                                                (OP_TYPE, "fused3")}
+    assert {n: nodes[n].op_type for n in ("+".join(ATTN), "+".join(MLP), "model.layers.0.mlp.down_proj")} == {
+        "+".join(ATTN): "SparseLinear3", "+".join(MLP): "SparseLinear2", "model.layers.0.mlp.down_proj": OP_TYPE}
+    assert {n.op_type for n in nodes.values()} == {OP_TYPE, "SparseLinear2", "SparseLinear3"} <= set(op_types())
+    assert {n.domain for n in nodes.values()} == {DOMAIN} and not any(n.overload for n in proto.graph.node)
+    assert {(f.domain, f.name, f.overload) for f in proto.functions} == {
+        (DOMAIN, OP_TYPE, ""), (DOMAIN, "SparseLinear2", ""), (DOMAIN, "SparseLinear3", "")}
 
 
 def test_fused_node_holds_the_members_side_by_side(fused):
@@ -105,12 +111,12 @@ def test_single_projection_bodies_are_byte_for_byte_as_before(fused, weights):
     _, _, out = fused(weights)
     proto = onnx.load(str(out / "sparse.onnx"), load_external_data=False)
     golden = "sparse_linear_v1" if weights is None else "sparse_linear_v2"
-    plain = next(f for f in proto.functions if f.overload == "")
+    plain = next(f for f in proto.functions if f.name == OP_TYPE)
     assert plain.SerializeToString() == (GOLDEN / f"{golden}.pb").read_bytes()
     for name, fn in (("sparse_linear_v1", sparse_linear_function()), ("sparse_linear_v2", sparse_linear_function(True)),
                      ("sparse_linear_q", sparse_linear_q_function())):
         assert fn.SerializeToString() == (GOLDEN / f"{name}.pb").read_bytes(), name
-    fused3 = next(f for f in proto.functions if f.overload == "fused3")
+    fused3 = next(f for f in proto.functions if f.name == "SparseLinear3")
     assert [n.op_type for n in fused3.node].count("MatMul") == 3 and "Split" in {n.op_type for n in fused3.node}
 
 
@@ -244,5 +250,6 @@ def test_tensorrt_boundary_takes_the_fused_node(fused, fake_ptx, weights):
         assert (name, ptx, list(args)) == (spec.name, spec.ptx, list(spec.args))
         assert args[:3] == [2, w[0], sum(splits)] and args[3:3 + len(splits)] == splits
     if weights is not None:
-        assert {(f.name, f.overload) for f in view.functions if f.name == "SparseLinearQ"} == {
-            ("SparseLinearQ", ""), ("SparseLinearQ", "fused2"), ("SparseLinearQ", "fused3")}
+        assert {n.op_type for n in nodes} == {OP_TYPE_Q, "SparseLinearQ2", "SparseLinearQ3"} <= set(op_types(OP_TYPE_Q))
+        assert {(f.name, f.overload) for f in view.functions if f.name.startswith(OP_TYPE_Q)} == {
+            (OP_TYPE_Q, ""), ("SparseLinearQ2", ""), ("SparseLinearQ3", "")}

@@ -22,7 +22,15 @@ from wisparse_export.files import read_json, write_json
 from wisparse_export.identity import RTOL
 from wisparse_export.manifest import read_manifest, verify_graphs
 from wisparse_export.models import check_plan, load_model
-from wisparse_export.onnx_graph import DOMAIN, OP_TYPE, OP_TYPE_Q, quantized_names, tensorrt_view, weight_name
+from wisparse_export.onnx_graph import (
+    DOMAIN,
+    OP_TYPE_Q,
+    members_of,
+    op_type,
+    quantized_names,
+    tensorrt_view,
+    weight_name,
+)
 from wisparse_export.ort import GraphSession, greedy
 from wisparse_export.plan import from_dict, load_plan, save_plan
 from wisparse_export.quant import FORMATS, by_option, dequantize, within_step
@@ -260,7 +268,7 @@ def test_quantized_graphs_hold_the_stored_form_once(quantized_export, name):
     dq = [n for n in dense.graph.node if n.op_type == "DequantizeLinear"]
     # one a dense MatMul, 4 a layer: q/k/v and gate/up fused as in sparse.onnx
     assert len(dq) == 8 and all(n.attribute[0].name == "axis" and n.attribute[0].i == 1 for n in dq)
-    nodes = [n for n in sparse.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN]
+    nodes = [n for n in sparse.graph.node if members_of(n)]
     # 4 nodes a layer: q/k/v and gate/up fused, their stored weights and scales concatenated like W
     assert len(nodes) == 8 and all(list(n.input)[1] == "" and list(n.input)[3] == "" and len(n.input) == 6
                                    for n in nodes)
@@ -349,15 +357,17 @@ def test_bench_cli_weights(llama_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["fp8_e4m3", "int8"])
 def test_tensorrt_view_maps_version_2_nodes_to_the_q_plugin_order(quantized_export, name, tmp_path):
-    """What TensorRT parses (`tensorrt_view`, in memory): every op-version-2 node becomes SparseLinearQ with the
-    kernel's inputs (X, W_q, tau, W_scale), same weights, same attributes; ONNX Runtime runs the view through its
-    function to the very logits of sparse.onnx. A float export's graph comes back unchanged."""
+    """What TensorRT parses (`tensorrt_view`, in memory): every op-version-2 node of P members becomes SparseLinearQ
+    (P = 1) or SparseLinearQP with the kernel's inputs (X, W_q, tau, W_scale), same weights, same attributes; ONNX
+    Runtime runs the view through its functions to the very logits of sparse.onnx. A float export's graph comes
+    back unchanged."""
     _, plan, out = quantized_export("llama", name)
     sparse = onnx.load(str(out / "sparse.onnx"), load_external_data=False)
     view = tensorrt_view(sparse)
-    before = {n.name: n for n in sparse.graph.node if n.op_type == OP_TYPE}
+    before = {n.name: n for n in sparse.graph.node if members_of(n)}
     after = {n.name: n for n in view.graph.node if n.domain == DOMAIN}
-    assert set(after) == set(before) and {n.op_type for n in after.values()} == {OP_TYPE_Q}
+    assert set(after) == set(before)
+    assert {n.op_type for n in after.values()} == {OP_TYPE_Q, "SparseLinearQ2", "SparseLinearQ3"}
     assert sorted(m for layer in after for m in layer.split("+")) == sorted(plan.layers)  # q/k/v, gate/up fused
     for layer, n in after.items():
         x, _, tau_name, _, q, scale = before[layer].input
@@ -365,8 +375,11 @@ def test_tensorrt_view_maps_version_2_nodes_to_the_q_plugin_order(quantized_expo
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == DOMAIN.encode()
         assert sum(attrs["splits"]) == next(t for t in sparse.graph.initializer if t.name == q).dims[1]
-        assert len(attrs["splits"]) == len(layer.split("+")) and n.overload == before[layer].overload
-    assert [n.op_type for n in sparse.graph.node if n.domain == DOMAIN] == [OP_TYPE] * len(before)  # untouched
+        assert len(attrs["splits"]) == len(layer.split("+")) and not n.overload
+        assert n.op_type == op_type(len(attrs["splits"]), OP_TYPE_Q) and members_of(n, OP_TYPE_Q) == members_of(
+            before[layer])
+    assert [n.op_type for n in sparse.graph.node if n.domain == DOMAIN] == [b.op_type for b in before.values()]
+    assert not [n for n in sparse.graph.node if n.op_type.startswith(OP_TYPE_Q)]  # untouched
     onnx.save(view, str(out / "view.onnx"))  # beside weights.onnx.data, which it references
     try:
         ids = torch.randint(4, 260, (1, 7), generator=torch.Generator().manual_seed(5)).numpy()

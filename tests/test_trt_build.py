@@ -2,8 +2,8 @@
 
 TensorRT cannot be installed on the machines this project has, so:
 - without it, `wisparse build` and `check --engine` must say so in one line and exit 2 (tested here);
-- the exported SparseLinear nodes must carry exactly the op type, domain and fields that plugins/trt_plugin.py
-  registers (read from its source, no TensorRT needed);
+- the exported SparseLinear nodes (every member count's op type) must carry exactly the op type, domain and fields
+  that plugins/trt_plugin.py registers (its register() run against stand-in decorators, no TensorRT needed);
 - the build and engine-check code runs against a stand-in `tensorrt` module that records calls and a stand-in
   TrtRunner backed by ONNX Runtime: this checks our plumbing (plugin registered before parsing, two profiles,
   timing cache, atomic files, the Polygraphy comparison, the report), not TensorRT itself;
@@ -12,12 +12,13 @@ TensorRT cannot be installed on the machines this project has, so:
 
 from __future__ import annotations
 
-import ast
 import importlib.util
+import inspect
 import json
 import sys
 import types
 from pathlib import Path
+from unittest import mock
 
 import onnx
 import pytest
@@ -28,7 +29,7 @@ from wisparse_export import trt
 from wisparse_export.export import export
 from wisparse_export.manifest import read_manifest
 from wisparse_export.models import load_model
-from wisparse_export.onnx_graph import DOMAIN, OP_TYPE
+from wisparse_export.onnx_graph import DOMAIN, members_of
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installed (its libraries cannot be installed on the machines this project has)"
@@ -59,32 +60,43 @@ def test_without_tensorrt_build_and_engine_check_exit_2(exported, capsys, args):
 
 
 def registered_plugins() -> dict[str, dict]:
-    """plugin id -> {"inputs": [...], "fields": {name: annotation}} from the @trtp.register functions."""
-    spec = importlib.util.spec_from_file_location("trt_plugin_source", PLUGIN_SOURCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # imports no TensorRT: only register() does
+    """plugin id -> {"inputs": [...], "fields": {name: annotation}} as `trt.load_plugin` registers them, read from
+    stand-in tensorrt.plugin decorators; each id must get its shape, tactic and ahead-of-time functions, the same
+    three functions for every op type of one plugin (reused, not copied)."""
+    seen: dict[str, dict] = {}
+
+    def decorator(kind):
+        return lambda plugin_id: lambda f: seen.setdefault(plugin_id, {}).setdefault(kind, f)
+
+    trtp = types.SimpleNamespace(**{k: decorator(k) for k in ("register", "autotune", "aot_impl")})
+    fake = types.SimpleNamespace(bfloat16=object(), float16=object(), float32=object(), fp8=object(), int8=object(),
+                                 plugin=trtp)
+    with mock.patch.dict(sys.modules, {"tensorrt": fake, "tensorrt.plugin": trtp}), \
+            mock.patch.object(trt, "_registered", False):
+        trt.load_plugin()
     found = {}
-    for node in ast.walk(ast.parse(PLUGIN_SOURCE.read_text())):
-        if not isinstance(node, ast.FunctionDef):
-            continue
-        for dec in node.decorator_list:
-            if isinstance(dec, ast.Call) and getattr(dec.func, "attr", None) == "register" and dec.args:
-                plugin_id = eval(compile(ast.Expression(dec.args[0]), "<decorator>", "eval"), vars(module))
-                args = [(a.arg, ast.unparse(a.annotation)) for a in node.args.args]
-                found[plugin_id] = {"inputs": [n for n, t in args if t.endswith("TensorDesc")],
-                                    "fields": {n: t for n, t in args if not t.endswith("TensorDesc")}}
+    for plugin_id, fs in seen.items():
+        assert set(fs) == {"register", "autotune", "aot_impl"}, plugin_id
+        args = [(p.name, p.annotation) for p in inspect.signature(fs["register"]).parameters.values()]
+        found[plugin_id] = {"inputs": [n for n, t in args if t.endswith("TensorDesc")],
+                            "fields": {n: t for n, t in args if not t.endswith("TensorDesc")}, "functions": fs}
     return found
 
 
 @pytest.mark.skipif(not PLUGIN_SOURCE.is_file(), reason="plugins/trt_plugin.py is not there yet")
 def test_sparse_nodes_carry_exactly_the_plugin_fields(exported):
     _, plan, out = exported
-    plugin = registered_plugins()[f"{DOMAIN}::{OP_TYPE}"]  # TensorRT looks up (op type, version, namespace)
+    plugins = registered_plugins()
     proto = onnx.load(str(out / "sparse.onnx"), load_external_data=False)
-    nodes = [n for n in proto.graph.node if n.op_type == OP_TYPE]
+    nodes = [n for n in proto.graph.node if members_of(n)]
     assert sum(len(n.name.split("+")) for n in nodes) == len(plan.layers) and len(nodes) == 8  # q/k/v, gate/up fused
+    assert {n.op_type for n in nodes} == {"SparseLinear", "SparseLinear2", "SparseLinear3"}
+    assert {id(f) for p in ("SparseLinear", "SparseLinear2", "SparseLinear3")
+            for f in plugins[f"{DOMAIN}::{p}"]["functions"].values()} == {
+        id(f) for f in plugins[f"{DOMAIN}::SparseLinear"]["functions"].values()}  # one plugin under three op types
     for n in nodes:
-        assert n.domain == DOMAIN and len(n.input) == len(plugin["inputs"])
+        plugin = plugins[f"{DOMAIN}::{n.op_type}"]  # TensorRT looks up (op type, version, namespace)
+        assert n.domain == DOMAIN and len(n.input) == len(plugin["inputs"]) and not n.overload
         attrs = {a.name: a for a in n.attribute}
         assert set(attrs) - PARSER_ONLY == set(plugin["fields"])
         for name, annotation in plugin["fields"].items():
@@ -213,6 +225,7 @@ def test_quantized_export_reaches_tensorrt_as_the_q_plugin(tmp_path, monkeypatch
     from wisparse_export.onnx_graph import OP_TYPE_Q, tensorrt_view
     from wisparse_export.quant import FORMATS
 
+    plugins = registered_plugins()  # before load_plugin is stood in for below
     loaded = load_model(str(save_tiny("llama", tmp_path / "model")), "float32", "cpu")
     quantize_weights(loaded.model, FORMATS["fp8_e4m3"])
     export(loaded, make_plan(loaded), tmp_path / "out", "float16")
@@ -221,12 +234,13 @@ def test_quantized_export_reaches_tensorrt_as_the_q_plugin(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT(calls, [True]))
     monkeypatch.setattr(trt, "load_plugin", lambda: None)
     trt.build(tmp_path / "out")
-    assert [c[3] for c in calls if c[0] == "parse"] == [[], [OP_TYPE_Q]]
+    assert [c[3] for c in calls if c[0] == "parse"] == [[], [OP_TYPE_Q, "SparseLinearQ2", "SparseLinearQ3"]]
     assert (tmp_path / "out" / "sparse.onnx").read_bytes() == before
-    plugin = registered_plugins()[f"{DOMAIN}::{OP_TYPE_Q}"]
     view = tensorrt_view(onnx.load(str(tmp_path / "out" / "sparse.onnx"), load_external_data=False))
     inits = {t.name: t.data_type for t in view.graph.initializer}
     for n in (n for n in view.graph.node if n.domain == DOMAIN):
+        plugin = plugins[f"{DOMAIN}::{n.op_type}"]
+        assert plugin["functions"] == plugins[f"{DOMAIN}::{OP_TYPE_Q}"]["functions"]
         assert len(n.input) == len(plugin["inputs"]) == 4
         assert [inits.get(i) for i in n.input[1:]] == [onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT,
                                                        onnx.TensorProto.FLOAT]

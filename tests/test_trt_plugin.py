@@ -12,6 +12,7 @@ from _plans import HAS_NVRTC, nvrtc
 from wisparse_export.plugins.trt_plugin import TACTIC_ROWS, aot_launch
 
 from wisparse_export import kernels
+from wisparse_export.onnx_graph import OP_TYPE, OP_TYPE_Q, op_types
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 NO_TRT = "TensorRT is not installed (its libraries cannot be installed on the machines this project has)"
@@ -115,9 +116,10 @@ def test_plugin_registers_with_tensorrt():
     import tensorrt as trt
     from wisparse_export.plugins.trt_plugin import register
 
-    register()
+    register(op_types(OP_TYPE), op_types(OP_TYPE_Q))
     names = {c.name for c in trt.get_plugin_registry().all_creators}
-    assert "SparseLinear" in names and "SparseLinearBias" not in names
+    assert {"SparseLinear", "SparseLinear2", "SparseLinear3", "SparseLinearQ3"} <= names
+    assert "SparseLinearBias" not in names
 
 
 def _driver_launch(name: str, ptx: str, p: dict, pointers: list[int], args: list[int], out: int) -> None:

@@ -26,7 +26,7 @@ from .errors import WisparseError
 from .files import read_json
 from .identity import SAMPLES, check_samples, positions
 from .models import DTYPES
-from .onnx_graph import DOMAIN, ONNX_TYPES, OP_TYPE, quantized_names, weight_name
+from .onnx_graph import ONNX_TYPES, members_of, quantized_names, weight_name
 from .plan import PROVENANCE as PLAN_PROVENANCE
 from .plan import check_provenance
 from .quant import WeightFormat, from_record
@@ -224,16 +224,20 @@ def verify_graph(out: Path, manifest: dict, role: str) -> Path:
 
 def fused_members(proto: onnx.ModelProto, path: Path) -> dict[str, tuple[tuple[str, str], tuple[int, int]]]:
     """member -> ((weight, scale) initializer names, (first column, width)) for every node that computes several
-    linears at once, its name joining theirs with "+" (onnx_graph.group_name): a SparseLinear node, its `splits`
-    their widths, or the dense graph's MatMul on the same weight, cut into them by the Split that reads it."""
+    linears at once, its name joining theirs with "+" (onnx_graph.group_name): a SparseLinear node of any member
+    count (SparseLinear2, SparseLinear3: onnx_graph.op_type), its `splits` their widths and as many as its op type
+    says, or the dense graph's MatMul on the same weight, cut into them by the Split that reads it."""
     found = {}
     inits = {t.name: t for t in proto.graph.initializer}
     produced = {o: n for n in proto.graph.node for o in n.output}
     for n in proto.graph.node:
-        if n.domain == DOMAIN and n.op_type == OP_TYPE:
+        if members_of(n):
             splits = next((list(a.ints) for a in n.attribute if a.name == "splits"), [])
             weights = (n.input[4], n.input[5]) if len(n.input) == 6 else (n.input[1], "") if len(n.input) == 3 \
                 else None
+            if max(len(splits), 1) != members_of(n):  # a SparseLinear node written before `splits` has none
+                raise WisparseError(f"{path}: {n.op_type} node {n.name} has {len(splits)} splits; re-run wisparse "
+                                    "export")
         elif n.domain == "" and n.op_type == "MatMul" and "+" in n.name:
             splits = split_sizes(proto, n.output[0], inits)
             weights = matmul_weights(n.input[1], produced)

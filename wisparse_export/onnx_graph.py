@@ -15,8 +15,9 @@ dense graph dequantizes it (DequantizeLinear, axis 1, then a Cast to the graph's
 its SparseLinear node (op version 2) takes them as inputs 4 and 5 in place of W. A quantized lm_head
 (`models.quantize_lm_head`) is DequantizeLinear -> MatMul in both graphs. Linears that the runtime launches as one
 kernel (q/k/v, gate/up: `fuse`) are one SparseLinear node, as there: W (or W_q and its scale) the members'
-concatenated along out, tau [P, in], `splits` their widths, the function overload `fusedP`, and a Split to the
-members' outputs. The dense graph computes such a group as a fused dense deployment does, one MatMul on the same
+concatenated along out, tau [P, in], `splits` their widths, op type SparseLinearP (`op_type`: its own op type and
+local function, not an IR-10 function overload, which ONNX Runtime before 1.27 ignores), and a Split to the members'
+outputs. The dense graph computes such a group as a fused dense deployment does, one MatMul on the same
 concatenated initializers (quantized: DequantizeLinear of W_q and its scale) and the same Split, so each weight is
 stored once.
 
@@ -94,11 +95,11 @@ class Graph:
         self.store = store
 
     def op(self, op_type: str, *inputs: str, out: str | None = None, name: str | None = None, domain: str = "",
-           doc: str | None = None, overload: str | None = None, **attrs) -> str:
+           doc: str | None = None, **attrs) -> str:
         self.count += 1
         out = out or f"{op_type}_{self.count}"
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name or f"{op_type}_{self.count}",
-                                           domain=domain, doc_string=doc, overload=overload, **attrs))
+                                           domain=domain, doc_string=doc, **attrs))
         return out
 
     def split(self, x: str, sizes: list[int]) -> list[str]:
@@ -294,8 +295,8 @@ def dense_node(s: Step, x: str, name: str, lins: list[torch.nn.Linear]) -> str:
 
 
 def sparse_node(s: Step, x: str, name: str, lins: list[torch.nn.Linear], lps: list[LayerPlan]) -> str:
-    """The SparseLinear node of one planned linear (tau [in]) or of a fused group (tau [P, in], the overload
-    `overload(P)`): inputs (X, W, tau) or (X, "", tau, "", W_q, W_scale), `splits` the output widths."""
+    """The SparseLinear node of one planned linear (tau [in]) or of a fused group (tau [P, in], op type
+    `op_type(P)`): inputs (X, W, tau) or (X, "", tau, "", W_q, W_scale), `splits` the output widths."""
     w = weight_inputs(s, name, lins, sparse=True)
     taus = [tau(lp.threshold, column_norms(lin.weight), lp.alpha) for lin, lp in zip(lins, lps, strict=True)]
     t = s.g.init(f"{name}.tau", taus[0] if len(taus) == 1 else torch.stack(taus), inline=True)
@@ -304,8 +305,8 @@ def sparse_node(s: Step, x: str, name: str, lins: list[torch.nn.Linear], lps: li
     doc = docs[0] if len(lps) == 1 else "; ".join(f"{lin_name}: {d}" for lin_name, d in
                                                   zip(name.split("+"), docs, strict=True))
     s.counts["sparse_linear"] += 1
-    return s.op(OP_TYPE, x, w[0], t, *w[1:], domain=DOMAIN, name=name, splits=[lin.out_features for lin in lins],
-                overload=overload(len(lins)), doc=doc, **attrs)
+    return s.op(op_type(len(lins)), x, w[0], t, *w[1:], domain=DOMAIN, name=name,
+                splits=[lin.out_features for lin in lins], doc=doc, **attrs)
 
 
 def group_name(members: list[str]) -> str:
@@ -479,9 +480,24 @@ def io_signature(arch: Arch, dtype: torch.dtype) -> tuple[list, list]:
     return inputs, outputs
 
 
-def overload(members: int) -> str | None:
-    """The function overload a node of `members` fused projections names (None: one projection, the plain op)."""
-    return None if members == 1 else f"fused{members}"
+def op_type(members: int, base: str = OP_TYPE) -> str:
+    """The op type of a node computing `members` projections: `base` for one, base + P for a fused node of P
+    (SparseLinear2, SparseLinear3; SparseLinearQ2, ...). Each has its own local function: distinct op types, not
+    IR-10 function overloads, which ONNX Runtime before 1.27 ignores (every node would get one body)."""
+    return base if members == 1 else f"{base}{members}"
+
+
+def op_types(base: str = OP_TYPE) -> list[str]:
+    """Every op type of `base` a graph may hold, one per member count the kernels fuse (the plugin's op types)."""
+    return [op_type(p, base) for p in range(1, kernels.MAX_SPLITS + 1)]
+
+
+def members_of(node: onnx.NodeProto, base: str = OP_TYPE) -> int:
+    """The member count P of a `base` node of any member count (`op_type`); 0 for any other node."""
+    rest = node.op_type.removeprefix(base)
+    if node.domain != DOMAIN or not node.op_type.startswith(base) or not (rest == "" or rest.isdigit()):
+        return 0
+    return int(rest or 1)
 
 
 def sparse_linear_function(quantized: bool = False, members: int = 1) -> onnx.FunctionProto:
@@ -490,18 +506,18 @@ def sparse_linear_function(quantized: bool = False, members: int = 1) -> onnx.Fu
     The attributes the node carries for TensorRT are declared so that ONNX Runtime accepts them; the body needs
     none of them but `splits`. `quantized` (op version 2, every planned linear quantized): W is
     DequantizeLinear(W_q, W_scale, axis 1) cast to X's type, and the signature is (X, W, tau, B, W_q, W_scale) with
-    W and B left out by the nodes. `members` > 1: a fused node (tau [P, in], W [in, sum(splits)]), the overload
-    `overload(members)` of the same op, whose body cuts W by `splits` and masks X by each row of tau (`_members`).
+    W and B left out by the nodes. `members` > 1: a fused node (tau [P, in], W [in, sum(splits)]), op type
+    `op_type(members)`, whose body cuts W by `splits` and masks X by each row of tau (`_members`).
     """
     version = {"plugin_version": str(OP_VERSION_QUANTIZED)} if quantized else {}
     inputs = ["X", "W_unused", "tau", "B_unused", "W_q", "W_scale"] if quantized else ["X", "W", "tau"]
-    return _function(OP_TYPE, inputs, quantized, version, members)
+    return _function(op_type(members), inputs, quantized, version, members)
 
 
 def sparse_linear_q_function(members: int = 1) -> onnx.FunctionProto:
     """The standard-op body of wisparse.SparseLinearQ (X, W_q, tau, W_scale): op version 2's SparseLinear with its
     inputs in the kernel's (and TensorRT plugin's) order; the same arithmetic."""
-    return _function(OP_TYPE_Q, ["X", "W_q", "tau", "W_scale"], True, {}, members)
+    return _function(op_type(members, OP_TYPE_Q), ["X", "W_q", "tau", "W_scale"], True, {}, members)
 
 
 def _members(p: int) -> list[onnx.NodeProto]:
@@ -543,28 +559,30 @@ def _function(op_type: str, inputs: list[str], quantized: bool, version: dict,
                "channel i iff float32(|x_i|) > tau[p, i] and reads its own columns of W, cut by splits.")
     defaults = [helper.make_attribute(k, v) for k, v in {**PLUGIN_ATTRS, **version}.items()]
     return helper.make_function(DOMAIN, op_type, inputs, ["Y"], dq + body, [helper.make_opsetid("", OPSET)],
-                                attributes=["splits"], attribute_protos=defaults, overload=overload(members),
+                                attributes=["splits"], attribute_protos=defaults,
                                 doc_string=f"{doc} See docs/KERNEL_ABI.md.")
 
 
 def tensorrt_view(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph TensorRT parses: each op-version-2 SparseLinear node (quantized weights) becomes SparseLinearQ with
-    the kernel's input order (X, W_q, tau, W_scale), which the parser maps to plugin wisparse::SparseLinearQ instead
-    of importing the dense function body. Other graphs come back as they are; initializers (and their external data
-    references) are untouched. The view carries SparseLinearQ's function too, so any ONNX runtime runs it."""
-    quantized = [n for n in proto.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE and len(n.input) == 6]
-    if not quantized:
+    """The graph TensorRT parses: each op-version-2 SparseLinear node (quantized weights) of P members becomes
+    `op_type(P, OP_TYPE_Q)` (SparseLinearQ, SparseLinearQ2, ...) with the kernel's input order (X, W_q, tau,
+    W_scale), which the parser maps to the plugin of that op type instead of importing the dense function body.
+    Other graphs come back as they are; initializers (and their external data references) are untouched. The view
+    carries those op types' functions too, so any ONNX runtime runs it."""
+    if not [n for n in proto.graph.node if members_of(n) and len(n.input) == 6]:
         return proto
     view = onnx.ModelProto()
     view.CopyFrom(proto)
+    members = set()
     for n in view.graph.node:
-        if n.domain == DOMAIN and n.op_type == OP_TYPE and len(n.input) == 6:
+        p = members_of(n)
+        if p and len(n.input) == 6:
             x, _, t, _, q, scale = n.input
-            n.op_type = OP_TYPE_Q
+            n.op_type = op_type(p, OP_TYPE_Q)
             del n.input[:]
             n.input.extend([x, q, t, scale])
             next(a for a in n.attribute if a.name == "plugin_version").s = PLUGIN_ATTRS["plugin_version"].encode()
-    members = {len(next(a for a in n.attribute if a.name == "splits").ints) for n in quantized}
+            members.add(p)
     view.functions.extend(sparse_linear_q_function(p) for p in sorted(members | {1}))
     return view
 

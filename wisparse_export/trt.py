@@ -30,7 +30,7 @@ from .errors import WisparseError
 from .evaluate import Metrics
 from .files import write_atomic, write_json
 from .manifest import MANIFEST, file_path, read_manifest, verify_graphs
-from .onnx_graph import tensorrt_view
+from .onnx_graph import OP_TYPE, OP_TYPE_Q, op_types, tensorrt_view
 from .ort import GraphSession, step_ms
 
 DECODE, PREFILL = 0, 1
@@ -54,15 +54,16 @@ _registered = False
 
 
 def load_plugin() -> None:
-    """Register wisparse::SparseLinear with TensorRT (the kernels' ahead-of-time PTX) before parsing or loading;
-    once per process, as tensorrt.plugin refuses a second definition."""
+    """Register wisparse::SparseLinear with TensorRT (the kernels' ahead-of-time PTX) before parsing or loading,
+    under each op type a graph may hold (SparseLinear2, SparseLinearQ3, ...: onnx_graph.op_types); once per
+    process, as tensorrt.plugin refuses a second definition."""
     global _registered
     if _registered:
         return
     try:
         from .plugins import trt_plugin
 
-        trt_plugin.register()
+        trt_plugin.register(op_types(OP_TYPE), op_types(OP_TYPE_Q))
     except (ImportError, AttributeError) as e:
         raise WisparseError(f"cannot register the TensorRT plugin wisparse::SparseLinear: {e}") from e
     _registered = True
