@@ -222,6 +222,11 @@ def test_check_reads_members_in_the_fused_weight_and_refuses_a_tampered_one(fuse
     onnx.save(proto, str(copy / "sparse.onnx"))
     with pytest.raises(WisparseError, match="fuses 2 linears but names 1"):
         verify_graphs(copy, read_manifest(copy), roles=("sparse",))
+    node.name = "+".join(MLP)
+    node.op_type = node.op_type[:-1] + "3"  # an op type for 3 members on a node of 2 splits
+    onnx.save(proto, str(copy / "sparse.onnx"))
+    with pytest.raises(WisparseError, match=r"SparseLinear3 node .* has 2 splits; re-run wisparse export"):
+        verify_graphs(copy, read_manifest(copy), roles=("sparse",))
 
 
 @pytest.fixture
