@@ -42,9 +42,9 @@ from bench_fused import (
     _time,
     _weights,
     dense_ceiling,
-    make_case,
     path_bytes,
     pct_of_bound,
+    sparsity_case,
 )
 from bench_kernels import ceilings, copies
 
@@ -168,9 +168,7 @@ def measure_cell(name: str, s: float, weights: str | None, wts: list[torch.Tenso
     """One cell: bound, today's kernel, the chains and the equal-bytes dense GEMV (row of the JSON)."""
     in_f, splits, kind = CELLS[name]
     out, w_elem = sum(splits), 1 if weights else 2
-    case = make_case(in_f, splits, kind, s)
-    counts = case.lst[2].tolist()
-    n = min(len(wts), copies(sum(c * sp for c, sp in zip(counts, splits, strict=True)) * w_elem))
+    case, counts, n = sparsity_case(in_f, splits, kind, s, 1, w_elem, len(wts))
     nbytes = path_bytes(in_f, splits, kind, counts, 1, weights)
     ours = _time([lambda m=m: today_call(case.v, m, scale, case.tau, splits) for m in wts[:n]], n, reps)
     bound, pct = pct_of_bound(nbytes["today"], ours, ceiling)

@@ -202,6 +202,14 @@ class Launcher:
                 "fused": ([lambda m=m: self.fused(m) for m in wts], len(wts))}
 
 
+def sparsity_case(in_f: int, splits: Sequence[int], kind: str, s: float, n_rows: int, w_elem: int, n_max: int
+                  ) -> tuple[Case, list[int], int]:
+    """The case at sparsity s, its kept counts per projection and the weight copies its kept bytes need (<= n_max)."""
+    case = make_case(in_f, splits, kind, s, n_rows)
+    counts = case.lst[2].tolist()
+    return case, counts, min(n_max, copies(sum(c * sp for c, sp in zip(counts, splits, strict=True)) * w_elem))
+
+
 def dense_ceiling(in_f: int, out: int, n_rows: int, read_bps: float) -> tuple[float, float]:
     """(cuBLAS's dense bf16 us on the shape, the ceiling in bytes/s): the faster of the plain read and that matmul's
     bandwidth, weights rotated over `copies`."""
@@ -224,9 +232,7 @@ def bench_shape(name: str, weights: str | None, n_rows: int, reps: int, read_bps
     dense_us, ceiling = dense_ceiling(in_f, out, n_rows, read_bps)
     rows = []
     for s in sparsities:
-        case = make_case(in_f, splits, kind, s, n_rows)
-        counts = case.lst[2].tolist()
-        n = min(n_max, copies(sum(c * sp for c, sp in zip(counts, splits, strict=True)) * w_elem))
+        case, counts, n = sparsity_case(in_f, splits, kind, s, n_rows, w_elem, n_max)
         gemv, prod = specs(in_f, splits, kind, weights, n_rows, sms, arch)
         run = Launcher(case, gemv, prod, scale, n_rows)
         run.check(wts[0])
@@ -341,9 +347,7 @@ def bench_ablate(name: str, weights: str | None, n_rows: int, reps: int, read_bp
     wts, scale = _weights(in_f, out, weights, n_max)
     rows = []
     for s in sparsities:
-        case = make_case(in_f, splits, kind, s, n_rows)
-        counts = case.lst[2].tolist()
-        n = min(n_max, copies(sum(c * sp for c, sp in zip(counts, splits, strict=True)) * w_elem))
+        case, counts, n = sparsity_case(in_f, splits, kind, s, n_rows, w_elem, n_max)
         cell = ablate_cell(case, in_f, splits, kind, weights, n_rows, wts[:n], scale, reps)
         nbytes = path_bytes(in_f, splits, kind, counts, n_rows, weights)
         bound, _ = pct_of_bound(nbytes["list"], 1.0, read_bps)
