@@ -46,7 +46,7 @@ from onnx import TensorProto, helper
 
 from . import kernels
 from .errors import WisparseError
-from .models import get_linear, weight_format
+from .models import find_blocks, get_linear, weight_format
 from .plan import LayerPlan, Plan
 from .scores import column_norms, tau
 
@@ -187,7 +187,7 @@ class Step:
     dtype: torch.dtype
     names: dict[torch.nn.Module, str]
     planned: dict[str, LayerPlan]
-    groups: list[list[str]]  # the plan's groups of linears sharing an input; empty: each call site's linears
+    groups: list[list[str]]  # linears sharing an input, as runtime.to_kernels groups them (plan or find_blocks)
     sparse: bool  # SparseLinear nodes; False: dense MatMuls (a plan then only says which groups are fused)
     counts: dict[str, int] = field(default_factory=lambda: {"sparse_linear": 0, "dense_linear": 0})
     masks: dict[int | None, str] = field(default_factory=dict)  # sliding window (None: full) -> mask
@@ -315,10 +315,9 @@ def group_name(members: list[str]) -> str:
 
 
 def fusable_groups(s: Step, names: list[str]) -> list[list[str]]:
-    """The groups among `names` (linears reading one input) that the runtime fuses (`runtime.to_kernels`): the
-    plan's groups, or all of them when the plan has none (what `models.find_blocks` finds for these
-    architectures), each planned whole and `kernels.fusable`."""
-    candidates = [g for g in s.groups if set(g) <= set(names)] if s.groups else [names]
+    """The groups among `names` (linears reading one input) that the runtime fuses (`runtime.to_kernels`): its
+    groups (`Step.groups`), each planned whole and `kernels.fusable`."""
+    candidates = [g for g in s.groups if set(g) <= set(names)]
     return [g for g in candidates if all(n in s.planned for n in g)
             and kernels.fusable([get_linear(s.model, n) for n in g])]
 
@@ -595,7 +594,8 @@ def build(model: torch.nn.Module, plan: Plan | None = None, dtype: torch.dtype =
     Weights go to `store` (a WeightsFile: external data, written as produced) or, without one, inline."""
     arch = describe(model)
     names = {m: n for n, m in model.named_modules()}
-    layers, groups = (dict(plan.layers), plan.groups) if plan else ({}, [])
+    groups = (plan.groups or [g for b in find_blocks(model) for g in b.groups]) if plan else []  # as to_kernels
+    layers = dict(plan.layers) if plan else {}
     sparse = plan is not None and not dense
     s = Step(Graph(store), model, arch, dtype, names, layers, groups, sparse)
     s.masks, s.rope = attention_masks(s), rope_tables(s)
