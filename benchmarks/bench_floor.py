@@ -15,8 +15,18 @@ graph-replay median (`median_call_us`), weights rotated over bench_kernels' `cop
   dense_equal  torch.matmul in bf16 (the faster of both layouts) with x [1, in'] on a dense weight with as many
                bytes as the cell's kept rows (in' = in * keep * weight bytes / 2, to a multiple of 8), and its % of
                the bound for those bytes (weight, x, y): the vendor's GEMV on the same traffic, no sparsity at all;
-  ceiling %    bound / (bound + chain_us): the best any design reaches streaming at the ceiling and paying only the
-               chain; "out of reach" where it is below the bar (85% at 0.5, 75% at 0.75).
+  read_us      floor_kernels.cu `wsp_floor_read`: a grid that only reads the cell's bytes (today's path bytes, from
+               the start of each weight copy), no dependency, the fastest of 1, 2, 4 and 8 blocks per SM; its % of
+               the bound is what streaming exactly these bytes reaches here, ramp-up and tail included;
+  dread_us     `wsp_floor_dread`: the same read behind the chain's dependency (x from the previous call first, the
+               addresses from it, a block reduction, y and the next call's x): the least any activation-sparse
+               GEMV of these bytes takes, even one whose kept rows were contiguous;
+  sdread_us    `wsp_floor_sdread`: today's kernel's weight traffic alone: its grid, tile and cluster split reading the
+               same 16-byte pieces of the same kept rows in the same order, the row list staged in shared memory, a
+               fold and a block reduction (no x, no mask, no multiply-add, no cluster reduction): with dread, it
+               splits what today's kernel pays above the bound into the scattered access and the rest;
+  ceiling %    bound / max(bound + chain_us, dread_us): the best any design reaches; "out of reach" where it is
+               below the bar (85% at 0.5, 75% at 0.75).
 
     python benchmarks/bench_floor.py --json OUT.json [--weights bf16 fp8] [--reps 3] [--sparsities 0.5 0.75]
 """
@@ -82,18 +92,19 @@ def dense_bytes(in_f: int, out: int, elem: int = 2) -> int:
     return in_f * out * elem + (in_f + out) * elem
 
 
-def ceiling_pct(bound_us: float, chain_us: float) -> float:
-    """% of the bound a design reaches that streams the bytes at the ceiling and pays only the chain."""
-    return 100.0 * bound_us / (bound_us + chain_us)
+def ceiling_pct(bound_us: float, chain_us: float, dread_us: float = 0.0) -> float:
+    """% of the bound a design reaches that pays only the chain on top of the ceiling, and no less than the
+    dependent read of its bytes."""
+    return 100.0 * bound_us / max(bound_us + chain_us, dread_us)
 
 
 def mark(ceiling: float, bar: float) -> str:
     return "out of reach" if ceiling < bar else "reachable"
 
 
-def floor_spec(name: str, blocks: int, args: Sequence[int], arch: int) -> kernels.LaunchSpec:
+def floor_spec(name: str, blocks: int, args: Sequence[int], arch: int, seg: int = SEG) -> kernels.LaunchSpec:
     """A floor_kernels.cu entry point as a LaunchSpec (the package's NVRTC path and PTX cache)."""
-    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": SEG, "WSP_THREADS": kernels.THREADS},
+    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": seg, "WSP_THREADS": kernels.THREADS},
                               arch)
     return kernels.LaunchSpec(name, ptx, (blocks, 1, 1), (kernels.THREADS, 1, 1), 0, tuple(args), 1, 0, 1, 1, False)
 
@@ -131,6 +142,64 @@ def ring_ok(counters: Sequence[int]) -> bool:
     n = len(counters)
     return max(counters) > n and max(counters) - min(counters) == n - 1 and all(
         c % n == i for i, c in enumerate(counters))
+
+
+def read_us(wts: list[torch.Tensor], nbytes: int, sms: int, arch: int, reps: int, dep: bool = False
+            ) -> tuple[float, int, bool]:
+    """(us, blocks, ring_ok): the read of the first nbytes of each weight copy (dep: behind the chain's
+    dependency, its counters in a ring like Chain's), the fastest grid of 1-8 blocks per SM."""
+    n, dev = len(wts), wts[0].device
+    best = (float("inf"), 0, True)
+    for blocks in (sms, 2 * sms, 4 * sms, 8 * sms):
+        spec = floor_spec("wsp_floor_dread" if dep else "wsp_floor_read", blocks, (-(-nbytes // 16), 0, n), arch)
+        xs = torch.zeros(n, 4, dtype=torch.int32, device=dev)  # 16 bytes a counter
+        y = torch.zeros(blocks, dtype=torch.int32, device=dev)
+
+        def call(i: int, spec=spec, xs=xs, y=y) -> None:
+            kernels.launch(spec, [xs[i].data_ptr(), wts[i].data_ptr()], y.data_ptr(),
+                           torch.cuda.current_stream().cuda_stream, trailing=[xs[(i + 1) % n].data_ptr()])
+
+        us = _time([partial(call, i) for i in range(n)], n, reps)
+        torch.cuda.synchronize()
+        best = min(best, (us, blocks, not dep or ring_ok(xs[:, 0].tolist())))
+    return best
+
+
+def sdread_tables(idx: torch.Tensor, count: Sequence[int], splits: Sequence[int], in_f: int, tile: int,
+                  cluster: int, elem: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What wsp_floor_sdread needs to walk today's kernel's segments: starts [P, C + 1] (rank r of a cluster takes
+    the kept channels of its projection in [r * k_per, (r + 1) * k_per), k_per as the kernel rounds it) and tiles
+    [T, 2] (projection, first column byte of tile t; projections tiled separately, as today's kernel does)."""
+    if any(sp % tile for sp in splits):
+        raise ValueError(f"every projection must be whole tiles of {tile} columns: {list(splits)}")
+    k_per = (-(-in_f // cluster) + 31) // 32 * 32
+    bounds = torch.tensor([min(in_f, r * k_per) for r in range(cluster + 1)], dtype=torch.int32)
+    starts = torch.stack([torch.searchsorted(idx[p, :count[p]].cpu().contiguous(), bounds) for p in range(len(splits))])
+    tiles, off = [], 0
+    for p, sp in enumerate(splits):
+        tiles += [(p, (off + t * tile) * elem) for t in range(sp // tile)]
+        off += sp
+    return starts.to(torch.int32), torch.tensor(tiles, dtype=torch.int32)
+
+
+def sdread_us(case, spec: kernels.LaunchSpec, wts: list[torch.Tensor], in_f: int, splits: Sequence[int], elem: int,
+              arch: int, reps: int) -> float:
+    """wsp_floor_sdread on today's kernel's grid, tile and cluster (`spec`), over the weight copies."""
+    idx, _, count = case.lst
+    starts, tiles = sdread_tables(idx, count.tolist(), splits, in_f, spec.tile, spec.cluster, elem)
+    if tuple(spec.grid[:2]) != (len(tiles) * spec.cluster, 1):
+        raise ValueError(f"{spec.name}: grid {spec.grid} is not {len(tiles)} tiles x {spec.cluster}")
+    dev = wts[0].device
+    starts, tiles, idx = starts.to(dev), tiles.to(dev), idx.contiguous()
+    fl = floor_spec("wsp_floor_sdread", spec.grid[0], (in_f, sum(splits) * elem, spec.cluster), arch,
+                    seg=spec.tile * elem)
+    y = torch.zeros(spec.grid[0], dtype=torch.int32, device=dev)
+
+    def call(w: torch.Tensor) -> None:
+        kernels.launch(fl, [idx.data_ptr(), starts.data_ptr(), tiles.data_ptr(), w.data_ptr()], y.data_ptr(),
+                       torch.cuda.current_stream().cuda_stream)
+
+    return _time([partial(call, w) for w in wts], len(wts), reps)
 
 
 def today_call(x: torch.Tensor, w: torch.Tensor, scale, tau: torch.Tensor, splits: Sequence[int]) -> torch.Tensor:
@@ -178,12 +247,19 @@ def measure_cell(name: str, s: float, weights: str | None, wts: list[torch.Tenso
            "ours_pct": pct, "kernel": kernels.launch_spec(DTYPE, in_f, splits, 1, weights=weights, sms=sms,
                                                           arch=arch).name}
     row.update(chains(wts[:n], in_f, out * w_elem, sms, arch, reps))
+    row["read_us"], row["read_blocks"], _ = read_us(wts[:n], nbytes["today"], sms, arch, reps)
+    row["dread_us"], row["dread_blocks"], row["dread_ring_ok"] = read_us(wts[:n], nbytes["today"], sms, arch,
+                                                                         reps, dep=True)
+    row["read_pct"], row["dread_pct"] = 100.0 * bound / row["read_us"], 100.0 * bound / row["dread_us"]
+    spec = kernels.launch_spec(DTYPE, in_f, splits, 1, weights=weights, sms=sms, arch=arch)  # row["kernel"]'s
+    row["sdread_us"] = sdread_us(case, spec, wts[:n], in_f, splits, w_elem, arch, reps)
+    row["sdread_pct"] = 100.0 * bound / row["sdread_us"]
     in_eq = dense_equal_in(splits, counts, w_elem)
     eq = dense_equal(out, in_eq, reps)
     eq_bound, eq_pct = pct_of_bound(dense_bytes(in_eq, out), eq["us"], ceiling)
     row.update(dense_equal_in=in_eq, dense_equal_us=eq["us"], dense_equal_nat_us=eq["nat_us"],
                dense_equal_t_us=eq["t_us"], dense_equal_bound_us=eq_bound, dense_equal_pct=eq_pct,
-               bar_pct=BARS.get(s), ceiling_pct=ceiling_pct(bound, row["chain_us"]))
+               bar_pct=BARS.get(s), ceiling_pct=ceiling_pct(bound, row["chain_us"], row["dread_us"]))
     row["mark"] = mark(row["ceiling_pct"], row["bar_pct"]) if row["bar_pct"] is not None else None
     return row
 
@@ -215,18 +291,23 @@ def empty_us(arch: int, reps: int) -> float:
 
 def table(rows: list[dict], empty: float) -> str:
     head = (f"{'cell':<32}{'w':>9}{'s':>5}{'keep':>6}{'bound':>7}{'ours [%]':>13}{'empty':>7}{'chain':>7}"
-            f"{'1 blk':>7}{'L2':>6}{'dense= [%]':>14}{'ceil %':>8}{'bar':>5}  mark")
+            f"{'1 blk':>7}{'L2':>6}{'read [%]':>12}{'dread [%]':>12}{'sdread [%]':>12}{'dense= [%]':>14}"
+            f"{'ceil %':>8}{'bar':>5}  mark")
     lines = [head]
     for r in rows:
         checks = [r[f"{k}_check"] for k in ("chain", "chain_1")]
-        ok = "" if all(c["ring_ok"] and c["fresh"] for c in checks) else " (chain counters wrong: see JSON)"
+        good = all(c["ring_ok"] and c["fresh"] for c in checks) and r.get("dread_ring_ok", True)
+        ok = "" if good else " (chain counters wrong: see JSON)"
         bar = f"{r['bar_pct']:5.0f}" if r["bar_pct"] is not None else "    -"
+        us = "".join(f"{r[k + '_us']:>6.1f} [{r[k + '_pct']:3.0f}]" for k in ("read", "dread", "sdread"))
         lines.append(f"{r['shape']:<32}{r['weights']:>9}{r['sparsity']:>5}{r['keep']:>6.2f}{r['bound_us']:>7.1f}"
                      f"{r['ours_us']:>7.1f} [{r['ours_pct']:3.0f}]{empty:>7.2f}{r['chain_us']:>7.2f}"
-                     f"{r['chain_1_us']:>7.2f}{r['chain_l2_us']:>6.2f}{r['dense_equal_us']:>8.1f} "
+                     f"{r['chain_1_us']:>7.2f}{r['chain_l2_us']:>6.2f}{us}{r['dense_equal_us']:>8.1f} "
                      f"[{r['dense_equal_pct']:3.0f}]{r['ceiling_pct']:>8.1f}{bar}  {r['mark'] or '-'}{ok}")
-    lines.append("us per call (graph-replay medians); bound = today's bytes / ceiling; ceil % = bound / (bound + "
-                 "chain); dense= = bf16 matmul on the kept bytes, % of its own bound")
+    lines.append("us per call (graph-replay medians); bound = today's bytes / ceiling; read = a bare read of those "
+                 "bytes, dread = the same behind x, sdread = today's kernel's weight reads alone [% of bound]; "
+                 "ceil % = bound / max(bound + chain, dread); dense= = bf16 matmul on the kept bytes, % of its own "
+                 "bound")
     return "\n".join(lines)
 
 

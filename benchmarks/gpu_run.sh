@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_run.sh
 # Environment knobs: quick=1 (bf16 batch-1 kernel table only), tune=1 (quant: also the 1-byte variant sweep),
 # shapes="llama3-8b" (end-to-end models),
-# compiled=0 (skip the torch.compile end-to-end run), parts="tests e2e" (a subset of: tests e2e kernels profile
+# compiled=0 (skip the torch.compile end-to-end run), table=0 (quant: tests only), weights="fp8" and heads="fp8"
+# (quant_e2e: a subset of the formats and lm_head choices), parts="tests e2e" (a subset of: tests e2e kernels profile
 # fused quant quant_e2e floor; profile = benchmarks/profile_kernel.py, fused = the fused decode kernels' GPU tests and
 # `bench_fused.py --ablate`, quant = the 1-byte weights' GPU tests and kernel table, quant_e2e = `wisparse bench
 # --weights fp8|int8 [--lm-head] --compile` on the 8B shape, floor = `bench_floor.py`: issue 15's cells beside an empty kernel,
@@ -73,15 +74,17 @@ if want quant; then
   timeout 240 python3 -m pytest -q -m gpu tests/test_kernels.py tests/test_trt_plugin.py tests/test_lm_head.py \
     -k "quantized and not every_quantized or apply_on_a_cuda or lm_head or per_group" >"$OUT/quant_gpu_tests.log" 2>&1
   echo "pytest exit $?"; tail -n 15 "$OUT/quant_gpu_tests.log"
-  timeout 330 python3 benchmarks/bench_kernels.py --weights fp8 int8 ${tune:+--tune} --json "$OUT/kernels_quantized.json" \
-    >"$OUT/kernels_quantized.log" 2>&1
-  echo "bench_kernels --weights exit $?"; tail -n 70 "$OUT/kernels_quantized.log"
+  if [ "${table:-1}" != 0 ]; then
+    timeout 330 python3 benchmarks/bench_kernels.py --weights fp8 int8 ${tune:+--tune} \
+      --json "$OUT/kernels_quantized.json" >"$OUT/kernels_quantized.log" 2>&1
+    echo "bench_kernels --weights exit $?"; tail -n 70 "$OUT/kernels_quantized.log"
+  fi
 fi
 
 if want quant_e2e; then
   echo "== end to end on 1-byte weights, torch.compile (dense 1-byte = the faster of our kernels and gpt-fast's)"
-  for w in fp8 int8; do
-    for head in none "$w"; do  # lm_head in bf16, then in the blocks' format (--lm-head)
+  for w in ${weights:-fp8 int8}; do
+    for head in ${heads:-none "$w"}; do  # lm_head in bf16, then in the blocks' format (--lm-head)
       timeout 200 wisparse bench --shape llama3-8b --weights "$w" --lm-head "$head" --compile --sparsity 0.5 \
         --sparsity 0.75 --steps 128 --json "$OUT/e2e_${w}_head-${head}_compiled.json" 2>&1 | grep -v Warning \
         | tee -a "$OUT/run.log" | tail -n 10

@@ -84,13 +84,20 @@ def test_ceiling_and_mark():
     assert fl.mark(fl.ceiling_pct(7.1, 1.2), 85.0) == "reachable"
     assert fl.mark(fl.ceiling_pct(7.1, 1.3), 85.0) == "out of reach"
     assert fl.mark(fl.ceiling_pct(3.5, 1.2), 75.0) == "out of reach"  # FP8 down at 0.75
+    # a bare read slower than bound + chain caps the ceiling instead; a faster one changes nothing
+    assert fl.ceiling_pct(7.1, 1.2, 9.0) == pytest.approx(100 * 7.1 / 9.0)
+    assert fl.ceiling_pct(7.1, 1.2, 8.0) == fl.ceiling_pct(7.1, 1.2)
+    assert fl.mark(fl.ceiling_pct(7.1, 0.5, 8.6), 85.0) == "out of reach"
 
 
 def _row(s, bar, ceiling, mark):
     return {"shape": "8B down 14336->[4096]", "weights": "fp8", "sparsity": s, "keep": 0.5, "bound_us": 7.1,
             "ours_us": 13.3, "ours_pct": 53.0, "chain_us": 1.9, "chain_1_us": 1.6, "chain_l2_us": 1.4,
             "chain_check": {"ring_ok": True, "fresh": True}, "chain_1_check": {"ring_ok": True, "fresh": True},
-            "dense_equal_us": 9.0, "dense_equal_pct": 80.0, "bar_pct": bar, "ceiling_pct": ceiling, "mark": mark}
+            "read_us": 8.2, "read_pct": 86.6, "dread_us": 9.1, "dread_pct": 78.0, "sdread_us": 12.0, "sdread_pct": 59.2,
+            "dense_equal_us": 9.0,
+            "dense_equal_pct": 80.0, "bar_pct": bar,
+            "ceiling_pct": ceiling, "mark": mark}
 
 
 def test_table_has_one_line_per_cell():
@@ -99,6 +106,7 @@ def test_table_has_one_line_per_cell():
     lines = fl.table(rows, 1.0).splitlines()
     assert len(lines) == 2 + len(rows)
     assert lines[1].endswith("out of reach") and "13.3 [ 53]" in lines[1]
+    assert "8.2 [ 87]   9.1 [ 78]  12.0 [ 59]" in lines[1]
     assert lines[2].endswith("- (chain counters wrong: see JSON)")
 
 
@@ -114,8 +122,9 @@ def test_arguments_and_no_gpu(monkeypatch, capsys):
 @nvrtc
 @pytest.mark.parametrize("arch", [80, 90])
 def test_floor_kernels_compile_to_ptx(arch):
-    """Both entry points take what kernels.launch passes: 2 input pointers, the spec's int32 args, y, then x_next."""
-    for name in ("wsp_floor_chain", "wsp_floor_empty"):
+    """The chain, empty and read entry points take what kernels.launch passes: 2 input pointers, the spec's int32
+    args, y, then x_next."""
+    for name in ("wsp_floor_chain", "wsp_floor_empty", "wsp_floor_read", "wsp_floor_dread"):
         spec = fl.floor_spec(name, 132, (4096, 57344, 2), arch)
         entry = re.search(rf"\.entry {name}\((.*?)\)", spec.ptx, re.S)
         assert entry and entry.group(1).count(".param .u64") == 4
@@ -124,6 +133,13 @@ def test_floor_kernels_compile_to_ptx(arch):
     chain = spec.ptx.split(".entry wsp_floor_empty")[0]  # the chain comes first in the source
     assert "ld.global.nc.L1::no_allocate.L2::256B.v4.u32" in chain and "bar.sync" in chain
     assert "shfl.sync.bfly" in chain and chain.count("st.global") == 2  # y, and the next call's counter
+    read, rest = spec.ptx.split(".entry wsp_floor_read")[1].split(".entry wsp_floor_dread")
+    dread = rest.split(".entry wsp_floor_sdread")[0]
+    assert read.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") == 4  # WSP_UNROLL loads in flight
+    assert "bar.sync" not in read and read.count("st.global") == 1
+    # the dependent read: x's counter first, the same 4 loads, a block reduction, y and the next counter
+    assert dread.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") == 4
+    assert "bar.sync" in dread and dread.count("st.global") == 2
 
 
 @nvrtc
@@ -137,3 +153,39 @@ def test_chain_spec_on_cpu_tensors():
     assert c.check() == {"calls": 6, "ring_ok": True, "fresh": True}
     c.xs.view(torch.int32)[:, 0] += 3 * c.positions  # as if the ring had wrapped round every position
     assert c.check()["fresh"] is False
+
+
+def test_sdread_tables_walk_todays_segments():
+    """Rank r of a cluster takes the kept channels of its projection in [r * k_per, (r + 1) * k_per) (k_per rounded
+    up to 32, as the kernel does): every kept channel once, by the rank whose range holds it; tiles in column
+    order, each projection tiled on its own, in bytes."""
+    in_f, splits, tile, cluster, elem = 96, [16, 8], 8, 3, 2
+    kept = [torch.tensor([0, 5, 31, 32, 40, 95]), torch.tensor([1, 2, 64, 70])]
+    idx = torch.zeros(2, in_f, dtype=torch.int32)
+    for p, k in enumerate(kept):
+        idx[p, :len(k)] = k.to(torch.int32)
+    starts, tiles = fl.sdread_tables(idx, [len(k) for k in kept], splits, in_f, tile, cluster, elem)
+    assert starts.tolist() == [[0, 3, 5, 6], [0, 2, 2, 4]]  # k_per 32: [0, 32), [32, 64), [64, 96)
+    for p, k in enumerate(kept):
+        for r in range(cluster):
+            got = idx[p, starts[p, r]:starts[p, r + 1]]
+            assert all(32 * r <= c < 32 * (r + 1) for c in got.tolist())
+        assert starts[p, -1] == len(k)
+    assert tiles.tolist() == [[0, 0], [0, 16], [1, 32]]
+    with pytest.raises(ValueError, match="whole tiles"):
+        fl.sdread_tables(idx, [6, 4], [12, 8], in_f, tile, cluster, elem)
+
+
+@nvrtc
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("seg", [128, 256, 512])
+def test_sdread_compiles_for_todays_segments(arch, seg):
+    """4 pointers in (list, starts, tiles, weight), in / ldw / cluster, y out; WSP_U loads in flight, the list staged
+    in shared memory behind a barrier, one store (y)."""
+    spec = fl.floor_spec("wsp_floor_sdread", 224, (4096, 28672, 2), arch, seg=seg)
+    entry = re.search(r"\.entry wsp_floor_sdread\((.*?)\)", spec.ptx, re.S)
+    assert entry and entry.group(1).count(".param .u64") == 5 and entry.group(1).count(".param .u32") == 3
+    body = spec.ptx.split(".entry wsp_floor_sdread")[1]
+    loads = body.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32")
+    assert loads >= 4 and loads % 4 == 0  # WSP_U a batch (NVCC may emit the loop more than once)
+    assert "bar.sync" in body and body.count("st.global") == 1 and "st.shared" in body

@@ -328,8 +328,8 @@ def test_bench_times_dense_on_the_stored_weights_and_restores_the_thresholds(lla
     plan = make_plan(loaded, sparsity=0.5)
     seen = []
     orig = bench.time_decode
-    monkeypatch.setattr(bench, "time_decode", lambda dec, *a: seen.append(
-        {n: m.threshold for n, m in sparse_linears(model).items()}) or orig(dec, *a))
+    monkeypatch.setattr(bench, "time_decode", lambda dec, *a, **k: seen.append(
+        {n: m.threshold for n, m in sparse_linears(model).items()}) or orig(dec, *a, **k))
     r = bench.run(model, [0.5], steps=3, graphs=False, plan=plan)
     assert r["weights"] == "fp8_e4m3" and r["dense_q_tokens_per_s"] > 0 and r["sparse"][0]["speedup_over_dense_q"] > 0
     assert seen[0] == {} and set(seen[1].values()) == {0.0}  # dense (nothing applied), then dense on the kernels
@@ -346,6 +346,11 @@ def test_bench_cli_weights(llama_dir, tmp_path, capsys):
     assert "dense int8" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["weights"] == "int8" and r["dense_q_ms_per_step"] > 0 and "speedup_over_dense_q" in r["sparse"][0]
+    # every path timed --repeats times (default 3), the median reported
+    assert r["repeats"] == 3 and len(r["dense_ms_runs"]) == len(r["dense_q_ms_runs"]) == 3
+    for ms, runs in ((r["dense_ms_per_step"], r["dense_ms_runs"]), (r["sparse"][0]["ms_per_step"],
+                                                                   r["sparse"][0]["ms_runs"])):
+        assert len(runs) == 3 and ms == sorted(runs)[1]
     plan = make_plan(load_model(str(llama_dir), "float32", "cpu"), sparsity=0.5)
     save_plan(plan, tmp_path / "p.json")
     capsys.readouterr()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,15 +93,19 @@ class Decoder:
 @dataclass
 class Timing:
     tokens_per_s: float
-    ms_per_step: float
+    ms_per_step: float  # the median over the repetitions
     steps: int
     graphs: bool
+    runs_ms: tuple[float, ...] = ()  # ms per step of each repetition
 
 
-def time_decode(dec: Decoder, steps: int = 128, graphs: bool = True, warmup: int = 3) -> Timing:
-    """Time of `steps` decode steps after warm-up: CUDA events around the replays on a GPU, a wall clock on CPU."""
+def time_decode(dec: Decoder, steps: int = 128, graphs: bool = True, warmup: int = 3, repeats: int = 3) -> Timing:
+    """Median of `repeats` timings of `steps` decode steps after warm-up: CUDA events around the replays on a GPU,
+    a wall clock on CPU."""
     if steps + warmup + 1 > dec.max_len:
         raise WisparseError(f"steps + warmup must be below the cache length {dec.max_len}")
+    if repeats < 1:
+        raise WisparseError("repeats must be at least 1")
     cuda = dec.ids.is_cuda
     run = dec.step
     dec.reset()
@@ -122,21 +127,26 @@ def time_decode(dec: Decoder, steps: int = 128, graphs: bool = True, warmup: int
     else:
         for _ in range(warmup):
             dec.step()
+    runs = tuple(_timed_steps(dec, run, steps, cuda) / steps for _ in range(repeats))
+    ms = statistics.median(runs)
+    return Timing(dec.batch / (ms / 1e3), ms, steps, graphs and cuda, runs)
+
+
+def _timed_steps(dec: Decoder, run, steps: int, cuda: bool) -> float:
+    """ms of `steps` calls of `run` from a reset cache."""
     dec.reset()
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            run()
-        end.record()
-        end.synchronize()
-        ms = start.elapsed_time(end)
-    else:
+    if not cuda:
         t0 = time.perf_counter()
         for _ in range(steps):
             run()
-        ms = (time.perf_counter() - t0) * 1e3
-    return Timing(dec.batch * steps / (ms / 1e3), ms / steps, steps, graphs and cuda)
+        return (time.perf_counter() - t0) * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
 
 
 @torch.no_grad()
@@ -180,7 +190,7 @@ def set_sparsity(model: nn.Module, samples: dict[str, torch.Tensor], sparsity: f
         m.tau.fill_(t)
 
 
-def time_dense_quantized(model: nn.Module, dec: Decoder, steps: int, graphs: bool) -> Timing:
+def time_dense_quantized(model: nn.Module, dec: Decoder, steps: int, graphs: bool, repeats: int = 3) -> Timing:
     """A quantized model on the kernels with every threshold 0: the dense FP8/INT8 weight-only path (every 1-byte
     row read). The thresholds are restored afterwards."""
     mods = sparse_linears(model).values()
@@ -189,7 +199,7 @@ def time_dense_quantized(model: nn.Module, dec: Decoder, steps: int, graphs: boo
         m.threshold, m.sparsity = 0.0, 0.0
         m.tau.zero_()
     try:
-        return time_decode(dec, steps, graphs)
+        return time_decode(dec, steps, graphs, repeats=repeats)
     finally:
         for m, (t, s, tau) in zip(mods, saved, strict=True):
             m.threshold, m.sparsity = t, s
@@ -227,14 +237,14 @@ def weight_only(model: nn.Module) -> Iterator[None]:
 WEIGHT_ONLY = "torch.compile weight-only"
 
 
-def time_weight_only(model: nn.Module, dec: Decoder, steps: int, graphs: bool) -> Timing | str:
+def time_weight_only(model: nn.Module, dec: Decoder, steps: int, graphs: bool, repeats: int = 3) -> Timing | str:
     """Dense decode with gpt-fast's compiled weight-only linears: a dense 1-byte reference besides our kernels.
     When Inductor cannot compile it (torch 2.11 fails on int8), the error's first line instead: an optional
     reference must not end the run, and the table says it was not timed."""
     try:
         with weight_only(model):
             dec.compile(True)
-            return time_decode(dec, steps, graphs)
+            return time_decode(dec, steps, graphs, repeats=repeats)
     except torch._dynamo.exc.BackendCompilerFailed as e:
         torch._dynamo.reset()
         return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
@@ -247,7 +257,8 @@ def dense_q_fields(kernel: Timing, compiled: Timing | str | None) -> tuple[dict,
     name, best = max(paths.items(), key=lambda p: p[1].tokens_per_s)
     failed = {WEIGHT_ONLY: compiled} if isinstance(compiled, str) else {}
     return {"dense_q_tokens_per_s": best.tokens_per_s, "dense_q_ms_per_step": best.ms_per_step,
-            "dense_q_path": name, "dense_q_paths": {k: t.tokens_per_s for k, t in paths.items()},
+            "dense_q_ms_runs": best.runs_ms, "dense_q_path": name,
+            "dense_q_paths": {k: t.tokens_per_s for k, t in paths.items()},
             "dense_q_failed": failed}, best
 
 
@@ -269,7 +280,7 @@ def head_paths(model: nn.Module, rows: int, dense_q_path: str | None) -> dict:
 
 
 def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 128, graphs: bool = True,
-        fuse: bool = True, plan=None, label: str = "", compile: bool = False) -> dict:
+        fuse: bool = True, plan=None, label: str = "", compile: bool = False, repeats: int = 3) -> dict:
     """Dense tokens/s, then sparse tokens/s (kernels on CUDA) with realized sparsity: for `plan`, once, with its own
     per-layer thresholds; otherwise at each of `sparsities`, uniform quantile thresholds.
 
@@ -277,21 +288,23 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     the model's dtype: what the unquantized model costs), dense on the 1-byte weights (`dense_q`: the faster of our
     kernels with every threshold 0 and, with compile, gpt-fast's weight-only linear), and sparse on the 1-byte
     weights. With compile=True every run goes through torch.compile, the fused q/k/v and gate/up launches included.
+    Every figure is the median of `repeats` timings (each repetition's ms per step in the result's `*ms_runs`).
     The result's "lm_head" says what the lm_head runs in each path (`head_paths`).
     """
 
     device = input_device(model)
     dec = Decoder(model, batch, max_len=steps + 16)
     dec.compile(compile)
-    dense = time_decode(dec, steps, graphs)
+    dense = time_decode(dec, steps, graphs, repeats=repeats)
     result = {"model": label, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "batch": batch, "steps": steps,
               "graphs": dense.graphs, "compiled": compile, "dense_tokens_per_s": dense.tokens_per_s,
-              "dense_ms_per_step": dense.ms_per_step, "thresholds": "uniform" if plan is None else "plan",
+              "dense_ms_per_step": dense.ms_per_step, "repeats": repeats, "dense_ms_runs": dense.runs_ms,
+              "thresholds": "uniform" if plan is None else "plan",
               "plan": None if plan is None else plan.digest(), "sparse": []}
     fmt = weight_format(model, [n for blk in find_blocks(model) for n in blk.linears])
     result["weights"] = None if fmt is None else fmt.name
-    compiled_q = time_weight_only(model, dec, steps, graphs) if fmt is not None and compile else None
+    compiled_q = time_weight_only(model, dec, steps, graphs, repeats) if fmt is not None and compile else None
     samples = None
     if plan is None:
         samples = activation_samples(model)
@@ -301,7 +314,7 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
     dec.compile(compile)  # the linears changed: trace again
     dense_q = None
     if fmt is not None:
-        fields, dense_q = dense_q_fields(time_dense_quantized(model, dec, steps, graphs), compiled_q)
+        fields, dense_q = dense_q_fields(time_dense_quantized(model, dec, steps, graphs, repeats), compiled_q)
         result.update(fields)
     result["lm_head"] = head_paths(model, batch, result.get("dense_q_path"))
     for s in sparsities if samples is not None else [plan.target_sparsity]:
@@ -313,9 +326,9 @@ def run(model: nn.Module, sparsities: list[float], batch: int = 1, steps: int = 
                 dec.ids.copy_(dec.logits()[:, -1].argmax(-1, keepdim=True))  # eager: counting syncs the host
                 dec.pos.add_(1)
             r = realized()
-        t = time_decode(dec, steps, graphs)
+        t = time_decode(dec, steps, graphs, repeats=repeats)
         result["sparse"].append({"target": s, "realized": weighted_sparsity(r, plan),
-                                 "tokens_per_s": t.tokens_per_s, "ms_per_step": t.ms_per_step,
+                                 "tokens_per_s": t.tokens_per_s, "ms_per_step": t.ms_per_step, "ms_runs": t.runs_ms,
                                  "speedup": t.tokens_per_s / dense.tokens_per_s})
         if dense_q is not None:
             result["sparse"][-1]["speedup_over_dense_q"] = t.tokens_per_s / dense_q.tokens_per_s

@@ -246,6 +246,8 @@ def evaluate(model_src, dtype, device, device_map, offload_folder, plan_path, te
 @click.option("--sparsity", type=float, multiple=True, help="Target sparsity (repeatable; default 0.5).")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--steps", type=int, default=128, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Time every path this many times (steps each) and report the median.")
 @click.option("--no-graphs", is_flag=True, help="Run eagerly instead of replaying a CUDA graph per step.")
 @click.option("--no-fuse", is_flag=True, help="One launch per linear instead of fused q/k/v and gate/up.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the decode step (dense and sparse alike).")
@@ -257,8 +259,8 @@ def evaluate(model_src, dtype, device, device_map, offload_folder, plan_path, te
               "weight in the model's dtype, the 1-byte paths read it on our kernel at threshold 0.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON.")
 @output_options
-def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path, sparsity, batch, steps, no_graphs,
-          no_fuse, compile_, weights, lm_head, json_out, quiet):
+def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path, sparsity, batch, steps, repeats,
+          no_graphs, no_fuse, compile_, weights, lm_head, json_out, quiet):
     """Decode tokens/s, dense vs sparse in one runtime (static KV cache, CUDA graphs, sparse kernels on GPU)."""
 
     sparsities = list(sparsity) or [0.5]
@@ -283,15 +285,20 @@ def bench(model_src, shape, dtype, device, device_map, offload_folder, plan_path
     else:
         quantize_weights(loaded.model, weight_format, head)
     result = b.run(loaded.model, sparsities, batch=batch, steps=steps, graphs=not no_graphs, fuse=not no_fuse,
-                   plan=plan, label=loaded.source, compile=compile_)
-    click.echo(f"{loaded.source} on {result['device']}, {result['dtype']}, batch {batch}, {steps} steps, "
-               f"{'CUDA graphs' if result['graphs'] else 'eager'}{', torch.compile' if compile_ else ''}")
+                   plan=plan, label=loaded.source, compile=compile_, repeats=repeats)
+    click.echo(bench_header(result))
     click.echo(f"thresholds: plan {plan_path} ({plan.method}, per-layer, {plan.digest()})" if plan is not None
                else "thresholds: uniform, |x| quantiles on random tokens (alpha 0) at each --sparsity")
     click.echo(bench_table(result))
     if json_out:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}")
+
+
+def bench_header(r: dict) -> str:
+    mode = ("CUDA graphs" if r["graphs"] else "eager") + (", torch.compile" if r["compiled"] else "")
+    return (f"{r['model']} on {r['device']}, {r['dtype']}, batch {r['batch']}, {r['steps']} steps (median of "
+            f"{r['repeats']}), {mode}")
 
 
 def same_as_plan(option: str, value: str | None, fmt: WeightFormat | None, planned: WeightFormat | None,
