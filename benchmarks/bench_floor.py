@@ -147,9 +147,10 @@ def ring_ok(counters: Sequence[int]) -> bool:
 def read_us(wts: list[torch.Tensor], nbytes: int, sms: int, arch: int, reps: int, dep: bool = False
             ) -> tuple[float, int, bool]:
     """(us, blocks, ring_ok): the read of the first nbytes of each weight copy (dep: behind the chain's
-    dependency, its counters in a ring like Chain's), the fastest grid of 1-8 blocks per SM."""
+    dependency, its counters in a ring like Chain's, ring_ok for every grid tried), the fastest grid of 1-8 blocks
+    per SM."""
     n, dev = len(wts), wts[0].device
-    best = (float("inf"), 0, True)
+    best, rings = (float("inf"), 0), []
     for blocks in (sms, 2 * sms, 4 * sms, 8 * sms):
         spec = floor_spec("wsp_floor_dread" if dep else "wsp_floor_read", blocks, (-(-nbytes // 16), 0, n), arch)
         xs = torch.zeros(n, 4, dtype=torch.int32, device=dev)  # 16 bytes a counter
@@ -159,10 +160,10 @@ def read_us(wts: list[torch.Tensor], nbytes: int, sms: int, arch: int, reps: int
             kernels.launch(spec, [xs[i].data_ptr(), wts[i].data_ptr()], y.data_ptr(),
                            torch.cuda.current_stream().cuda_stream, trailing=[xs[(i + 1) % n].data_ptr()])
 
-        us = _time([partial(call, i) for i in range(n)], n, reps)
+        best = min(best, (_time([partial(call, i) for i in range(n)], n, reps), blocks))
         torch.cuda.synchronize()
-        best = min(best, (us, blocks, not dep or ring_ok(xs[:, 0].tolist())))
-    return best
+        rings.append(not dep or ring_ok(xs[:, 0].tolist()))
+    return (*best, all(rings))
 
 
 def sdread_tables(idx: torch.Tensor, count: Sequence[int], splits: Sequence[int], in_f: int, tile: int,
@@ -241,17 +242,16 @@ def measure_cell(name: str, s: float, weights: str | None, wts: list[torch.Tenso
     nbytes = path_bytes(in_f, splits, kind, counts, 1, weights)
     ours = _time([lambda m=m: today_call(case.v, m, scale, case.tau, splits) for m in wts[:n]], n, reps)
     bound, pct = pct_of_bound(nbytes["today"], ours, ceiling)
+    spec = kernels.launch_spec(DTYPE, in_f, splits, 1, weights=weights, sms=sms, arch=arch)
     row = {"shape": name, "in": in_f, "splits": splits, "weights": weights or "bf16", "batch": 1, "sparsity": s,
            "counts": counts, "keep": sum(counts) / (len(counts) * in_f), "copies": n, "bytes": nbytes["today"],
            "bound_us": bound, "list_bound_us": pct_of_bound(nbytes["list"], 1.0, ceiling)[0], "ours_us": ours,
-           "ours_pct": pct, "kernel": kernels.launch_spec(DTYPE, in_f, splits, 1, weights=weights, sms=sms,
-                                                          arch=arch).name}
+           "ours_pct": pct, "kernel": spec.name}
     row.update(chains(wts[:n], in_f, out * w_elem, sms, arch, reps))
     row["read_us"], row["read_blocks"], _ = read_us(wts[:n], nbytes["today"], sms, arch, reps)
     row["dread_us"], row["dread_blocks"], row["dread_ring_ok"] = read_us(wts[:n], nbytes["today"], sms, arch,
                                                                          reps, dep=True)
     row["read_pct"], row["dread_pct"] = 100.0 * bound / row["read_us"], 100.0 * bound / row["dread_us"]
-    spec = kernels.launch_spec(DTYPE, in_f, splits, 1, weights=weights, sms=sms, arch=arch)  # row["kernel"]'s
     row["sdread_us"] = sdread_us(case, spec, wts[:n], in_f, splits, w_elem, arch, reps)
     row["sdread_pct"] = 100.0 * bound / row["sdread_us"]
     in_eq = dense_equal_in(splits, counts, w_elem)
