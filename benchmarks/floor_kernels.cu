@@ -170,3 +170,112 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdread(
         if (threadIdx.x == 0) y[blockIdx.x] = v;
     }
 }
+
+// wsp_floor_mma: a prototype of the FP8 list GEMV on tensor cores (benchmarks/probe_mma.py), to measure what fewer
+// instructions a weight buy; not a shipped kernel. One row of x, e4m3 weights [in, ldw] with a float32 scale a
+// column, the kept channels as a list (lst [P, in], their bf16 values xv [P, in]) split over the grid like
+// wsp_floor_sdread (tile t = projection tile[2t], first column tile[2t + 1], 128 columns; rank's entries
+// starts[p][rank] .. starts[p][rank + 1]). Each warp takes 16 kept entries at a time: lane (g, q) = (lane / 4,
+// lane % 4) loads 16 columns (16 * g ..) of the entries 2q, 2q + 1, 2q + 8, 2q + 9, pairs the two rows' bytes
+// column by column (one byte permute for two columns), converts each pair to f16x2 (the m16n8k16 A fragment: m =
+// column, k = entry) and runs 8 mma.sync m16n8k16 f16 x f16 -> f32 a step, x (as f16) broadcast over B's 8 columns.
+// Every lane's D holds its columns' sums (D's columns are equal); warps add up in shared memory. Output: the
+// scaled partial sums of rank's entries, float32 y [C, ldw] (the host adds the ranks: no cluster reduction here).
+// x must fit f16 (|x| < 65504): a prototype's limit, checked by the script against the float64 reference.
+#if __CUDA_ARCH__ >= 890  // the e4m3 conversion: sm_89+
+#ifndef WSP_MMA_KL
+#define WSP_MMA_KL 2048
+#endif
+__device__ __forceinline__ u32 f16x2_e4m3x2(u32 pair16) {  // the low 16 bits: two e4m3, low byte first
+    u32 out;
+    asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %1;\n\tcvt.rn.f16x2.e4m3x2 %0, a; }" : "=r"(out) : "r"(pair16));
+    return out;
+}
+__device__ __forceinline__ u32 f16x2_bf16(unsigned short lo, unsigned short hi) {  // two bf16 -> f16x2
+    u32 out;
+    const float a = __uint_as_float((u32)lo << 16), b = __uint_as_float((u32)hi << 16);
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(b), "f"(a));
+    return out;
+}
+__device__ __forceinline__ void mma16816(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+extern "C" __global__ void __launch_bounds__(WSP_THREADS, 2) wsp_floor_mma(
+    const int* __restrict__ lst, const unsigned short* __restrict__ xv, const int* __restrict__ starts,
+    const int* __restrict__ tile, const unsigned char* __restrict__ w, const float* __restrict__ scale,
+    int in, int ldw, int C, float* __restrict__ y) {
+    constexpr int WARPS = WSP_THREADS / 32;
+    __shared__ int rows[WSP_MMA_KL];
+    __shared__ unsigned short xs[WSP_MMA_KL];
+    __shared__ float red[WARPS][128];
+    const int t = blockIdx.x / C, rank = blockIdx.x % C, p = tile[2 * t], col0 = tile[2 * t + 1];
+    const int lo = starts[p * (C + 1) + rank], hi = starts[p * (C + 1) + rank + 1];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, q = lane % 4;
+    const unsigned char* wk = w + col0 + 16 * g;
+    float d[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++) d[j][0] = d[j][1] = d[j][2] = d[j][3] = 0.f;
+    for (int k0 = lo; k0 < hi; k0 += WSP_MMA_KL) {
+        const int n = min(WSP_MMA_KL, hi - k0);
+        for (int i = threadIdx.x; i < WSP_MMA_KL; i += WSP_THREADS) {  // past n: row 0 (a valid address), x 0
+            rows[i] = i < n ? lst[(size_t)p * in + k0 + i] : 0;
+            xs[i] = i < n ? xv[(size_t)p * in + k0 + i] : 0;
+        }
+        __syncthreads();
+        const int steps = (n + 15) / 16;
+        uint4 cur[4], nxt[4];
+        auto issue = [&](int s, uint4 (&v)[4]) {
+            const int e = 16 * s + 2 * q;
+            if (s < steps) {
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const int er = e + (r & 1) + 8 * (r >> 1);
+                    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                                 : "=r"(v[r].x), "=r"(v[r].y), "=r"(v[r].z), "=r"(v[r].w)
+                                 : "l"(wk + (size_t)rows[er] * ldw));
+                }
+            }
+        };
+        issue(warp, cur);
+        for (int s = warp; s < steps; s += WARPS) {
+            issue(s + WARPS, nxt);
+            const int e = 16 * s + 2 * q;
+            const u32 b0 = f16x2_bf16(xs[e], xs[e + 1]), b1 = f16x2_bf16(xs[e + 8], xs[e + 9]);
+            const u32 w0[4] = {cur[0].x, cur[0].y, cur[0].z, cur[0].w}, w1[4] = {cur[1].x, cur[1].y, cur[1].z, cur[1].w};
+            const u32 w2[4] = {cur[2].x, cur[2].y, cur[2].z, cur[2].w}, w3[4] = {cur[3].x, cur[3].y, cur[3].z, cur[3].w};
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {  // columns j, j + 1 (word j / 4 of the first 8) and 8 + j, 9 + j
+                const int wd = j / 4, sel = (j % 4) ? 0x7362 : 0x5140;
+                const u32 lo01 = __byte_perm(w0[wd], w1[wd], sel), hi01 = __byte_perm(w0[wd + 2], w1[wd + 2], sel);
+                const u32 lo23 = __byte_perm(w2[wd], w3[wd], sel), hi23 = __byte_perm(w2[wd + 2], w3[wd + 2], sel);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {  // h = 0: column j (low bytes of the permutes), 1: column j + 1
+                    mma16816(d[j + h], f16x2_e4m3x2(lo01 >> (16 * h)), f16x2_e4m3x2(hi01 >> (16 * h)),
+                             f16x2_e4m3x2(lo23 >> (16 * h)), f16x2_e4m3x2(hi23 >> (16 * h)), b0, b1);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 4; r++) cur[r] = nxt[r];
+        }
+        __syncthreads();  // rows and xs are rewritten by the next chunk
+    }
+    if (q == 0) {  // D[m][n] is the same for every n: lane (g, 0) holds columns 16g + j (d[j][0]) and 16g + 8 + j
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            red[warp][16 * g + j] = d[j][0];
+            red[warp][16 * g + 8 + j] = d[j][2];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < 128) {
+        float s = 0.f;
+#pragma unroll
+        for (int i = 0; i < WARPS; i++) s += red[i][threadIdx.x];
+        const int c = col0 + threadIdx.x;
+        y[(size_t)rank * ldw + c] = s * scale[c];
+    }
+}
+#endif  // __CUDA_ARCH__ >= 890

@@ -33,7 +33,9 @@
 // (both described where they are defined, below). Ablation macros of these two, for benchmarks/bench_fused.py
 // --ablate (defaults: the behaviour above, PTX unchanged): WSP_KL list entries staged per chunk, WSP_FIXUP (list
 // GEMV: 1 skips the partial sums' writes and reads, 2 the whole fix-up; both give WRONG results, timing only),
-// WSP_PMODE (producer: 1 writes the counts but no list, 2 only v; timing only).
+// WSP_PMODE (producer: 1 writes the counts but no list, 2 only v; timing only). WSP_FP8ALU, for
+// benchmarks/probe_grid.py (FP8 weights; default 0, PTX unchanged): 1 dequantizes with integer ops, the same y bit
+// for bit (measured slower); 2 and 3 drop the conversion instructions (WRONG results, timing only).
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -68,6 +70,14 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_WQ
 #define WSP_WQ 0
+#endif
+#ifndef WSP_FP8ALU
+#define WSP_FP8ALU 0
+#endif
+#if WSP_WQ == 1 && WSP_FP8ALU
+#define WQ_OUT(s) ((s) * 0x1p56f)  // undoes the 2^-56 left on every sum by the integer FP8 dequantization
+#else
+#define WQ_OUT(s) (s)
 #endif
 #ifndef WSP_PRODUCER
 #define WSP_PRODUCER 0
@@ -240,7 +250,35 @@ __device__ __forceinline__ void zero(Vec& v) {
 #endif
 }
 
-#if WSP_WQ == 1
+#if WSP_WQ == 1 && WSP_FP8ALU >= 2
+// Timing only, WRONG y (benchmarks/probe_grid.py --set fp8alu): 2 = one shift a weight, no conversion; 3 = no
+// conversion at all (the word as the float of its four weights): the loop's cost with less arithmetic a weight.
+__device__ __forceinline__ void dequant4(u32 w, float* f) {
+#if WSP_FP8ALU == 2
+    f[0] = __uint_as_float(w << 24);
+    f[1] = __uint_as_float(w << 16);
+    f[2] = __uint_as_float(w << 8);
+    f[3] = __uint_as_float(w);
+#else
+    f[0] = f[1] = f[2] = f[3] = __uint_as_float(w);
+#endif
+}
+#elif WSP_WQ == 1 && WSP_FP8ALU
+// Four e4m3 weights of a word (byte 0 first) to float32 times 2^-120, exactly, in integer ops (no conversion
+// instruction, whose pipe is narrower than the FMA units): the byte's sign to bit 31 and its exponent and
+// mantissa bits to bits 20..26 make the float32 whose value is the weight times 2^-120 (subnormal e4m3 included,
+// as a float32 subnormal). fma_row multiplies x by 2^64 and the output takes 2^56 before its scale (WQ_OUT), so
+// every product and partial sum is today's times 2^-56: the same roundings, the same y.
+__device__ __forceinline__ float fp8_bits(u32 t) {  // t: the byte in bits 24..31
+    return __uint_as_float((t & 0x80000000u) | ((t >> 4) & 0x07f00000u));
+}
+__device__ __forceinline__ void dequant4(u32 w, float* f) {
+    f[0] = fp8_bits(w << 24);
+    f[1] = fp8_bits(w << 16);
+    f[2] = fp8_bits(w << 8);
+    f[3] = fp8_bits(w);
+}
+#elif WSP_WQ == 1
 // Four e4m3 weights of a word (byte 0 first) to float32: the sm_89+ e4m3x2 -> f16x2 conversion, then exact halves.
 __device__ __forceinline__ void dequant4(u32 w, float* f) {
     u32 lo, hi;
@@ -298,9 +336,15 @@ __device__ __forceinline__ void fma_row(const Vec& wv, const float (&xv)[R], flo
     wf[0] = to_f32((u16)wv.w[0]);
 #endif
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+#if WSP_WQ == 1 && WSP_FP8ALU
+        const float xr = xv[r] * 0x1p64f;  // dequant4's weights are 2^-120 of their value
+#else
+        const float xr = xv[r];
+#endif
 #pragma unroll
-        for (int v = 0; v < V; v++) acc[r][v] = fmaf(xv[r], wf[v], acc[r][v]);
+        for (int v = 0; v < V; v++) acc[r][v] = fmaf(xr, wf[v], acc[r][v]);
+    }
 }
 
 #if WSP_MASK
@@ -635,7 +679,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         const int r = i / TN, c = col0 + i % TN;
         if (r >= rows || c >= col_end) return;
 #if WSP_WQ
-        s *= scale[c];
+        s = WQ_OUT(s) * scale[c];
 #endif
 #if WSP_BIAS
         s += to_f32(bias[c]);
@@ -1040,7 +1084,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 #pragma unroll
         for (int k = 0; k < C; k++) s += slot[k][j];
 #if WSP_WQ
-        s *= scale[c];
+        s = WQ_OUT(s) * scale[c];
 #endif
 #if WSP_BIAS
         s += to_f32(bias[c]);
@@ -1074,7 +1118,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         for (int j = 1; j < C; j++) s += ld_cluster(red + i, (rank + j) % C);
 #endif
 #if WSP_WQ
-        s *= scale[c];
+        s = WQ_OUT(s) * scale[c];
 #endif
 #if WSP_BIAS
         s += to_f32(bias[c]);

@@ -1,0 +1,150 @@
+"""Where today's kernel's weight reads lose time against a plain dependent read (bench_floor's sdread vs dread).
+
+`floor_kernels.cu` `wsp_floor_sdread` reads only weight bytes (no x, no mask, no multiply-add) on a grid of column
+tiles x split blocks. This script runs it over the knobs a kernel could change, on the same kept bytes, and prints
+each beside the dependent read `dread` (the least any sparse GEMV of these bytes can take) and the bound:
+  layout   row: W as today, [in, out] row-major (a kept channel is one contiguous row, each block reads a
+           `seg`-byte piece of it); tiled: W stored tile-major, [tiles, in, seg] (a block's pieces of consecutive
+           channels are adjacent, so its kept rows lie close together in DRAM)
+  rows     rand: the kept channels of a real mask (bench_fused's case); even: every 1/keep-th channel
+  split    how C blocks share a tile: range (today: channel ranges, binomial shares), list (equal list shares)
+  C, seg, U  blocks per tile, bytes per row piece, 16-byte loads in flight per thread and batch
+Medians of `--reps` graph-replay medians, weights rotated over copies larger than L2.
+
+    python benchmarks/probe_access.py --json OUT.json [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from functools import partial
+
+import torch
+from bench_floor import SOURCE, read_us
+from bench_fused import _time, _weights, sparsity_case
+from bench_kernels import ceilings
+
+from wisparse_export import kernels
+
+CELLS = {  # name: (in, splits, producer kind, weights)
+    "8B gate+up bf16": (4096, [14336, 14336], "rmsnorm", None),
+    "8B down bf16": (14336, [4096], "silu_mul", None),
+    "8B gate/up fp8": (4096, [14336], "rmsnorm", "fp8_e4m3"),
+    "8B gate+up fp8": (4096, [14336, 14336], "rmsnorm", "fp8_e4m3"),
+    "8B down fp8": (14336, [4096], "silu_mul", "fp8_e4m3"),
+}
+
+
+def even_idx(in_f: int, counts: list[int], device) -> torch.Tensor:
+    """Kept channels spread evenly: count of them, every in/count-th channel."""
+    idx = torch.zeros(len(counts), in_f, dtype=torch.int32, device=device)
+    for p, n in enumerate(counts):
+        idx[p, :n] = (torch.arange(n, device=device) * in_f // n).to(torch.int32)
+    return idx
+
+
+def starts_for(idx: torch.Tensor, counts: list[int], in_f: int, c: int, split: str) -> torch.Tensor:
+    """[P, C + 1] list positions each block of a tile starts at (range: today's channel ranges; list: equal)."""
+    rows = []
+    for p, n in enumerate(counts):
+        if split == "list":
+            rows.append(torch.tensor([r * n // c for r in range(c + 1)], dtype=torch.int32))
+        else:
+            k_per = (-(-in_f // c) + 31) // 32 * 32
+            bounds = torch.tensor([min(in_f, r * k_per) for r in range(c + 1)], dtype=torch.int32)
+            rows.append(torch.searchsorted(idx[p, :n].cpu().contiguous(), bounds).to(torch.int32))
+    return torch.stack(rows)
+
+
+def tiles_for(splits: list[int], in_f: int, seg: int, elem: int, layout: str) -> torch.Tensor:
+    """[T, 2]: (projection, byte offset of tile t's piece of channel 0) in either layout."""
+    tiles, off, tn = [], 0, seg // elem
+    for p, sp in enumerate(splits):
+        for t in range(sp // tn):
+            g = (off + t * tn) // tn  # tile number over all projections
+            tiles.append((p, g * in_f * seg if layout == "tiled" else (off + t * tn) * elem))
+        off += sp
+    return torch.tensor(tiles, dtype=torch.int32)
+
+
+def variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, c, seg, u) -> float:
+    dev = wts[0].device
+    ldw = seg if layout == "tiled" else sum(splits) * elem
+    starts = starts_for(idx, counts, in_f, c, split).to(dev)
+    tiles = tiles_for(splits, in_f, seg, elem, layout).to(dev)
+    grid = len(tiles) * c
+    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": seg, "WSP_THREADS": kernels.THREADS,
+                                            "WSP_U": u}, arch)
+    spec = kernels.LaunchSpec("wsp_floor_sdread", ptx, (grid, 1, 1), (kernels.THREADS, 1, 1), 0, (in_f, ldw, c), 1,
+                              0, 1, 1, False)
+    y = torch.zeros(grid, dtype=torch.int32, device=dev)
+
+    def call(w: torch.Tensor) -> None:
+        kernels.launch(spec, [idx.data_ptr(), starts.data_ptr(), tiles.data_ptr(), w.data_ptr()], y.data_ptr(),
+                       torch.cuda.current_stream().cuda_stream)
+
+    return _time([partial(call, w) for w in wts], len(wts), reps)
+
+
+def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[dict]:
+    in_f, splits, kind, weights = CELLS[name]
+    elem, out = 1 if weights else 2, sum(splits)
+    dev = torch.device("cuda")
+    sms, arch = kernels.sm_count(dev), kernels.device_arch(dev)
+    case, counts, n = sparsity_case(in_f, splits, kind, s, 1, elem, 64)
+    wts, _ = _weights(in_f, out, weights, n)
+    kept = sum(c * sp for c, sp in zip(counts, splits, strict=True)) * elem
+    bound = kept / read_bps * 1e6
+    dread = read_us(wts, kept, sms, arch, reps, dep=True)[0]
+    idx_rand = case.lst[0].contiguous()
+    idx_even = even_idx(in_f, counts, dev)
+    rows = []
+    for layout, rws, split, c, seg, u in itertools.product(("row", "tiled"), ("rand", "even"), ("range", "list"),
+                                                          (1, 2, 4, 8), (256, 512), (4, 8)):
+        if c == 1 and split == "list":
+            continue  # one block a tile: both splits are the same
+        if sum(splits) * elem % seg:
+            continue
+        idx = idx_rand if rws == "rand" else idx_even
+        us = variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, c, seg, u)
+        rows.append({"cell": name, "sparsity": s, "layout": layout, "rows": rws, "split": split, "C": c, "seg": seg,
+                     "U": u, "us": us, "pct": 100 * bound / us, "dread_us": dread, "bound_us": bound,
+                     "grid": (sum(splits) * elem // seg) * c})
+    del wts
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: probe_access.py needs a CUDA GPU, and none is visible")
+    torch.manual_seed(0)
+    t0 = time.time()
+    _, read = ceilings()
+    rows = [r for name in args.cells for r in probe_cell(name, read, args.reps)]
+    with open(args.json, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
+                   "read_tbps": read / 1e12, "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    for name in args.cells:
+        mine = sorted((r for r in rows if r["cell"] == name), key=lambda r: r["us"])
+        r0 = mine[0]
+        print(f"{name}: bound {r0['bound_us']:.1f} us, dread {r0['dread_us']:.1f} us "
+              f"[{100 * r0['bound_us'] / r0['dread_us']:.0f}%]")
+        for r in mine[:12] + [r for r in mine[12:] if r["layout"] == "row" and r["rows"] == "rand"
+                              and r["split"] == "range"]:
+            print(f"  {r['layout']:>5} {r['rows']:>4} {r['split']:>5} C{r['C']} seg{r['seg']:<4} U{r['U']} "
+                  f"grid {r['grid']:>4}: {r['us']:6.2f} us [{r['pct']:3.0f}]")
+    print(f"plain read {read / 1e12:.2f} TB/s; {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

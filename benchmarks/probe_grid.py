@@ -1,0 +1,139 @@
+"""Today's kernel on grids of 448+ blocks with 4 resident blocks per SM (probe_access.py: the weight reads alone
+need ~3.4 blocks per SM to stream at the dependent-read floor; today's 1-byte builds run 224-256 blocks, and the
+sweep's 448-block tilings allowed only 3 blocks per SM, so a second wave).
+
+Also FP8 builds with `WSP_FP8ALU=1` (integer dequantization, no conversion instruction), which must give the
+chosen build's y bit for bit on the same tiling.
+
+Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
+over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu` or `arith`); every variant's y is checked against the chosen
+kernel's first.
+
+    python benchmarks/probe_grid.py --json OUT.json [--set grid|fp8alu|arith] [--sparsities 0.5 0.75]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from bench_kernels import SHAPES, copies, median_call_us, run, thresholds
+
+from wisparse_export import kernels, quant, scores
+
+CELLS = ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
+ALU = {"WSP_FP8ALU": 1}
+
+
+def _m(u: int, npass: int, minb: int) -> dict[str, int]:
+    return {"WSP_U": u, "WSP_NPASS": npass, "WSP_MINB": minb}
+
+
+SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile None: the chosen tiling)
+    "grid": {  # 448+ blocks, 4 resident a SM
+        "8B gate/up 4096->14336": [(128, 4, _m(4, 1, 4)), (128, 4, _m(2, 1, 4)), (256, 8, _m(4, 1, 4)),
+                                   (256, 8, _m(2, 1, 4)), (128, 4, _m(4, 1, 3)), (256, 4, _m(4, 1, 4)),
+                                   (128, 2, _m(4, 1, 4))],
+        "8B down 14336->4096": [(64, 8, _m(4, 1, 4)), (64, 8, _m(2, 1, 4)), (128, 8, _m(4, 1, 4)),
+                                (64, 8, _m(4, 1, 3)), (32, 8, _m(4, 1, 4)), (128, 8, _m(2, 1, 4))],
+        "8B gate+up fused 4096->28672": [(128, 2, _m(4, 1, 4)), (128, 2, _m(2, 1, 4)), (256, 4, _m(4, 1, 4)),
+                                         (256, 4, _m(2, 1, 4)), (128, 2, _m(4, 1, 3)), (256, 2, _m(4, 1, 4))],
+    },
+    "fp8alu": {  # the integer FP8 dequantization, on the chosen and on wider tilings
+        "8B gate/up 4096->14336": [(None, None, ALU), (256, 4, ALU), (256, 2, ALU), (128, 4, {**ALU, "WSP_MINB": 3}),
+                                   (128, 4, {**ALU, "WSP_U": 2, "WSP_MINB": 4})],
+        "8B down 14336->4096": [(None, None, ALU), (256, 8, ALU), (64, 8, ALU), (128, 4, ALU)],
+        "8B gate+up fused 4096->28672": [(None, None, ALU), (256, 2, ALU), (128, 2, {**ALU, "WSP_MINB": 3}),
+                                         (256, 4, ALU)],
+    },
+    "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
+        name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
+        for name in ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
+    },
+}
+
+
+def med(calls, n: int, reps: int) -> float:
+    return statistics.median(median_call_us(calls, n) for _ in range(reps))
+
+
+def bf16_us(in_f: int, out: int, reps: int) -> float:
+    w = [torch.randn(out, in_f, device="cuda").to(torch.bfloat16) for _ in range(copies(in_f * out * 2))]
+    x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
+    nat = med([lambda m=m: torch.matmul(x, m.t()) for m in w], len(w), reps)
+    wt = [m.t().contiguous() for m in w]
+    tr = med([lambda m=m: torch.matmul(x, m) for m in wt], len(wt), reps)
+    return min(nat, tr)
+
+
+def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list) -> list[dict]:
+    in_f, splits = SHAPES[name]
+    out = sum(splits)
+    ref = bf16_us(in_f, out, reps)
+    q, scale = quant.quantize(torch.randn(out, in_f, device="cuda").div_(in_f**0.5), fmt)
+    wqs = [q.t().contiguous() for _ in range(copies(in_f * out))]
+    x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
+    y = torch.empty(1, out, dtype=torch.bfloat16, device="cuda")
+    chosen = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, weights=fmt)
+    specs = [("chosen", chosen)]
+    for t, c, tune in tries:
+        t, c = (chosen.tile, chosen.cluster) if t is None else (t, c)
+        tune = {k: v for k, v in tune.items() if k != "WSP_FP8ALU" or fmt.name == "fp8_e4m3"}
+        label = f"{t}x{c}" + "".join(f" {k[4:].lower()}{v}" for k, v in sorted(tune.items()))
+        specs.append((label, kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, weights=fmt,
+                                                 tune=tune)))
+    rows = []
+    for sp in sparsities:
+        tau = thresholds(sp, in_f, len(splits))
+        keep = scores.keep(x, tau[0]).float().mean().item()
+        n = min(len(wqs), copies(keep * in_f * out))
+        run(chosen, x, wqs[0], tau, y, scale=scale)
+        want = y.clone()
+        for label, spec in specs:
+            y.fill_(float("nan"))
+            run(spec, x, wqs[0], tau, y, scale=scale)
+            if "fp8alu2" in label or "fp8alu3" in label:
+                ok = None  # wrong y by design
+            elif label.startswith(f"{chosen.tile}x{chosen.cluster} fp8alu1"):
+                ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
+            else:
+                ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))
+            us = med([lambda m=m, v=spec, t=tau: run(v, x, m, t, y, scale=scale) for m in wqs[:n]], n, reps)
+            rows.append({"shape": name, "format": fmt.name, "sparsity": sp, "variant": label, "kernel": spec.name,
+                         "grid": spec.grid[0], "us": us, "bf16_us": ref, "x_bf16": ref / us, "matches": ok})
+    del wqs
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--formats", nargs="+", default=["fp8_e4m3", "int8"])
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--set", choices=list(SETS), default="grid")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("error: probe_grid.py needs a CUDA GPU, and none is visible")
+    torch.manual_seed(0)
+    t0 = time.time()
+    rows = [r for f in args.formats for name in CELLS for r in probe(name, quant.FORMATS[f], args.sparsities,
+                                                                      args.reps, SETS[args.set][name])]
+    with open(args.json, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
+                   "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    for r in rows:
+        bad = {True: "", False: "  MISMATCH", None: "  (timing only)"}[r["matches"]]
+        print(f"{r['format']:>9} {r['shape']:<30} s={r['sparsity']:<5} {r['variant']:<24} grid {r['grid']:>4} "
+              f"{r['us']:7.2f} us  {r['x_bf16']:.2f}x bf16 ({r['bf16_us']:.1f}){bad}")
+    print(f"{time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

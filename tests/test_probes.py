@@ -1,0 +1,117 @@
+"""benchmarks/probe_access.py, probe_grid.py and probe_mma.py on CPU: the tables they walk, the builds they ask
+for, the tensor-core prototype's PTX and its float64 reference (the timings need a GPU)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _plans import nvrtc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import probe_access as pa  # noqa: E402
+import probe_grid as pg  # noqa: E402
+import probe_mma as pm  # noqa: E402
+
+from wisparse_export import kernels, quant  # noqa: E402
+
+
+def test_even_rows_are_spread_over_the_channels():
+    idx = pa.even_idx(16, [8, 4], "cpu")
+    assert idx[0].tolist() == list(range(0, 16, 2)) + [0] * 8
+    assert idx[1, :4].tolist() == [0, 4, 8, 12]
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 8])
+def test_both_splits_hand_out_every_kept_channel_once(c):
+    """range: rank r takes the kept channels in its channel range (k_per rounded up to 32, as the kernel does);
+    list: equal shares of the list, differing by at most one."""
+    in_f, counts = 256, [100, 37]
+    idx = torch.zeros(2, in_f, dtype=torch.int32)
+    for p, n in enumerate(counts):
+        idx[p, :n] = torch.randperm(in_f)[:n].sort().values.to(torch.int32)
+    rng, lst = pa.starts_for(idx, counts, in_f, c, "range"), pa.starts_for(idx, counts, in_f, c, "list")
+    k_per = (-(-in_f // c) + 31) // 32 * 32
+    for p, n in enumerate(counts):
+        for starts in (rng, lst):
+            assert starts[p, 0] == 0 and starts[p, -1] == n and bool((starts[p, 1:] >= starts[p, :-1]).all())
+        shares = (lst[p, 1:] - lst[p, :-1]).tolist()
+        assert max(shares) - min(shares) <= 1
+        for r in range(c):
+            got = idx[p, rng[p, r]:rng[p, r + 1]].tolist()
+            assert all(r * k_per <= k < (r + 1) * k_per for k in got)
+
+
+def test_tiles_in_both_layouts():
+    """row: a tile's first byte is its first column's; tiled: tile g of all projections starts at g * in * seg."""
+    row = pa.tiles_for([512, 256], 16, 256, 2, "row")
+    tiled = pa.tiles_for([512, 256], 16, 256, 2, "tiled")
+    assert row.tolist() == [[0, 0], [0, 256], [0, 512], [0, 768], [1, 1024], [1, 1280]]
+    assert tiled.tolist() == [[p, g * 16 * 256] for g, p in enumerate([0, 0, 0, 0, 1, 1])]
+
+
+@nvrtc
+@pytest.mark.parametrize("which", list(pg.SETS))
+def test_every_probed_build_compiles(which):
+    """Each set's variants are real builds of the chosen kernel's source, named after their macros; the fp8alu
+    macro only reaches FP8 builds."""
+    for name, tries in pg.SETS[which].items():
+        in_f, splits = pg.SHAPES[name]
+        for fmt in ("fp8_e4m3", "int8"):
+            chosen = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, weights=quant.FORMATS[fmt], arch=90)
+            for t, c, tune in tries:
+                t, c = (chosen.tile, chosen.cluster) if t is None else (t, c)
+                tune = {k: v for k, v in tune.items() if k != "WSP_FP8ALU" or fmt == "fp8_e4m3"}
+                spec = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, tune=tune,
+                                           weights=quant.FORMATS[fmt], arch=90)
+                assert spec.grid[0] == -(-sum(splits) // t) * c
+                assert ("fp8alu" in spec.name) == (fmt == "fp8_e4m3" and "WSP_FP8ALU" in tune)
+
+
+@nvrtc
+def test_fp8alu_builds_drop_the_conversions():
+    """1: integer dequantization, no e4m3 conversion, and the 2^56 on each output; 3: no conversion at all; the
+    default build keeps its conversions."""
+    def body(tune):
+        spec = kernels.launch_spec(torch.bfloat16, 4096, [14336], 1, tile=128, cluster=2, tune=tune,
+                                   weights=quant.FORMATS["fp8_e4m3"], arch=90)
+        return spec.ptx
+    base, alu, none = body({}), body({"WSP_FP8ALU": 1}), body({"WSP_FP8ALU": 3})
+    assert "cvt.rn.f16x2.e4m3x2" in base and "cvt.f32.f16" in base
+    assert "cvt.rn.f16x2.e4m3x2" not in alu and "cvt.f32.f16" not in alu and "0f5B800000" in alu  # 2^56
+    assert "cvt.rn.f16x2.e4m3x2" not in none and "cvt.f32.f16" not in none
+
+
+@nvrtc
+def test_mma_prototype_ptx():
+    """7 pointers (list, x, starts, tiles, weight, scale, y) and 3 int32 (in, ldw, C); 8 MMAs, 16 byte permutes and
+    32 e4m3 pair conversions a 16-entry step, one store (the partial sums); absent below sm_89."""
+    spec = pm.mma_spec(224, 4096, 14336, 2, 90)
+    entry = re.search(r"\.entry wsp_floor_mma\((.*?)\)", spec.ptx, re.S)
+    assert entry and entry.group(1).count(".param .u64") == 7 and entry.group(1).count(".param .u32") == 3
+    body = spec.ptx.split(".entry wsp_floor_mma")[1]
+    assert body.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") == 8
+    assert body.count("prmt.b32") == 16 and body.count("cvt.rn.f16x2.e4m3x2") == 32
+    assert body.count("st.global") == 1 and spec.grid == (224, 1, 1) and spec.args == (4096, 14336, 2)
+    assert ".entry wsp_floor_mma" not in pm.mma_spec(224, 4096, 14336, 2, 80).ptx
+
+
+def test_mma_reference_is_the_dequantized_product():
+    """float64 y = kept x times the kept rows of q * scale, projection by projection."""
+    torch.manual_seed(0)
+    in_f, splits, counts = 32, [16, 8], [5, 3]
+    q, scale = quant.quantize(torch.randn(24, in_f), quant.FORMATS["fp8_e4m3"])
+    wq = q.t().contiguous()
+    idx = torch.zeros(2, in_f, dtype=torch.int32)
+    vals = torch.zeros(2, in_f, dtype=torch.bfloat16)
+    for p, n in enumerate(counts):
+        idx[p, :n] = torch.randperm(in_f)[:n].sort().values.to(torch.int32)
+        vals[p, :n] = torch.randn(n).to(torch.bfloat16)
+    y = pm.reference(idx, vals, counts, splits, wq, scale)
+    w = q.double() * scale.double()[:, None]  # [out, in]
+    want = torch.cat([w[:16, idx[0, :5].long()] @ vals[0, :5].double(),
+                      w[16:, idx[1, :3].long()] @ vals[1, :3].double()])
+    assert torch.allclose(y, want, rtol=1e-12, atol=0)
