@@ -7,10 +7,10 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu` or `arith`); every variant's y is checked against the chosen
-kernel's first.
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16` or `arith`); every variant's y is checked
+against the chosen kernel's first.
 
-    python benchmarks/probe_grid.py --json OUT.json [--set grid|fp8alu|arith] [--sparsities 0.5 0.75]
+    python benchmarks/probe_grid.py --json OUT.json [--set grid|fp8alu|i8f16|arith] [--sparsities 0.5 0.75]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from wisparse_export import kernels, quant, scores
 
 CELLS = ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
 ALU = {"WSP_FP8ALU": 1}
+ONLY = {"WSP_FP8ALU": "fp8_e4m3", "WSP_I8F16": "int8"}  # macros that reach one weight format's builds only
 
 
 def _m(u: int, npass: int, minb: int) -> dict[str, int]:
@@ -50,6 +51,10 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
         "8B down 14336->4096": [(None, None, ALU), (256, 8, ALU), (64, 8, ALU), (128, 4, ALU)],
         "8B gate+up fused 4096->28672": [(None, None, ALU), (256, 2, ALU), (128, 2, {**ALU, "WSP_MINB": 3}),
                                          (256, 4, ALU)],
+    },
+    "i8f16": {  # INT8 dequantized through f16 pairs (WSP_I8F16=1: the same y bit for bit), beside the chosen build
+        name: [(None, None, {"WSP_I8F16": 1})]
+        for name in ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
     },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
@@ -83,7 +88,7 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
     specs = [("chosen", chosen)]
     for t, c, tune in tries:
         t, c = (chosen.tile, chosen.cluster) if t is None else (t, c)
-        tune = {k: v for k, v in tune.items() if k != "WSP_FP8ALU" or fmt.name == "fp8_e4m3"}
+        tune = {k: v for k, v in tune.items() if k not in ONLY or ONLY[k] == fmt.name}
         label = f"{t}x{c}" + "".join(f" {k[4:].lower()}{v}" for k, v in sorted(tune.items()))
         specs.append((label, kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, weights=fmt,
                                                  tune=tune)))
@@ -99,7 +104,7 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
             run(spec, x, wqs[0], tau, y, scale=scale)
             if "fp8alu2" in label or "fp8alu3" in label:
                 ok = None  # wrong y by design
-            elif label.startswith(f"{chosen.tile}x{chosen.cluster} fp8alu1"):
+            elif label in (f"{chosen.tile}x{chosen.cluster} fp8alu1", f"{chosen.tile}x{chosen.cluster} i8f16"):
                 ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))

@@ -35,7 +35,8 @@
 // GEMV: 1 skips the partial sums' writes and reads, 2 the whole fix-up; both give WRONG results, timing only),
 // WSP_PMODE (producer: 1 writes the counts but no list, 2 only v; timing only). WSP_FP8ALU, for
 // benchmarks/probe_grid.py (FP8 weights; default 0, PTX unchanged): 1 dequantizes with integer ops, the same y bit
-// for bit (measured slower); 2 and 3 drop the conversion instructions (WRONG results, timing only).
+// for bit (measured slower); 2 and 3 drop the conversion instructions (WRONG results, timing only). WSP_I8F16=1
+// (INT8; default 0): dequantizes through f16 pairs, the same y bit for bit (measured no faster).
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -73,6 +74,9 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_FP8ALU
 #define WSP_FP8ALU 0
+#endif
+#ifndef WSP_I8F16
+#define WSP_I8F16 0
 #endif
 #if WSP_WQ == 1 && WSP_FP8ALU
 #define WQ_OUT(s) ((s) * 0x1p56f)  // undoes the 2^-56 left on every sum by the integer FP8 dequantization
@@ -284,6 +288,20 @@ __device__ __forceinline__ void dequant4(u32 w, float* f) {
     u32 lo, hi;
     asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.rn.f16x2.e4m3x2 %0, a;\n\tcvt.rn.f16x2.e4m3x2 %1, b; }"
         : "=r"(lo), "=r"(hi) : "r"(w));
+    asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"
+        : "=f"(f[0]), "=f"(f[1]) : "r"(lo));
+    asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"
+        : "=f"(f[2]), "=f"(f[3]) : "r"(hi));
+}
+#elif WSP_WQ == 2 && WSP_I8F16
+// Four int8 weights of a word (byte 0 first) to float32, exactly, the FP8 path's way: bytes b + 128 become the low
+// mantissa bytes of two f16 1024s (one byte permute a pair), 1152 leaves each half's integer (one f16x2 subtract,
+// exact below 2048), and each half goes to float32 (the conversion pipe, beside the FMAs).
+__device__ __forceinline__ void dequant4(u32 w, float* f) {
+    const u32 b = w ^ 0x80808080u;
+    u32 lo = __byte_perm(b, 0x64646464u, 0x4140u), hi = __byte_perm(b, 0x64646464u, 0x4342u);
+    asm("sub.f16x2 %0, %0, %1;" : "+r"(lo) : "r"(0x64806480u));
+    asm("sub.f16x2 %0, %0, %1;" : "+r"(hi) : "r"(0x64806480u));
     asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"
         : "=f"(f[0]), "=f"(f[1]) : "r"(lo));
     asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"

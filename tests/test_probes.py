@@ -64,11 +64,12 @@ def test_every_probed_build_compiles(which):
             chosen = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, weights=quant.FORMATS[fmt], arch=90)
             for t, c, tune in tries:
                 t, c = (chosen.tile, chosen.cluster) if t is None else (t, c)
-                tune = {k: v for k, v in tune.items() if k != "WSP_FP8ALU" or fmt == "fp8_e4m3"}
+                tune = {k: v for k, v in tune.items() if k not in pg.ONLY or pg.ONLY[k] == fmt}
                 spec = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, tune=tune,
                                            weights=quant.FORMATS[fmt], arch=90)
                 assert spec.grid[0] == -(-sum(splits) // t) * c
                 assert ("fp8alu" in spec.name) == (fmt == "fp8_e4m3" and "WSP_FP8ALU" in tune)
+                assert ("i8f16" in spec.name) == (fmt == "int8" and "WSP_I8F16" in tune)
 
 
 @nvrtc
@@ -83,6 +84,18 @@ def test_fp8alu_builds_drop_the_conversions():
     assert "cvt.rn.f16x2.e4m3x2" in base and "cvt.f32.f16" in base
     assert "cvt.rn.f16x2.e4m3x2" not in alu and "cvt.f32.f16" not in alu and "0f5B800000" in alu  # 2^56
     assert "cvt.rn.f16x2.e4m3x2" not in none and "cvt.f32.f16" not in none
+
+
+@nvrtc
+def test_i8f16_builds_go_through_f16_pairs():
+    """INT8 through f16: two byte permutes and two f16x2 subtracts a word, four conversions, no float32 add of the
+    2^23 trick; the default INT8 build has no conversion at all."""
+    def body(tune):
+        return kernels.launch_spec(torch.bfloat16, 14336, [4096], 1, tile=128, cluster=8, tune=tune,
+                                   weights=quant.FORMATS["int8"], arch=90).ptx
+    base, f16 = body({}), body({"WSP_I8F16": 1})
+    assert "cvt.f32.f16" not in base and "sub.f16x2" not in base and "0fCB000080" in base
+    assert "cvt.f32.f16" in f16 and f16.count("sub.f16x2") >= 8 and "0fCB000080" not in f16  # -(2^23 + 128)
 
 
 @nvrtc
