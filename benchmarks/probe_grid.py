@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
 import torch
-from bench_kernels import SHAPES, copies, median_call_us, run, thresholds
+from bench_fused import _time
+from bench_kernels import SHAPES, copies, run, thresholds
 
 from wisparse_export import kernels, quant, scores
 
@@ -54,25 +54,21 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
     },
     "i8f16": {  # INT8 dequantized through f16 pairs (WSP_I8F16=1: the same y bit for bit), beside the chosen build
         name: [(None, None, {"WSP_I8F16": 1})]
-        for name in ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
+        for name in CELLS
     },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
-        for name in ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
+        for name in CELLS
     },
 }
-
-
-def med(calls, n: int, reps: int) -> float:
-    return statistics.median(median_call_us(calls, n) for _ in range(reps))
 
 
 def bf16_us(in_f: int, out: int, reps: int) -> float:
     w = [torch.randn(out, in_f, device="cuda").to(torch.bfloat16) for _ in range(copies(in_f * out * 2))]
     x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
-    nat = med([lambda m=m: torch.matmul(x, m.t()) for m in w], len(w), reps)
+    nat = _time([lambda m=m: torch.matmul(x, m.t()) for m in w], len(w), reps)
     wt = [m.t().contiguous() for m in w]
-    tr = med([lambda m=m: torch.matmul(x, m) for m in wt], len(wt), reps)
+    tr = _time([lambda m=m: torch.matmul(x, m) for m in wt], len(wt), reps)
     return min(nat, tr)
 
 
@@ -108,7 +104,7 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
                 ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))
-            us = med([lambda m=m, v=spec, t=tau: run(v, x, m, t, y, scale=scale) for m in wqs[:n]], n, reps)
+            us = _time([lambda m=m, v=spec, t=tau: run(v, x, m, t, y, scale=scale) for m in wqs[:n]], n, reps)
             rows.append({"shape": name, "format": fmt.name, "sparsity": sp, "variant": label, "kernel": spec.name,
                          "grid": spec.grid[0], "us": us, "bf16_us": ref, "x_bf16": ref / us, "matches": ok})
     del wqs
