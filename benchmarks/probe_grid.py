@@ -1,6 +1,6 @@
 """Today's kernel on grids of 448+ blocks with 4 resident blocks per SM (probe_access.py: the weight reads alone
-need ~3.4 blocks per SM to stream at the dependent-read floor; today's 1-byte builds run 224-256 blocks, and the
-sweep's 448-block tilings allowed only 3 blocks per SM, so a second wave).
+stream fastest with ~3.4 blocks per SM, nearest the dependent-read floor; today's 1-byte builds run 224-256
+blocks, and the sweep's 448-block tilings allowed only 3 blocks per SM, so a second wave).
 
 Also FP8 builds with `WSP_FP8ALU=1` (integer dequantization, no conversion instruction), which must give the
 chosen build's y bit for bit on the same tiling.
