@@ -7,10 +7,10 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16` or `arith`); every variant's y is checked
-against the chosen kernel's first.
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `threads` or `arith`); every variant's y is
+checked against the chosen kernel's first.
 
-    python benchmarks/probe_grid.py --json OUT.json [--set grid|fp8alu|i8f16|arith] [--sparsities 0.5 0.75]
+    python benchmarks/probe_grid.py --json OUT.json [--set NAME] [--sparsities 0.5 0.75]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 
 import torch
 from bench_fused import _time
@@ -28,6 +29,7 @@ from wisparse_export import kernels, quant, scores
 
 CELLS = ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
 ALU = {"WSP_FP8ALU": 1}
+T128 = {"WSP_THREADS": 128, "WSP_MINB": 4}
 ONLY = {"WSP_FP8ALU": "fp8_e4m3", "WSP_I8F16": "int8"}  # macros that reach one weight format's builds only
 
 
@@ -55,6 +57,11 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
     "i8f16": {  # INT8 dequantized through f16 pairs (WSP_I8F16=1: the same y bit for bit), beside the chosen build
         name: [(None, None, {"WSP_I8F16": 1})]
         for name in CELLS
+    },
+    "threads": {  # blocks of 128 threads (WSP_THREADS=128, 4 resident a SM): the grid doubles, warps a SM do not
+        "8B gate/up 4096->14336": [(128, 4, T128), (256, 8, T128), (128, 2, T128)],
+        "8B down 14336->4096": [(64, 8, T128), (128, 8, T128), (32, 8, T128)],
+        "8B gate+up fused 4096->28672": [(128, 2, T128), (256, 4, T128), (256, 2, T128)],
     },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
@@ -86,8 +93,8 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
         t, c = (chosen.tile, chosen.cluster) if t is None else (t, c)
         tune = {k: v for k, v in tune.items() if k not in ONLY or ONLY[k] == fmt.name}
         label = f"{t}x{c}" + "".join(f" {k[4:].lower()}{v}" for k, v in sorted(tune.items()))
-        specs.append((label, kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, weights=fmt,
-                                                 tune=tune)))
+        spec = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, weights=fmt, tune=tune)
+        specs.append((label, replace(spec, block=(tune.get("WSP_THREADS", spec.block[0]), 1, 1))))
     rows = []
     for sp in sparsities:
         tau = thresholds(sp, in_f, len(splits))

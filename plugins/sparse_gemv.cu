@@ -36,7 +36,8 @@
 // WSP_PMODE (producer: 1 writes the counts but no list, 2 only v; timing only). WSP_FP8ALU, for
 // benchmarks/probe_grid.py (FP8 weights; default 0, PTX unchanged): 1 dequantizes with integer ops, the same y bit
 // for bit (measured slower); 2 and 3 drop the conversion instructions (WRONG results, timing only). WSP_I8F16=1
-// (INT8; default 0): dequantizes through f16 pairs, the same y bit for bit (measured no faster).
+// (INT8; default 0): dequantizes through f16 pairs, the same y bit for bit (measured no faster). WSP_THREADS (default
+// 256, launch_spec's block): 128 for probe_grid.py's half-size blocks.
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -99,7 +100,10 @@ constexpr int R = WSP_R;
 constexpr int TN = WSP_TN;
 constexpr int V = WSP_V;
 constexpr int C = WSP_C;
-constexpr int THREADS = 256;
+#ifndef WSP_THREADS  // threads a block: 256 in every shipped build (launch_spec's block); 128 for probe_grid.py
+#define WSP_THREADS 256
+#endif
+constexpr int THREADS = WSP_THREADS;
 constexpr int WARPS = THREADS / 32;
 constexpr int TPR = TN / V;            // threads that share one weight row segment
 constexpr int RL = THREADS / TPR;      // weight rows read at once by the block

@@ -70,6 +70,7 @@ def test_every_probed_build_compiles(which):
                 assert spec.grid[0] == -(-sum(splits) // t) * c
                 assert ("fp8alu" in spec.name) == (fmt == "fp8_e4m3" and "WSP_FP8ALU" in tune)
                 assert ("i8f16" in spec.name) == (fmt == "int8" and "WSP_I8F16" in tune)
+                assert f".maxntid {tune.get('WSP_THREADS', 256)}" in spec.ptx.replace(", 1, 1", "")
 
 
 @nvrtc
