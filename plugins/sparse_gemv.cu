@@ -259,7 +259,7 @@ __device__ __forceinline__ void zero(Vec& v) {
 }
 
 #if WSP_WQ == 1 && WSP_FP8ALU >= 2
-// Timing only, WRONG y (benchmarks/probe_grid.py --set fp8alu): 2 = one shift a weight, no conversion; 3 = no
+// Timing only, WRONG y (benchmarks/probe_grid.py --set arith): 2 = one shift a weight, no conversion; 3 = no
 // conversion at all (the word as the float of its four weights): the loop's cost with less arithmetic a weight.
 __device__ __forceinline__ void dequant4(u32 w, float* f) {
 #if WSP_FP8ALU == 2
