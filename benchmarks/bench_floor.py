@@ -102,10 +102,12 @@ def mark(ceiling: float, bar: float) -> str:
     return "out of reach" if ceiling < bar else "reachable"
 
 
-def floor_spec(name: str, blocks: int, args: Sequence[int], arch: int, seg: int = SEG) -> kernels.LaunchSpec:
-    """A floor_kernels.cu entry point as a LaunchSpec (the package's NVRTC path and PTX cache)."""
-    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": seg, "WSP_THREADS": kernels.THREADS},
-                              arch)
+def floor_spec(name: str, blocks: int, args: Sequence[int], arch: int, seg: int = SEG,
+               defines: dict[str, int] | None = None) -> kernels.LaunchSpec:
+    """A floor_kernels.cu entry point as a LaunchSpec (the package's NVRTC path and PTX cache); `defines`: more
+    macros (e.g. sdread's WSP_U)."""
+    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": seg, "WSP_THREADS": kernels.THREADS,
+                                            **(defines or {})}, arch)
     return kernels.LaunchSpec(name, ptx, (blocks, 1, 1), (kernels.THREADS, 1, 1), 0, tuple(args), 1, 0, 1, 1, False)
 
 
@@ -173,14 +175,21 @@ def sdread_tables(idx: torch.Tensor, count: Sequence[int], splits: Sequence[int]
     [T, 2] (projection, first column byte of tile t; projections tiled separately, as today's kernel does)."""
     if any(sp % tile for sp in splits):
         raise ValueError(f"every projection must be whole tiles of {tile} columns: {list(splits)}")
-    k_per = (-(-in_f // cluster) + 31) // 32 * 32
-    bounds = torch.tensor([min(in_f, r * k_per) for r in range(cluster + 1)], dtype=torch.int32)
-    starts = torch.stack([torch.searchsorted(idx[p, :count[p]].cpu().contiguous(), bounds) for p in range(len(splits))])
+    starts = range_starts(idx, count, in_f, cluster)
     tiles, off = [], 0
     for p, sp in enumerate(splits):
         tiles += [(p, (off + t * tile) * elem) for t in range(sp // tile)]
         off += sp
-    return starts.to(torch.int32), torch.tensor(tiles, dtype=torch.int32)
+    return starts, torch.tensor(tiles, dtype=torch.int32)
+
+
+def range_starts(idx: torch.Tensor, count: Sequence[int], in_f: int, cluster: int) -> torch.Tensor:
+    """[P, C + 1] int32: where rank r's kept channels begin in each projection's list, rank r taking the channels
+    [r * k_per, (r + 1) * k_per), k_per as today's kernel rounds it (a multiple of 32)."""
+    k_per = (-(-in_f // cluster) + 31) // 32 * 32
+    bounds = torch.tensor([min(in_f, r * k_per) for r in range(cluster + 1)], dtype=torch.int32)
+    return torch.stack([torch.searchsorted(idx[p, :n].cpu().contiguous(), bounds)
+                        for p, n in enumerate(count)]).to(torch.int32)
 
 
 def sdread_us(case, spec: kernels.LaunchSpec, wts: list[torch.Tensor], in_f: int, splits: Sequence[int], elem: int,

@@ -24,7 +24,7 @@ import time
 from functools import partial
 
 import torch
-from bench_floor import SOURCE, read_us
+from bench_floor import floor_spec, range_starts, read_us
 from bench_fused import _time, _weights, sparsity_case
 from bench_kernels import ceilings
 
@@ -49,15 +49,9 @@ def even_idx(in_f: int, counts: list[int], device) -> torch.Tensor:
 
 def starts_for(idx: torch.Tensor, counts: list[int], in_f: int, c: int, split: str) -> torch.Tensor:
     """[P, C + 1] list positions each block of a tile starts at (range: today's channel ranges; list: equal)."""
-    rows = []
-    for p, n in enumerate(counts):
-        if split == "list":
-            rows.append(torch.tensor([r * n // c for r in range(c + 1)], dtype=torch.int32))
-        else:
-            k_per = (-(-in_f // c) + 31) // 32 * 32
-            bounds = torch.tensor([min(in_f, r * k_per) for r in range(c + 1)], dtype=torch.int32)
-            rows.append(torch.searchsorted(idx[p, :n].cpu().contiguous(), bounds).to(torch.int32))
-    return torch.stack(rows)
+    if split == "range":
+        return range_starts(idx, counts, in_f, c)
+    return torch.tensor([[r * n // c for r in range(c + 1)] for n in counts], dtype=torch.int32)
 
 
 def tiles_for(splits: list[int], in_f: int, seg: int, elem: int, layout: str) -> torch.Tensor:
@@ -77,10 +71,7 @@ def variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, 
     starts = starts_for(idx, counts, in_f, c, split).to(dev)
     tiles = tiles_for(splits, in_f, seg, elem, layout).to(dev)
     grid = len(tiles) * c
-    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": seg, "WSP_THREADS": kernels.THREADS,
-                                            "WSP_U": u}, arch)
-    spec = kernels.LaunchSpec("wsp_floor_sdread", ptx, (grid, 1, 1), (kernels.THREADS, 1, 1), 0, (in_f, ldw, c), 1,
-                              0, 1, 1, False)
+    spec = floor_spec("wsp_floor_sdread", grid, (in_f, ldw, c), arch, seg=seg, defines={"WSP_U": u})
     y = torch.zeros(grid, dtype=torch.int32, device=dev)
 
     def call(w: torch.Tensor) -> None:

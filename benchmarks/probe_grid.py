@@ -22,6 +22,7 @@ import time
 from dataclasses import replace
 
 import torch
+from bench_floor import dense_equal
 from bench_fused import _time
 from bench_kernels import SHAPES, copies, run, thresholds
 
@@ -70,19 +71,10 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
 }
 
 
-def bf16_us(in_f: int, out: int, reps: int) -> float:
-    w = [torch.randn(out, in_f, device="cuda").to(torch.bfloat16) for _ in range(copies(in_f * out * 2))]
-    x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
-    nat = _time([lambda m=m: torch.matmul(x, m.t()) for m in w], len(w), reps)
-    wt = [m.t().contiguous() for m in w]
-    tr = _time([lambda m=m: torch.matmul(x, m) for m in wt], len(wt), reps)
-    return min(nat, tr)
-
-
 def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list) -> list[dict]:
     in_f, splits = SHAPES[name]
     out = sum(splits)
-    ref = bf16_us(in_f, out, reps)
+    ref = dense_equal(out, in_f, reps)["us"]  # torch.matmul bf16, the faster layout
     q, scale = quant.quantize(torch.randn(out, in_f, device="cuda").div_(in_f**0.5), fmt)
     wqs = [q.t().contiguous() for _ in range(copies(in_f * out))]
     x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)

@@ -20,10 +20,9 @@ import time
 from functools import partial
 
 import torch
-from bench_floor import SOURCE, today_call
+from bench_floor import dense_equal, floor_spec, today_call
 from bench_fused import _time, _weights, sparsity_case
 from probe_access import starts_for, tiles_for
-from probe_grid import bf16_us
 
 from wisparse_export import kernels
 
@@ -36,9 +35,7 @@ TILE = 128  # columns a block (wsp_floor_mma: 8 lane groups x 16 bytes)
 
 
 def mma_spec(grid: int, in_f: int, ldw: int, c: int, arch: int) -> kernels.LaunchSpec:
-    ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_THREADS": kernels.THREADS}, arch)
-    return kernels.LaunchSpec("wsp_floor_mma", ptx, (grid, 1, 1), (kernels.THREADS, 1, 1), 0, (in_f, ldw, c), 1, 0,
-                              1, 1, False)
+    return floor_spec("wsp_floor_mma", grid, (in_f, ldw, c), arch)
 
 
 def reference(idx: torch.Tensor, vals: torch.Tensor, counts: list[int], splits: list[int], wq: torch.Tensor,
@@ -61,7 +58,7 @@ def probe_cell(name: str, s: float, reps: int) -> list[dict]:
     wts, scale = _weights(in_f, out, "fp8_e4m3", n)
     idx, vals = case.lst[0].contiguous(), case.lst[1][..., 0].contiguous()
     want = reference(idx, vals, counts, splits, wts[0], scale)
-    ref_us = bf16_us(in_f, out, reps)
+    ref_us = dense_equal(out, in_f, reps)["us"]
     today = _time([lambda m=m: today_call(case.v, m, scale, case.tau, splits) for m in wts], n, reps)
     rows = [{"cell": name, "sparsity": s, "path": "torch.matmul bf16", "us": ref_us},
             {"cell": name, "sparsity": s, "path": "today's kernel", "us": today}]
