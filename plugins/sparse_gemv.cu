@@ -37,7 +37,11 @@
 // benchmarks/probe_grid.py (FP8 weights; default 0, PTX unchanged): 1 dequantizes with integer ops, the same y bit
 // for bit (measured slower); 2 and 3 drop the conversion instructions (WRONG results, timing only). WSP_I8F16=1
 // (INT8; default 0): dequantizes through f16 pairs, the same y bit for bit (measured no faster). WSP_THREADS (default
-// 256, launch_spec's block): 128 for probe_grid.py's half-size blocks.
+// 256, launch_spec's block): 128 for probe_grid.py's half-size blocks. WSP_PDL (today's kernel; default 0, PTX
+// unchanged), for benchmarks/probe_pdl.py: programmatic dependent launch. Every block waits (griddepcontrol.wait: the
+// previous kernel complete, its writes visible) before its first read of x or tau and any write; 1 also lets the
+// next kernel launch once this block's weight stream is done, 2 once this block starts, 3 never (the implicit
+// trigger at exit, as a kernel that knows nothing of PDL). Without the launch attribute the wait returns at once.
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -78,6 +82,9 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_I8F16
 #define WSP_I8F16 0
+#endif
+#ifndef WSP_PDL
+#define WSP_PDL 0
 #endif
 #if WSP_WQ == 1 && WSP_FP8ALU
 #define WQ_OUT(s) ((s) * 0x1p56f)  // undoes the 2^-56 left on every sum by the integer FP8 dequantization
@@ -962,6 +969,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int v = 0; v < V; v++) acc[r][v] = 0.f;
+#if WSP_PDL == 2
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+#if WSP_PDL
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 
     for (int k0 = k_begin; k0 < k_end; k0 += KC) {
         const int kc = min(KC, k_end - k0);
@@ -1071,6 +1084,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         __syncthreads();  // xc and list are rewritten by the next chunk
     }
     mark(2);
+#if WSP_PDL == 1
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 
     // 3. Reduce over the RL row lanes: first inside each warp (lanes cl, cl + TPR, ...), then across warps.
 #pragma unroll

@@ -1,5 +1,5 @@
-"""benchmarks/probe_access.py, probe_grid.py and probe_mma.py on CPU: the tables they walk, the builds they ask
-for, the tensor-core prototype's PTX and its float64 reference (the timings need a GPU)."""
+"""benchmarks/probe_access.py, probe_grid.py, probe_mma.py and probe_pdl.py on CPU: the tables they walk, the
+builds they ask for, the tensor-core prototype's PTX and its float64 reference (the timings need a GPU)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import probe_access as pa  # noqa: E402
 import probe_grid as pg  # noqa: E402
 import probe_mma as pm  # noqa: E402
+import probe_pdl as pp  # noqa: E402
 
 from wisparse_export import kernels, quant  # noqa: E402
+from wisparse_export.kernels import driver  # noqa: E402
 
 
 def test_even_rows_are_spread_over_the_channels():
@@ -129,3 +131,30 @@ def test_mma_reference_is_the_dequantized_product():
     want = torch.cat([w[:16, idx[0, :5].long()] @ vals[0, :5].double(),
                       w[16:, idx[1, :3].long()] @ vals[1, :3].double()])
     assert torch.allclose(y, want, rtol=1e-12, atol=0)
+
+
+@nvrtc
+@pytest.mark.parametrize("weights", [None, "fp8_e4m3", "int8"])
+def test_pdl_builds_wait_before_reading_x(weights):
+    """Each WSP_PDL build keeps the chosen tiling, waits once before its first global load of x or tau and
+    triggers its dependents where its mode says (1: after the weight stream, 2: before the wait, 3: never); the
+    chosen build has neither instruction."""
+    builds = pp.builds(4096, [14336], weights)
+    chosen = builds["chosen"][0]
+    assert "griddepcontrol" not in chosen.ptx and builds["chosen"][1] is False
+    for m in pp.MODES:
+        spec, pdl = builds[f"pdl{m}"]
+        assert pdl and (spec.tile, spec.cluster, spec.grid) == (chosen.tile, chosen.cluster, chosen.grid)
+        body = spec.ptx.split(".entry")[1]
+        wait = body.index("griddepcontrol.wait")
+        assert body.count("griddepcontrol.wait") == 1 and wait < body.index("ld.global")
+        trig = body.find("griddepcontrol.launch_dependents")
+        assert {1: trig > body.index("ld.global.nc.L1::no_allocate"), 2: 0 <= trig < wait, 3: trig < 0}[m]
+
+
+def test_pdl_launch_config():
+    """The launch that lets a WSP_PDL build start early: the spec's grid and block, one attribute set."""
+    spec = kernels.LaunchSpec("k", "", (224, 2, 1), (256, 1, 1), 0, (), 1, 128, 16, 2, False)
+    cfg = driver._pdl_config(spec, 0)
+    assert (cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ, cfg.blockDimX, cfg.numAttrs) == (224, 2, 1, 256, 1)
+    assert cfg.attrs[0].value.programmaticStreamSerializationAllowed == 1

@@ -76,10 +76,11 @@ def function(spec: LaunchSpec, device: int = 0):
 
 
 def launch(spec: LaunchSpec, pointers: Sequence[int], out: int, stream: int, device: int = 0,
-           trailing: Sequence[int] = ()) -> None:
+           trailing: Sequence[int] = (), pdl: bool = False) -> None:
     """Launch with device pointers (inputs in ABI order), the spec's int32 arguments and the output pointer.
 
-    `trailing` pointers follow the output: only the benchmark's profiling build (WSP_PROF) takes one.
+    `trailing` pointers follow the output: only the benchmark's profiling build (WSP_PROF) takes one. `pdl`:
+    programmatic dependent launch (sm_90), for builds whose blocks wait for the previous kernel (WSP_PDL).
     """
     from cuda.bindings import driver as cu
 
@@ -87,8 +88,26 @@ def launch(spec: LaunchSpec, pointers: Sequence[int], out: int, stream: int, dev
     values = [ctypes.c_void_p(p) for p in pointers] + [ctypes.c_int32(int(a)) for a in spec.args]
     values += [ctypes.c_void_p(p) for p in (out, *trailing)]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    _cu(cu.cuLaunchKernel(fn, *(int(g) for g in spec.grid), *spec.block, spec.shared_mem, cu.CUstream(stream),
-                          ctypes.addressof(params), 0), f"launching {spec.name}")
+    if not pdl:
+        _cu(cu.cuLaunchKernel(fn, *(int(g) for g in spec.grid), *spec.block, spec.shared_mem, cu.CUstream(stream),
+                              ctypes.addressof(params), 0), f"launching {spec.name}")
+        return
+    _cu(cu.cuLaunchKernelEx(_pdl_config(spec, stream), fn, ctypes.addressof(params), 0), f"launching {spec.name}")
+
+
+def _pdl_config(spec: LaunchSpec, stream: int):
+    """The launch configuration that lets the kernel start before the previous one in the stream has finished."""
+    from cuda.bindings import driver as cu
+
+    attr = cu.CUlaunchAttribute()
+    attr.id = cu.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    cfg = cu.CUlaunchConfig()
+    cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = (int(g) for g in spec.grid)
+    cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = spec.block
+    cfg.sharedMemBytes, cfg.hStream = spec.shared_mem, cu.CUstream(stream)
+    cfg.attrs, cfg.numAttrs = [attr], 1
+    return cfg
 
 
 _props: dict[int, tuple[int, int]] = {}
