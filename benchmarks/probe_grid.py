@@ -7,7 +7,7 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `threads` or `arith`); every variant's y is
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `threads`, `l2` or `arith`); every variant's y is
 checked against the chosen kernel's first.
 
     python benchmarks/probe_grid.py --json OUT.json [--set NAME] [--sparsities 0.5 0.75]
@@ -64,6 +64,10 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
         "8B down 14336->4096": [(64, 8, T128), (128, 8, T128), (32, 8, T128)],
         "8B gate+up fused 4096->28672": [(128, 2, T128), (256, 4, T128), (256, 2, T128)],
     },
+    "l2": {  # L2 eviction priorities (WSP_L2HINT): 1 weights evict_first, 2 tau evict_last, 3 both; the same y
+        name: [(None, None, {"WSP_L2HINT": h}) for h in (1, 2, 3)]
+        for name in CELLS
+    },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
         for name in CELLS
@@ -99,7 +103,7 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
             run(spec, x, wqs[0], tau, y, scale=scale)
             if "fp8alu2" in label or "fp8alu3" in label:
                 ok = None  # wrong y by design
-            elif label in (f"{chosen.tile}x{chosen.cluster} fp8alu1", f"{chosen.tile}x{chosen.cluster} i8f16"):
+            elif any(label.startswith(f"{chosen.tile}x{chosen.cluster} {m}") for m in ("fp8alu1", "i8f16", "l2hint")):
                 ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))

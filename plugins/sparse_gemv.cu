@@ -42,6 +42,7 @@
 // previous kernel complete, its writes visible) before its first read of x or tau and any write; 1 also lets the
 // next kernel launch once this block's weight stream is done, 2 once this block starts, 3 never (the implicit
 // trigger at exit, as a kernel that knows nothing of PDL). Without the launch attribute the wait returns at once.
+// WSP_L2HINT (today's kernel; default 0, PTX unchanged), for probe_grid.py --set l2: L2 eviction priorities, below.
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -85,6 +86,9 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_PDL
 #define WSP_PDL 0
+#endif
+#ifndef WSP_L2HINT
+#define WSP_L2HINT 0
 #endif
 #if WSP_WQ == 1 && WSP_FP8ALU
 #define WQ_OUT(s) ((s) * 0x1p56f)  // undoes the 2^-56 left on every sum by the integer FP8 dequantization
@@ -228,10 +232,35 @@ struct Vec {
 
 // Weights are read once: keep them out of L1, and let L2 fetch the 256-byte neighbourhood that the blocks
 // owning the neighbouring columns of the same row read next.
+#if WSP_L2HINT
+// L2 eviction priorities (WSP_L2HINT, timing probe): 1 streams the weights as evict_first, 2 keeps tau as
+// evict_last, 3 both; so tau (and x) stay in L2 across calls while the weights, read once, leave first.
+__device__ __forceinline__ unsigned long long l2_policy_first() {
+    unsigned long long pol;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    return pol;
+}
+__device__ __forceinline__ float4 ld_tau4(const float* p) {
+    float4 v;
+#if WSP_L2HINT & 2
+    unsigned long long pol;
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+    asm("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p), "l"(pol));
+#else
+    v = *reinterpret_cast<const float4*>(p);
+#endif
+    return v;
+}
+#endif
+
 #if WSP_WQ
 __device__ __forceinline__ Vec load_w(const wt_t* p) {
     Vec v;
-#if WSP_V == 16
+#if WSP_V == 16 && (WSP_L2HINT & 1)
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p), "l"(l2_policy_first()));
+#elif WSP_V == 16
     asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p));
 #elif WSP_V == 8
@@ -244,7 +273,10 @@ __device__ __forceinline__ Vec load_w(const wt_t* p) {
 #else
 __device__ __forceinline__ Vec load_w(const u16* p) {
     Vec v;
-#if WSP_V == 8
+#if WSP_V == 8 && (WSP_L2HINT & 1)
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p), "l"(l2_policy_first()));
+#elif WSP_V == 8
     asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p));
 #else
@@ -954,8 +986,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         for (int q = 0; q < NPASS; q++) {
             const int c = q * PASS + tid * CPT;
             if (vec_x && c < kc) {
+#if WSP_L2HINT
+                const float4 a = ld_tau4(tau_p + k0 + c), b = ld_tau4(tau_p + k0 + c + 4);
+#else
                 const float4 a = *reinterpret_cast<const float4*>(tau_p + k0 + c);
                 const float4 b = *reinterpret_cast<const float4*>(tau_p + k0 + c + 4);
+#endif
                 th[q][0] = a.x; th[q][1] = a.y; th[q][2] = a.z; th[q][3] = a.w;
                 th[q][4] = b.x; th[q][5] = b.y; th[q][6] = b.z; th[q][7] = b.w;
             } else {

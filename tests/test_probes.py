@@ -158,3 +158,18 @@ def test_pdl_launch_config():
     cfg = driver._pdl_config(spec, 0)
     assert (cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ, cfg.blockDimX, cfg.numAttrs) == (224, 2, 1, 256, 1)
     assert cfg.attrs[0].value.programmaticStreamSerializationAllowed == 1
+
+
+@nvrtc
+def test_l2hint_builds_mark_weights_and_tau():
+    """1: every weight load carries the evict_first policy; 2: tau's loads carry evict_last; the default build
+    has no policy at all."""
+    def ptx(tune):
+        return kernels.launch_spec(torch.bfloat16, 4096, [14336], 1, tile=128, cluster=2, tune=tune,
+                                   weights=quant.FORMATS["fp8_e4m3"], arch=90).ptx
+    base, first, last = ptx({}), ptx({"WSP_L2HINT": 1}), ptx({"WSP_L2HINT": 2})
+    assert "createpolicy" not in base and "cache_hint" not in base
+    weight_loads = base.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32")
+    assert weight_loads > 0 and "evict_first" in first and "evict_last" not in first
+    assert first.count("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32") == weight_loads
+    assert "evict_last" in last and last.count("ld.global.nc.L2::cache_hint.v4.f32") == 2
