@@ -218,6 +218,14 @@ def today_call(x: torch.Tensor, w: torch.Tensor, scale, tau: torch.Tensor, split
     return kernels.sparse_linear_q_op(x, w, scale, tau, None, splits)
 
 
+def save_rows(path: str, rows: list[dict], t0: float, **extra) -> None:
+    """A probe's JSON: when, on which GPU, by which command, its rows (and `extra` fields), and how long it took."""
+    with open(path, "w") as f:
+        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
+                   "command": " ".join([sys.executable, *sys.argv]), **extra, "rows": rows,
+                   "seconds": time.time() - t0}, f, indent=1)
+
+
 def dense_equal(out: int, in_eq: int, reps: int) -> dict[str, float]:
     """torch.matmul in bf16 with x [1, in'] on [out, in'] and on [in', out], weights rotated: the faster."""
     n = copies(in_eq * out * 2)

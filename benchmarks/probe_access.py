@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import time
 from functools import partial
 
 import torch
-from bench_floor import floor_spec, range_starts, read_us
+from bench_floor import floor_spec, range_starts, read_us, save_rows
 from bench_fused import _time, _weights, sparsity_case
 from bench_kernels import ceilings
 
@@ -122,9 +121,7 @@ def main() -> None:
     t0 = time.time()
     _, read = ceilings()
     rows = [r for name in args.cells for r in probe_cell(name, read, args.reps)]
-    with open(args.json, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-                   "read_tbps": read / 1e12, "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    save_rows(args.json, rows, t0, read_tbps=read / 1e12)
     for name in args.cells:
         mine = sorted((r for r in rows if r["cell"] == name), key=lambda r: r["us"])
         r0 = mine[0]

@@ -16,13 +16,12 @@ checked against the chosen kernel's first.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
 
 import torch
-from bench_floor import dense_equal
+from bench_floor import dense_equal, save_rows
 from bench_fused import _time
 from bench_kernels import SHAPES, copies, run, thresholds
 
@@ -129,9 +128,7 @@ def main() -> None:
     t0 = time.time()
     rows = [r for f in args.formats for name in CELLS for r in probe(name, quant.FORMATS[f], args.sparsities,
                                                                       args.reps, SETS[args.set][name])]
-    with open(args.json, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-                   "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    save_rows(args.json, rows, t0)
     for r in rows:
         bad = {True: "", False: "  MISMATCH", None: "  (timing only)"}[r["matches"]]
         print(f"{r['format']:>9} {r['shape']:<30} s={r['sparsity']:<5} {r['variant']:<24} grid {r['grid']:>4} "

@@ -14,13 +14,12 @@ column tile, each prototype checked against float64 first (max |error| / max |y|
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from functools import partial
 
 import torch
-from bench_floor import dense_equal, floor_spec, today_call
+from bench_floor import dense_equal, floor_spec, save_rows, today_call
 from bench_fused import _time, _weights, sparsity_case
 from probe_access import starts_for, tiles_for
 
@@ -96,10 +95,7 @@ def main() -> None:
     torch.manual_seed(0)
     t0 = time.time()
     rows = [r for name in CELLS for s in args.sparsities for r in probe_cell(name, s, args.reps)]
-    with open(args.json, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-                   "command": " ".join([sys.executable, *sys.argv]), "rows": rows, "seconds": time.time() - t0},
-                  f, indent=1)
+    save_rows(args.json, rows, t0)
     for r in rows:
         err = f"  err {r['rel_err']:.1e}" if "rel_err" in r else ""
         grid = f" grid {r['grid']:>4}" if "grid" in r else ""

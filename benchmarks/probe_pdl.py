@@ -17,12 +17,11 @@ sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
-from bench_floor import dense_equal
+from bench_floor import dense_equal, save_rows
 from bench_fused import _time, _weights
 from bench_kernels import SHAPES, copies, thresholds
 
@@ -104,9 +103,7 @@ def main() -> None:
     t0 = time.time()
     rows = [r for f in args.formats for name in args.cells
             for r in probe(name, None if f == "bf16" else f, args.sparsities, args.reps)]
-    with open(args.json, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-                   "rows": rows, "seconds": time.time() - t0}, f, indent=1)
+    save_rows(args.json, rows, t0)
     print("back to back: us, x over bf16 torch.matmul | behind a producer: us added, x over matmul behind it")
     for r in rows:
         bad = "" if r["same_y"] else "  MISMATCH"

@@ -3,6 +3,7 @@ builds they ask for, the tensor-core prototype's PTX and its float64 reference (
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from _plans import nvrtc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_floor  # noqa: E402
 import probe_access as pa  # noqa: E402
 import probe_grid as pg  # noqa: E402
 import probe_mma as pm  # noqa: E402
@@ -173,3 +175,13 @@ def test_l2hint_builds_mark_weights_and_tau():
     assert weight_loads > 0 and "evict_first" in first and "evict_last" not in first
     assert first.count("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32") == weight_loads
     assert "evict_last" in last and last.count("ld.global.nc.L2::cache_hint.v4.f32") == 2
+
+
+def test_probe_json_says_when_where_and_how(tmp_path, monkeypatch):
+    """Every probe's JSON carries the date, the GPU, the command, its extra fields, the rows and the seconds."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    path = tmp_path / "p.json"
+    bench_floor.save_rows(str(path), [{"us": 1.5}], 0.0, read_tbps=4.2)
+    got = json.loads(path.read_text())
+    assert got["gpu"] == "NVIDIA H200" and got["rows"] == [{"us": 1.5}] and got["read_tbps"] == 4.2
+    assert got["command"].split()[0] == sys.executable and got["seconds"] > 0 and got["date"][:2] == "20"
