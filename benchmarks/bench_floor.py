@@ -103,12 +103,13 @@ def mark(ceiling: float, bar: float) -> str:
 
 
 def floor_spec(name: str, blocks: int, args: Sequence[int], arch: int, seg: int = SEG,
-               defines: dict[str, int] | None = None) -> kernels.LaunchSpec:
+               defines: dict[str, int] | None = None, shared_mem: int = 0) -> kernels.LaunchSpec:
     """A floor_kernels.cu entry point as a LaunchSpec (the package's NVRTC path and PTX cache); `defines`: more
-    macros (e.g. sdread's WSP_U)."""
+    macros (e.g. sdread's WSP_U); `shared_mem`: dynamic shared memory bytes (sdasync's ring)."""
     ptx = kernels.compile_ptx(str(SOURCE), {"WSP_NAME": "wsp_floor", "WSP_SEG": seg, "WSP_THREADS": kernels.THREADS,
                                             **(defines or {})}, arch)
-    return kernels.LaunchSpec(name, ptx, (blocks, 1, 1), (kernels.THREADS, 1, 1), 0, tuple(args), 1, 0, 1, 1, False)
+    return kernels.LaunchSpec(name, ptx, (blocks, 1, 1), (kernels.THREADS, 1, 1), shared_mem, tuple(args), 1, 0, 1, 1,
+                              False)
 
 
 class Chain:
@@ -224,6 +225,23 @@ def save_rows(path: str, rows: list[dict], t0: float, **extra) -> None:
         json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
                    "command": " ".join([sys.executable, *sys.argv]), **extra, "rows": rows,
                    "seconds": time.time() - t0}, f, indent=1)
+
+
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """A probe's command line: its docstring's first line, --json and --reps; each probe adds its own options."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each graph-replay median (median taken)")
+    return ap
+
+
+def probe_start(ap: argparse.ArgumentParser, script: str) -> tuple[argparse.Namespace, float]:
+    """Parse; without a GPU a one-line error and a non-zero exit; seed 0; the start time (save_rows' t0)."""
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit(f"error: {script} needs a CUDA GPU, and none is visible")
+    torch.manual_seed(0)
+    return args, time.time()
 
 
 def dense_equal(out: int, in_eq: int, reps: int) -> dict[str, float]:

@@ -126,6 +126,20 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_dread(
 // starts[p][rank] .. starts[p][rank + 1]), stages them in shared memory WSP_KL at a time (today's compaction writes
 // its list there too), streams WSP_U loads in flight a thread, folds, reduces across the block and writes y. No
 // mask, no x, no multiply-add, no cluster reduction: what is left of today's time when those are gone.
+// The block's fold of its threads' v (XOR: order-free), one word of y per block: keeps every load of a read-only
+// kernel alive and checkable.
+__device__ __forceinline__ void store_block_fold(u32 v, u32* __restrict__ y) {
+    __shared__ u32 red[WSP_THREADS / 32];
+    for (int o = 16; o > 0; o /= 2) v ^= __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        v = threadIdx.x < WSP_THREADS / 32 ? red[threadIdx.x] : 0;
+        for (int o = 16; o > 0; o /= 2) v ^= __shfl_xor_sync(0xffffffffu, v, o);
+        if (threadIdx.x == 0) y[blockIdx.x] = v;
+    }
+}
+
 #ifndef WSP_KL
 #define WSP_KL 2048
 #endif
@@ -137,7 +151,6 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdread(
     const unsigned char* __restrict__ w, int in, int ldw, int C, u32* __restrict__ y) {
     constexpr int TPR = WSP_SEG / 16, RL = WSP_THREADS / TPR;
     __shared__ int rows[WSP_KL];
-    __shared__ u32 red[WSP_THREADS / 32];
     const int t = blockIdx.x / C, rank = blockIdx.x % C, p = tile[2 * t];
     const int lo = starts[p * (C + 1) + rank], hi = starts[p * (C + 1) + rank + 1];
     const unsigned char* wk = w + tile[2 * t + 1] + (threadIdx.x % TPR) * 16;
@@ -161,14 +174,7 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdread(
         }
         __syncthreads();  // rows is rewritten by the next chunk
     }
-    for (int o = 16; o > 0; o /= 2) v ^= __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        v = threadIdx.x < WSP_THREADS / 32 ? red[threadIdx.x] : 0;
-        for (int o = 16; o > 0; o /= 2) v ^= __shfl_xor_sync(0xffffffffu, v, o);
-        if (threadIdx.x == 0) y[blockIdx.x] = v;
-    }
+    store_block_fold(v, y);
 }
 
 // wsp_floor_mma: a prototype of the FP8 list GEMV on tensor cores (benchmarks/probe_mma.py), to measure what fewer
@@ -279,3 +285,56 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS, 2) wsp_floor_mma(
     }
 }
 #endif  // __CUDA_ARCH__ >= 890
+
+// wsp_floor_sdasync: wsp_floor_sdread's reads (same grid, tiles, split, 16-byte pieces of the same kept rows, in the
+// same order) issued as asynchronous copies into shared memory (cp.async, Ampere+), so the bytes a thread has in
+// flight no longer live in registers: each thread owns a ring of WSP_D 16-byte slots of dynamic shared memory
+// ([WSP_D][threads][16] bytes, launched with that much), keeps WSP_D - 1..WSP_D copies in flight (one commit group
+// a copy), folds a slot once its group has landed and refills the slot with its copy WSP_D entries ahead. A slot is
+// written and read by its own thread only, so no barrier guards it. What the reads take when a block's bytes in
+// flight are set by shared memory instead of registers (benchmarks/probe_async.py).
+#ifndef WSP_D
+#define WSP_D 8
+#endif
+__device__ __forceinline__ void cp16(unsigned dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_wait_ring() { asm volatile("cp.async.wait_group %0;" :: "n"(WSP_D - 1) : "memory"); }
+
+extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdasync(
+    const int* __restrict__ lst, const int* __restrict__ starts, const int* __restrict__ tile,
+    const unsigned char* __restrict__ w, int in, int ldw, int C, u32* __restrict__ y) {
+    constexpr int TPR = WSP_SEG / 16, RL = WSP_THREADS / TPR;
+    extern __shared__ __align__(16) unsigned char ring[];
+    __shared__ int rows[WSP_KL];
+    const int t = blockIdx.x / C, rank = blockIdx.x % C, p = tile[2 * t];
+    const int lo = starts[p * (C + 1) + rank], hi = starts[p * (C + 1) + rank + 1];
+    const unsigned char* wk = w + tile[2 * t + 1] + (threadIdx.x % TPR) * 16;
+    const unsigned slot0 = (unsigned)__cvta_generic_to_shared(ring) + threadIdx.x * 16;
+    auto slot = [&](int j) { return slot0 + (unsigned)(j % WSP_D) * (WSP_THREADS * 16); };
+    u32 v = 0;
+    for (int k0 = lo; k0 < hi; k0 += WSP_KL) {
+        const int n = min(WSP_KL, hi - k0);
+        for (int i = threadIdx.x; i < n; i += WSP_THREADS) rows[i] = lst[(size_t)p * in + k0 + i];
+        __syncthreads();
+        const int e0 = threadIdx.x / TPR, cnt = e0 < n ? (n - e0 + RL - 1) / RL : 0;  // this thread's entries
+#pragma unroll
+        for (int j = 0; j < WSP_D; j++) {
+            if (j < cnt) cp16(slot(j), wk + (size_t)rows[e0 + j * RL] * ldw);
+            cp_commit();  // empty groups too: group j is entry j's, whatever cnt
+        }
+        for (int j = 0; j < cnt; j++) {
+            cp_wait_ring();  // at most WSP_D - 1 groups pending: entry j's has landed
+            u32 a, b, c, d;
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d)
+                         : "r"(slot(j)) : "memory");
+            v ^= a ^ b ^ c ^ d;
+            if (j + WSP_D < cnt) cp16(slot(j), wk + (size_t)rows[e0 + (j + WSP_D) * RL] * ldw);
+            cp_commit();
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        __syncthreads();  // rows is rewritten by the next chunk
+    }
+    store_block_fold(v, y);
+}

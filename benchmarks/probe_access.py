@@ -16,14 +16,13 @@ Medians of `--reps` graph-replay medians, weights rotated over copies larger tha
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import sys
 import time
 from functools import partial
+from typing import NamedTuple
 
 import torch
-from bench_floor import floor_spec, range_starts, read_us, save_rows
+from bench_floor import floor_spec, probe_parser, probe_start, range_starts, read_us, save_rows
 from bench_fused import _time, _weights, sparsity_case
 from bench_kernels import ceilings
 
@@ -80,14 +79,36 @@ def variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, 
     return _time([partial(call, w) for w in wts], len(wts), reps)
 
 
-def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[dict]:
+class Cell(NamedTuple):
+    """A cell at one sparsity, on the GPU: a real mask's case, the weight copies its kept bytes need (rotated over
+    more than L2), those bytes, and the GPU's SM count and architecture."""
+
+    in_f: int
+    splits: list[int]
+    weights: str | None
+    elem: int
+    case: object
+    counts: list[int]
+    wts: list[torch.Tensor]
+    scale: torch.Tensor | None
+    kept: int
+    sms: int
+    arch: int
+
+
+def load_cell(name: str, s: float) -> Cell:
     in_f, splits, kind, weights = CELLS[name]
-    elem, out = 1 if weights else 2, sum(splits)
-    dev = torch.device("cuda")
-    sms, arch = kernels.sm_count(dev), kernels.device_arch(dev)
+    elem, dev = 1 if weights else 2, torch.device("cuda")
     case, counts, n = sparsity_case(in_f, splits, kind, s, 1, elem, 64)
-    wts, _ = _weights(in_f, out, weights, n)
+    wts, scale = _weights(in_f, sum(splits), weights, n)
     kept = sum(c * sp for c, sp in zip(counts, splits, strict=True)) * elem
+    return Cell(in_f, splits, weights, elem, case, counts, wts, scale, kept, kernels.sm_count(dev),
+                kernels.device_arch(dev))
+
+
+def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[dict]:
+    in_f, splits, _, elem, case, counts, wts, _, kept, sms, arch = load_cell(name, s)
+    dev = wts[0].device
     bound = kept / read_bps * 1e6
     dread = read_us(wts, kept, sms, arch, reps, dep=True)[0]
     idx_rand = case.lst[0].contiguous()
@@ -110,15 +131,9 @@ def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", required=True)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = probe_parser(__doc__)
     ap.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: probe_access.py needs a CUDA GPU, and none is visible")
-    torch.manual_seed(0)
-    t0 = time.time()
+    args, t0 = probe_start(ap, "probe_access.py")
     _, read = ceilings()
     rows = [r for name in args.cells for r in probe_cell(name, read, args.reps)]
     save_rows(args.json, rows, t0, read_tbps=read / 1e12)

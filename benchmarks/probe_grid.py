@@ -7,21 +7,19 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `threads`, `l2` or `arith`); every variant's y is
-checked against the chosen kernel's first.
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `threads`, `l2`, `l2pf`, `async` or
+`arith`); every variant's y is checked against the chosen kernel's first.
 
     python benchmarks/probe_grid.py --json OUT.json [--set NAME] [--sparsities 0.5 0.75]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import replace
 
 import torch
-from bench_floor import dense_equal, save_rows
+from bench_floor import dense_equal, probe_parser, probe_start, save_rows
 from bench_fused import _time
 from bench_kernels import SHAPES, copies, run, thresholds
 
@@ -67,6 +65,21 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
         name: [(None, None, {"WSP_L2HINT": h}) for h in (1, 2, 3)]
         for name in CELLS
     },
+    "async": {  # the kept rows' pieces through cp.async into a ring of WSP_ASYNC slots a thread (shared memory)
+        "8B gate/up 4096->14336": [(None, None, {"WSP_ASYNC": 8}), (None, None, {"WSP_ASYNC": 16}),
+                                   (None, None, {"WSP_ASYNC": 16, "WSP_MINB": 2}),
+                                   (128, 4, {"WSP_ASYNC": 8, "WSP_MINB": 4}),
+                                   (128, 4, {"WSP_ASYNC": 12, "WSP_MINB": 3}), (256, 4, {"WSP_ASYNC": 16})],
+        "8B down 14336->4096": [(None, None, {"WSP_ASYNC": 8}), (None, None, {"WSP_ASYNC": 16}),
+                                (64, 8, {"WSP_ASYNC": 8, "WSP_MINB": 4}), (64, 8, {"WSP_ASYNC": 12, "WSP_MINB": 3})],
+        "8B gate+up fused 4096->28672": [(None, None, {"WSP_ASYNC": 8}), (None, None, {"WSP_ASYNC": 16}),
+                                         (128, 2, {"WSP_ASYNC": 8, "WSP_MINB": 4}),
+                                         (128, 2, {"WSP_ASYNC": 12, "WSP_MINB": 3})],
+    },
+    "l2pf": {  # the weight loads' L2 prefetch: 128 bytes, or none, instead of 256 (WSP_L2PF); the same y
+        name: [(None, None, {"WSP_L2PF": b}) for b in (128, 0)]
+        for name in CELLS
+    },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
         for name in CELLS
@@ -89,7 +102,8 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
         tune = {k: v for k, v in tune.items() if k not in ONLY or ONLY[k] == fmt.name}
         label = f"{t}x{c}" + "".join(f" {k[4:].lower()}{v}" for k, v in sorted(tune.items()))
         spec = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, weights=fmt, tune=tune)
-        specs.append((label, replace(spec, block=(tune.get("WSP_THREADS", spec.block[0]), 1, 1))))
+        ring = tune.get("WSP_ASYNC", 0) * tune.get("WSP_THREADS", spec.block[0]) * 16  # cp.async slots
+        specs.append((label, replace(spec, block=(tune.get("WSP_THREADS", spec.block[0]), 1, 1), shared_mem=ring)))
     rows = []
     for sp in sparsities:
         tau = thresholds(sp, in_f, len(splits))
@@ -102,7 +116,8 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
             run(spec, x, wqs[0], tau, y, scale=scale)
             if "fp8alu2" in label or "fp8alu3" in label:
                 ok = None  # wrong y by design
-            elif any(label.startswith(f"{chosen.tile}x{chosen.cluster} {m}") for m in ("fp8alu1", "i8f16", "l2hint")):
+            elif any(label.startswith(f"{chosen.tile}x{chosen.cluster} {m}")
+                     for m in ("fp8alu1", "i8f16", "l2hint", "async", "l2pf")):
                 ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))
@@ -115,17 +130,11 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", required=True)
+    ap = probe_parser(__doc__)
     ap.add_argument("--formats", nargs="+", default=["fp8_e4m3", "int8"])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75])
-    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--set", choices=list(SETS), default="grid")
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: probe_grid.py needs a CUDA GPU, and none is visible")
-    torch.manual_seed(0)
-    t0 = time.time()
+    args, t0 = probe_start(ap, "probe_grid.py")
     rows = [r for f in args.formats for name in CELLS for r in probe(name, quant.FORMATS[f], args.sparsities,
                                                                       args.reps, SETS[args.set][name])]
     save_rows(args.json, rows, t0)

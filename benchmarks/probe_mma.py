@@ -13,13 +13,11 @@ column tile, each prototype checked against float64 first (max |error| / max |y|
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from functools import partial
 
 import torch
-from bench_floor import dense_equal, floor_spec, save_rows, today_call
+from bench_floor import dense_equal, floor_spec, probe_parser, probe_start, save_rows, today_call
 from bench_fused import _time, _weights, sparsity_case
 from probe_access import starts_for, tiles_for
 
@@ -85,15 +83,9 @@ def probe_cell(name: str, s: float, reps: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", required=True)
+    ap = probe_parser(__doc__)
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75])
-    ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: probe_mma.py needs a CUDA GPU, and none is visible")
-    torch.manual_seed(0)
-    t0 = time.time()
+    args, t0 = probe_start(ap, "probe_mma.py")
     rows = [r for name in CELLS for s in args.sparsities for r in probe_cell(name, s, args.reps)]
     save_rows(args.json, rows, t0)
     for r in rows:

@@ -16,12 +16,10 @@ sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated 
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 import torch
-from bench_floor import dense_equal, save_rows
+from bench_floor import dense_equal, probe_parser, probe_start, save_rows
 from bench_fused import _time, _weights
 from bench_kernels import SHAPES, copies, thresholds
 
@@ -90,17 +88,11 @@ def probe(name: str, weights: str | None, sparsities, reps: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", required=True)
+    ap = probe_parser(__doc__)
     ap.add_argument("--formats", nargs="+", default=["fp8_e4m3", "int8", "bf16"])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75])
     ap.add_argument("--cells", nargs="+", default=list(CELLS))
-    ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: probe_pdl.py needs a CUDA GPU, and none is visible")
-    torch.manual_seed(0)
-    t0 = time.time()
+    args, t0 = probe_start(ap, "probe_pdl.py")
     rows = [r for f in args.formats for name in args.cells
             for r in probe(name, None if f == "bf16" else f, args.sparsities, args.reps)]
     save_rows(args.json, rows, t0)

@@ -43,6 +43,9 @@
 // next kernel launch once this block's weight stream is done, 2 once this block starts, 3 never (the implicit
 // trigger at exit, as a kernel that knows nothing of PDL). Without the launch attribute the wait returns at once.
 // WSP_L2HINT (today's kernel; default 0, PTX unchanged), for probe_grid.py --set l2: L2 eviction priorities, below.
+// WSP_ASYNC=D (today's kernel, 16-byte loads; default 0, PTX unchanged), for probe_grid.py --set async: the kept
+// rows' pieces come through cp.async into a ring of D 16-byte slots a thread in dynamic shared memory (launched with
+// D * THREADS * 16 bytes), not through registers: D copies in flight a thread, whatever registers allow.
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -89,6 +92,19 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_L2HINT
 #define WSP_L2HINT 0
+#endif
+#ifndef WSP_ASYNC
+#define WSP_ASYNC 0
+#endif
+#ifndef WSP_L2PF  // L2 prefetch size of the 16-byte weight loads: 256 (shipped), 128, or 0 for none (probe_grid.py)
+#define WSP_L2PF 256
+#endif
+#if WSP_L2PF == 256
+#define WSP_PF ".L2::256B"
+#elif WSP_L2PF == 128
+#define WSP_PF ".L2::128B"
+#else
+#define WSP_PF ""
 #endif
 #if WSP_WQ == 1 && WSP_FP8ALU
 #define WQ_OUT(s) ((s) * 0x1p56f)  // undoes the 2^-56 left on every sum by the integer FP8 dequantization
@@ -261,7 +277,7 @@ __device__ __forceinline__ Vec load_w(const wt_t* p) {
     asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p), "l"(l2_policy_first()));
 #elif WSP_V == 16
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+    asm("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p));
 #elif WSP_V == 8
     asm("ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];" : "=r"(v.w[0]), "=r"(v.w[1]) : "l"(p));
@@ -277,7 +293,7 @@ __device__ __forceinline__ Vec load_w(const u16* p) {
     asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p), "l"(l2_policy_first()));
 #elif WSP_V == 8
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+    asm("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p));
 #else
     u16 h;
@@ -904,6 +920,46 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 #endif  // WSP_SPLIT
 }
 #else
+#if WSP_ASYNC
+static_assert(WSP_WQ ? V == 16 : V == 8, "WSP_ASYNC copies 16-byte pieces");
+// `after`: a register the copy must wait for (the value last read from the slot: no write before that read).
+__device__ __forceinline__ void cp16(unsigned dst, const void* src, u32 after = 0u) {
+    asm volatile("cp.async.cg.shared.global" WSP_PF " [%0], [%1], 16; // %2" :: "r"(dst), "l"(src), "r"(after)
+                 : "memory");
+}
+// Step 2 through cp.async: this thread's entries rl, rl + RL, ... of the chunk's list, D copies in flight (one
+// commit group each, empty groups included, so group j is entry j's), each slot read back by its own thread only
+// and refilled only once the value read from it is in registers.
+__device__ __forceinline__ void stream_async(const wt_t* wk, int ldw, const u16* list, const u16* xc, int total,
+                                             int rl, bool col_ok, float (&acc)[R][V]) {
+    extern __shared__ __align__(16) unsigned char ring[];
+    const unsigned slot0 = (unsigned)__cvta_generic_to_shared(ring) + threadIdx.x * 16;
+    auto slot = [&](int j) { return slot0 + (unsigned)(j % WSP_ASYNC) * (THREADS * 16); };
+    const int cnt = rl < total ? (total - rl + RL - 1) / RL : 0;
+#pragma unroll
+    for (int j = 0; j < WSP_ASYNC; j++) {
+        if (j < cnt && col_ok) cp16(slot(j), wk + (size_t)list[rl + j * RL] * ldw);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    for (int j = 0; j < cnt; j++) {
+        asm volatile("cp.async.wait_group %0;" :: "n"(WSP_ASYNC - 1) : "memory");
+        Vec wv;
+        if (col_ok) {
+            asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(wv.w[0]), "=r"(wv.w[1]), "=r"(wv.w[2]), "=r"(wv.w[3]) : "r"(slot(j)) : "memory");
+        } else {
+            zero(wv);
+        }
+        float xv[R];
+        load_x(xc, rl + j * RL, xv);
+        fma_row(wv, xv, acc);
+        if (j + WSP_ASYNC < cnt && col_ok)
+            cp16(slot(j), wk + (size_t)list[rl + (j + WSP_ASYNC) * RL] * ldw, wv.w[0]);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+    }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+#endif
 extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_NAME(
     const u16* __restrict__ x,      // [n_rows, in]
     const wt_t* __restrict__ w,     // [in, ldw], columns 0..out0+out1+out2
@@ -1105,6 +1161,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
                 }
             }
         };
+#if WSP_ASYNC
+        stream_async(wk, ldw, list, xc, total, rl, col_ok, acc);
+#else
         Vec cur[U], nxt[U];
         int ecur[U], enxt[U];
         issue(rl, cur, ecur);
@@ -1117,6 +1176,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
                 ecur[u] = enxt[u];
             }
         }
+#endif
         __syncthreads();  // xc and list are rewritten by the next chunk
     }
     mark(2);

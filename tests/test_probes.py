@@ -1,5 +1,6 @@
-"""benchmarks/probe_access.py, probe_grid.py, probe_mma.py and probe_pdl.py on CPU: the tables they walk, the
-builds they ask for, the tensor-core prototype's PTX and its float64 reference (the timings need a GPU)."""
+"""benchmarks/probe_access.py, probe_async.py, probe_grid.py, probe_mma.py and probe_pdl.py on CPU: the tables they
+walk, the builds they ask for, the tensor-core prototype's PTX and its float64 reference (the timings need a GPU); on
+a GPU, the asynchronous-copy read against the register read of the same pieces."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from _plans import nvrtc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_floor  # noqa: E402
 import probe_access as pa  # noqa: E402
+import probe_async  # noqa: E402, F401  (imports cleanly: its names and the floor's exist)
 import probe_grid as pg  # noqa: E402
 import probe_mma as pm  # noqa: E402
 import probe_pdl as pp  # noqa: E402
@@ -110,7 +112,7 @@ def test_mma_prototype_ptx():
     spec = pm.mma_spec(224, 4096, 14336, 2, 90)
     entry = re.search(r"\.entry wsp_floor_mma\((.*?)\)", spec.ptx, re.S)
     assert entry and entry.group(1).count(".param .u64") == 7 and entry.group(1).count(".param .u32") == 3
-    body = spec.ptx.split(".entry wsp_floor_mma")[1]
+    body = spec.ptx.split(".entry wsp_floor_mma")[1].split(".entry")[0]
     assert body.count("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32") == 8
     assert body.count("prmt.b32") == 16 and body.count("cvt.rn.f16x2.e4m3x2") == 32
     assert body.count("st.global") == 1 and spec.grid == (224, 1, 1) and spec.args == (4096, 14336, 2)
@@ -185,3 +187,79 @@ def test_probe_json_says_when_where_and_how(tmp_path, monkeypatch):
     got = json.loads(path.read_text())
     assert got["gpu"] == "NVIDIA H200" and got["rows"] == [{"us": 1.5}] and got["read_tbps"] == 4.2
     assert got["command"].split()[0] == sys.executable and got["seconds"] > 0 and got["date"][:2] == "20"
+
+
+def _fp8_ptx(tune):
+    return kernels.launch_spec(torch.bfloat16, 4096, [14336], 1, tile=128, cluster=2, tune=tune,
+                               weights=quant.FORMATS["fp8_e4m3"], arch=90).ptx
+
+
+@nvrtc
+def test_async_builds_copy_weights_through_shared_memory():
+    """WSP_ASYNC=8: the weight pieces come by cp.async into dynamic shared memory, 8 in flight (wait_group 7), and
+    no 16-byte weight load goes to registers; the default build has no cp.async."""
+    base, ring = _fp8_ptx({}), _fp8_ptx({"WSP_ASYNC": 8})
+    assert "cp.async" not in base and base.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") > 0
+    assert "cp.async.cg.shared.global.L2::256B" in ring and "cp.async.wait_group 7" in ring
+    assert ".extern .shared" in ring and "ld.global.nc.L1::no_allocate.L2::256B.v4.u32" not in ring
+
+
+@nvrtc
+def test_l2pf_builds_change_only_the_prefetch():
+    """WSP_L2PF=128 asks L2 for 128 bytes on every weight load the default asks 256 for; 0 for nothing."""
+    base, half, none = _fp8_ptx({}), _fp8_ptx({"WSP_L2PF": 128}), _fp8_ptx({"WSP_L2PF": 0})
+    n = base.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32")
+    assert n > 0 and half.count("ld.global.nc.L1::no_allocate.L2::128B.v4.u32") == n
+    assert none.count("ld.global.nc.L1::no_allocate.v4.u32") == n and "L2::256B" not in none + half
+
+
+@nvrtc
+@pytest.mark.parametrize("depth", [4, 32])
+def test_sdasync_ring_ptx(depth):
+    """The floor's async read: depth - 1 groups may stay pending, the ring is dynamic shared memory of the size the
+    spec launches with."""
+    spec = bench_floor.floor_spec("wsp_floor_sdasync", 8, (64, 256, 2), 90, seg=128, defines={"WSP_D": depth},
+                                  shared_mem=depth * kernels.THREADS * 16)
+    body = spec.ptx.split(".entry wsp_floor_sdasync")[1].split(".entry")[0]
+    assert f"cp.async.wait_group {depth - 1}" in body and "cp.async.commit_group" in body
+    assert spec.shared_mem == depth * 4096 and ".extern .shared" in spec.ptx
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("depth", [4, 16])
+def test_sdasync_reads_what_sdread_reads(depth):
+    """On a GPU: the asynchronous-copy read folds exactly the bytes the register read folds, block by block (depth 16
+    needs 64 KB of dynamic shared memory and 72 KB in all: the driver's opt-in above 48 KB)."""
+    torch.manual_seed(0)
+    in_f, splits, tile, c = 512, [256, 128], 128, 2
+    w = torch.randint(0, 256, (in_f, sum(splits)), dtype=torch.uint8, device="cuda")
+    idx = torch.zeros(2, in_f, dtype=torch.int32)
+    counts = [300, 77]
+    for p, n in enumerate(counts):
+        idx[p, :n] = torch.randperm(in_f)[:n].sort().values.to(torch.int32)
+    starts, tiles = bench_floor.sdread_tables(idx, counts, splits, in_f, tile, c, 1)
+    grid, arch = len(tiles) * c, kernels.device_arch(torch.device("cuda"))
+    keep = [idx.cuda(), starts.cuda(), tiles.cuda()]
+    ptrs = [t.data_ptr() for t in keep] + [w.data_ptr()]
+    out = {}
+    for name, extra in (("wsp_floor_sdread", {}), ("wsp_floor_sdasync", {"defines": {"WSP_D": depth},
+                                                                         "shared_mem": depth * kernels.THREADS * 16})):
+        spec = bench_floor.floor_spec(name, grid, (in_f, sum(splits), c), arch, seg=tile, **extra)
+        out[name] = torch.zeros(grid, dtype=torch.int32, device="cuda")
+        kernels.launch(spec, ptrs, out[name].data_ptr(), torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert torch.equal(out["wsp_floor_sdread"], out["wsp_floor_sdasync"]) and bool(out["wsp_floor_sdread"].ne(0).all())
+
+
+def test_probe_command_line_and_no_gpu(monkeypatch):
+    """Every probe takes --json and --reps from probe_parser; without a GPU, one line and a non-zero exit."""
+    ap = bench_floor.probe_parser(pg.__doc__)
+    ap.add_argument("--set", choices=list(pg.SETS), default="grid")
+    monkeypatch.setattr(sys, "argv", ["probe_grid.py", "--json", "out.json", "--set", "async"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        bench_floor.probe_start(ap, "probe_grid.py")
+    assert e.value.code == "error: probe_grid.py needs a CUDA GPU, and none is visible"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args, t0 = bench_floor.probe_start(ap, "probe_grid.py")
+    assert (args.json, args.reps, args.set) == ("out.json", 3, "async") and t0 > 0

@@ -41,7 +41,7 @@ def check_versions() -> None:
             f"matching compiler: pip install 'nvidia-cuda-nvrtc=={drv[0]}.{drv[1]}.*'")
 
 
-_functions: dict[tuple[int, str, int], Any] = {}
+_functions: dict[tuple[int, str, int, int], Any] = {}
 _load_lock = threading.Lock()
 
 
@@ -57,7 +57,7 @@ def _ensure_context(device: int) -> None:
 
 def function(spec: LaunchSpec, device: int = 0):
     """The loaded CUfunction for a spec on a device (PTX JIT-compiled by the driver once, then reused)."""
-    key = (device, spec.name, hash(spec.ptx))
+    key = (device, spec.name, hash(spec.ptx), spec.shared_mem)
     fn = _functions.get(key)
     if fn is not None:
         return fn
@@ -71,7 +71,11 @@ def function(spec: LaunchSpec, device: int = 0):
                 raise RuntimeError(f"kernel {spec.name} was first needed during CUDA graph capture; run the model "
                                    "once before capturing (runtime.to_kernels loads the decode kernels)")
             mod = _cu(cu.cuModuleLoadData(spec.ptx.encode() + b"\0"), f"loading {spec.name}")
-            _functions[key] = _cu(cu.cuModuleGetFunction(mod, spec.name.encode()), f"cuModuleGetFunction {spec.name}")
+            fn = _cu(cu.cuModuleGetFunction(mod, spec.name.encode()), f"cuModuleGetFunction {spec.name}")
+            if spec.shared_mem:  # static + dynamic shared memory above 48 KiB needs this opt-in
+                attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+                _cu(cu.cuFuncSetAttribute(fn, attr, spec.shared_mem), f"shared memory of {spec.name}")
+            _functions[key] = fn
     return _functions[key]
 
 

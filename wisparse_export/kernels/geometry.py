@@ -37,7 +37,7 @@ class LaunchSpec:
     ptx: str
     grid: tuple[Any, Any, int]   # ints, or symbolic expressions when rows are symbolic (TensorRT)
     block: tuple[int, int, int]
-    shared_mem: int              # dynamic shared memory bytes (always 0: the kernel uses static shared memory)
+    shared_mem: int              # dynamic shared memory bytes: 0 in every shipped build (static shared memory only)
     args: tuple[Any, ...]        # the int32 arguments, in order: n_rows, in, ldw, out0, out1, out2
     rows_per_block: int
     tile: int
