@@ -922,14 +922,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 #else
 #if WSP_ASYNC
 static_assert(WSP_WQ ? V == 16 : V == 8, "WSP_ASYNC copies 16-byte pieces");
-// `after`: a register the copy must wait for (the value last read from the slot: no write before that read).
-__device__ __forceinline__ void cp16(unsigned dst, const void* src, u32 after = 0u) {
-    asm volatile("cp.async.cg.shared.global" WSP_PF " [%0], [%1], 16; // %2" :: "r"(dst), "l"(src), "r"(after)
-                 : "memory");
+__device__ __forceinline__ void cp16(unsigned dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global" WSP_PF " [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
 }
 // Step 2 through cp.async: this thread's entries rl, rl + RL, ... of the chunk's list, D copies in flight (one
-// commit group each, empty groups included, so group j is entry j's), each slot read back by its own thread only
-// and refilled only once the value read from it is in registers.
+// commit group each, empty groups included, so group j is entry j's), each slot read back by its own thread only.
+// A slot's refill is issued after its read in program order (both volatile, with a memory clobber) and its write
+// lands only after a global round trip; benchmark-only, its y checked bit for bit against the shipped build.
 __device__ __forceinline__ void stream_async(const wt_t* wk, int ldw, const u16* list, const u16* xc, int total,
                                              int rl, bool col_ok, float (&acc)[R][V]) {
     extern __shared__ __align__(16) unsigned char ring[];
@@ -954,7 +953,7 @@ __device__ __forceinline__ void stream_async(const wt_t* wk, int ldw, const u16*
         load_x(xc, rl + j * RL, xv);
         fma_row(wv, xv, acc);
         if (j + WSP_ASYNC < cnt && col_ok)
-            cp16(slot(j), wk + (size_t)list[rl + (j + WSP_ASYNC) * RL] * ldw, wv.w[0]);
+            cp16(slot(j), wk + (size_t)list[rl + (j + WSP_ASYNC) * RL] * ldw);
         asm volatile("cp.async.commit_group;" ::: "memory");
     }
     asm volatile("cp.async.wait_all;" ::: "memory");

@@ -16,7 +16,7 @@ from _plans import nvrtc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_floor  # noqa: E402
 import probe_access as pa  # noqa: E402
-import probe_async  # noqa: E402, F401  (imports cleanly: its names and the floor's exist)
+import probe_async  # noqa: E402
 import probe_grid as pg  # noqa: E402
 import probe_mma as pm  # noqa: E402
 import probe_pdl as pp  # noqa: E402
@@ -223,6 +223,14 @@ def test_sdasync_ring_ptx(depth):
     body = spec.ptx.split(".entry wsp_floor_sdasync")[1].split(".entry")[0]
     assert f"cp.async.wait_group {depth - 1}" in body and "cp.async.commit_group" in body
     assert spec.shared_mem == depth * 4096 and ".extern .shared" in spec.ptx
+
+
+def test_async_rings_fit_a_multiprocessor():
+    """Every ring depth probe_async.py launches fits the H200's 227 KB of shared memory a block, beside the list
+    (WSP_KL ints); the deepest leaves room for one block a SM, the one below it for three."""
+    rows = 2048 * 4
+    rings = [d * kernels.THREADS * 16 + rows for d in probe_async.DEPTHS]
+    assert max(rings) <= 227 * 1024 and 227 * 1024 // rings[-1] == 1 and 227 * 1024 // rings[-2] >= 3
 
 
 @pytest.mark.gpu
