@@ -11,7 +11,7 @@ each beside the dependent read `dread` (the least any sparse GEMV of these bytes
   C, seg, U  blocks per tile, bytes per row piece, 16-byte loads in flight per thread and batch
 Medians of `--reps` graph-replay medians, weights rotated over copies larger than L2.
 
-    python benchmarks/probe_access.py --json OUT.json [--reps 3]
+    python benchmarks/probe_access.py --json OUT.json [--reps 3] [--cells ...] [--clusters 4 8 16] [--segs 128 256]
 """
 
 from __future__ import annotations
@@ -106,7 +106,11 @@ def load_cell(name: str, s: float) -> Cell:
                 kernels.device_arch(dev))
 
 
-def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[dict]:
+GRID = {"layout": ("row", "tiled"), "rows": ("rand", "even"), "split": ("range", "list"), "C": (1, 2, 4, 8),
+        "seg": (256, 512), "U": (4, 8)}  # the knobs swept, each overridable from the command line
+
+
+def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5, grid: dict | None = None) -> list[dict]:
     in_f, splits, _, elem, case, counts, wts, _, kept, sms, arch = load_cell(name, s)
     dev = wts[0].device
     bound = kept / read_bps * 1e6
@@ -114,8 +118,7 @@ def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[di
     idx_rand = case.lst[0].contiguous()
     idx_even = even_idx(in_f, counts, dev)
     rows = []
-    for layout, rws, split, c, seg, u in itertools.product(("row", "tiled"), ("rand", "even"), ("range", "list"),
-                                                          (1, 2, 4, 8), (256, 512), (4, 8)):
+    for layout, rws, split, c, seg, u in itertools.product(*({**GRID, **(grid or {})}).values()):
         if c == 1 and split == "list":
             continue  # one block a tile: both splits are the same
         if sum(splits) * elem % seg:
@@ -133,9 +136,13 @@ def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5) -> list[di
 def main() -> None:
     ap = probe_parser(__doc__)
     ap.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    ap.add_argument("--clusters", type=int, nargs="+", help="blocks a tile (default 1 2 4 8; 16 is a grid of reads "
+                    "only here: no kernel of ours launches a cluster above 8)")
+    ap.add_argument("--segs", type=int, nargs="+", help="bytes of a row a block reads (default 256 512)")
     args, t0 = probe_start(ap, "probe_access.py")
     _, read = ceilings()
-    rows = [r for name in args.cells for r in probe_cell(name, read, args.reps)]
+    grid = {k: tuple(v) for k, v in (("C", args.clusters), ("seg", args.segs)) if v}
+    rows = [r for name in args.cells for r in probe_cell(name, read, args.reps, grid=grid)]
     save_rows(args.json, rows, t0, read_tbps=read / 1e12)
     for name in args.cells:
         mine = sorted((r for r in rows if r["cell"] == name), key=lambda r: r["us"])

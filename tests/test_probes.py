@@ -51,6 +51,11 @@ def test_both_splits_hand_out_every_kept_channel_once(c):
             assert all(r * k_per <= k < (r + 1) * k_per for k in got)
 
 
+def test_access_grid_is_in_the_sweep_order():
+    """probe_access's sweep unpacks GRID's values (overrides merged in place) as layout, rows, split, C, seg, U."""
+    assert list(pa.GRID) == ["layout", "rows", "split", "C", "seg", "U"]
+
+
 def test_tiles_in_both_layouts():
     """row: a tile's first byte is its first column's; tiled: tile g of all projections starts at g * in * seg."""
     row = pa.tiles_for([512, 256], 16, 256, 2, "row")
