@@ -147,15 +147,16 @@ def ring_ok(counters: Sequence[int]) -> bool:
         c % n == i for i, c in enumerate(counters))
 
 
-def read_us(wts: list[torch.Tensor], nbytes: int, sms: int, arch: int, reps: int, dep: bool = False
-            ) -> tuple[float, int, bool]:
+def read_us(wts: list[torch.Tensor], nbytes: int, sms: int, arch: int, reps: int, dep: bool = False,
+            defines: dict[str, int] | None = None) -> tuple[float, int, bool]:
     """(us, blocks, ring_ok): the read of the first nbytes of each weight copy (dep: behind the chain's
     dependency, its counters in a ring like Chain's, ring_ok for every grid tried), the fastest grid of 1-8 blocks
-    per SM."""
+    per SM; `defines`: floor_kernels.cu macros (WSP_L2PF)."""
     n, dev = len(wts), wts[0].device
     best, rings = (float("inf"), 0), []
     for blocks in (sms, 2 * sms, 4 * sms, 8 * sms):
-        spec = floor_spec("wsp_floor_dread" if dep else "wsp_floor_read", blocks, (-(-nbytes // 16), 0, n), arch)
+        spec = floor_spec("wsp_floor_dread" if dep else "wsp_floor_read", blocks, (-(-nbytes // 16), 0, n), arch,
+                          defines=defines)
         xs = torch.zeros(n, 4, dtype=torch.int32, device=dev)  # 16 bytes a counter
         y = torch.zeros(blocks, dtype=torch.int32, device=dev)
 
@@ -194,7 +195,7 @@ def range_starts(idx: torch.Tensor, count: Sequence[int], in_f: int, cluster: in
 
 
 def sdread_us(case, spec: kernels.LaunchSpec, wts: list[torch.Tensor], in_f: int, splits: Sequence[int], elem: int,
-              arch: int, reps: int) -> float:
+              arch: int, reps: int, defines: dict[str, int] | None = None) -> float:
     """wsp_floor_sdread on today's kernel's grid, tile and cluster (`spec`), over the weight copies."""
     idx, _, count = case.lst
     starts, tiles = sdread_tables(idx, count.tolist(), splits, in_f, spec.tile, spec.cluster, elem)
@@ -203,7 +204,7 @@ def sdread_us(case, spec: kernels.LaunchSpec, wts: list[torch.Tensor], in_f: int
     dev = wts[0].device
     starts, tiles, idx = starts.to(dev), tiles.to(dev), idx.contiguous()
     fl = floor_spec("wsp_floor_sdread", spec.grid[0], (in_f, sum(splits) * elem, spec.cluster), arch,
-                    seg=spec.tile * elem)
+                    seg=spec.tile * elem, defines=defines)
     y = torch.zeros(spec.grid[0], dtype=torch.int32, device=dev)
 
     def call(w: torch.Tensor) -> None:

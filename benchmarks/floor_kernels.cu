@@ -33,6 +33,14 @@
 #ifndef WSP_THREADS
 #define WSP_THREADS 256
 #endif
+#ifndef WSP_L2PF  // L2 prefetch of the 16-byte weight loads: 256 bytes (the floor as first measured, build v4's), 0 none
+#define WSP_L2PF 256
+#endif
+#if WSP_L2PF == 256
+#define WSP_PF ".L2::256B"
+#else
+#define WSP_PF ""
+#endif
 
 typedef unsigned int u32;
 
@@ -46,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_chain(
     u32 v = 0;
     if (threadIdx.x < WSP_SEG / 16) {  // the segment, 16 bytes a thread: a DRAM round trip behind the first
         u32 a, b, d, e;
-        asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        asm("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
             : "=r"(a), "=r"(b), "=r"(d), "=r"(e) : "l"(seg + threadIdx.x * 16));
         v = a + b + d + e;
     }
@@ -86,7 +94,7 @@ __device__ __forceinline__ void read_body(const u32* __restrict__ x, const unsig
             const long long j = i + u * stride;
             a[u][0] = a[u][1] = a[u][2] = a[u][3] = 0;
             if (j < positions)
-                asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                asm volatile("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
                              : "=r"(a[u][0]), "=r"(a[u][1]), "=r"(a[u][2]), "=r"(a[u][3]) : "l"(w + j * 16));
         }
 #pragma unroll
@@ -165,7 +173,7 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdread(
             for (int u = 0; u < WSP_U; ++u) {
                 a[u][0] = a[u][1] = a[u][2] = a[u][3] = 0;
                 if (e + u * RL < n)
-                    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                    asm volatile("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
                                  : "=r"(a[u][0]), "=r"(a[u][1]), "=r"(a[u][2]), "=r"(a[u][3])
                                  : "l"(wk + (size_t)rows[e + u * RL] * ldw));
             }
@@ -239,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS, 2) wsp_floor_mma(
 #pragma unroll
                 for (int r = 0; r < 4; r++) {
                     const int er = e + (r & 1) + 8 * (r >> 1);
-                    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                    asm volatile("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
                                  : "=r"(v[r].x), "=r"(v[r].y), "=r"(v[r].z), "=r"(v[r].w)
                                  : "l"(wk + (size_t)rows[er] * ldw));
                 }
@@ -297,7 +305,7 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS, 2) wsp_floor_mma(
 #define WSP_D 8
 #endif
 __device__ __forceinline__ void cp16(unsigned dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
+    asm volatile("cp.async.cg.shared.global" WSP_PF " [%0], [%1], 16;" :: "r"(dst), "l"(src) : "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void cp_wait_ring() { asm volatile("cp.async.wait_group %0;" :: "n"(WSP_D - 1) : "memory"); }

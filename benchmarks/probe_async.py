@@ -35,6 +35,7 @@ from probe_access import CELLS, load_cell
 
 from wisparse_export import kernels
 
+NOPF = {"WSP_L2PF": 0}
 DEPTHS = (4, 8, 16, 32)  # 16-byte copies in flight a thread (today's kernel: 8 loads, two batches of 4)
 
 
@@ -65,7 +66,10 @@ def probe_cell(name: str, s: float, read_bps: float, reps: int) -> list[dict]:
             "bf16_us": dense_equal(out, in_f, reps)["us"],
             "today_us": _time([lambda m=m: today_call(case.v, m, scale, case.tau, splits) for m in wts], n, reps),
             "dread_us": read_us(wts, kept, sms, arch, reps, dep=True)[0],
-            "sdread_us": sdread_us(case, spec, wts, in_f, splits, elem, arch, reps)}
+            "sdread_us": sdread_us(case, spec, wts, in_f, splits, elem, arch, reps),
+            # the same two reads without the L2 prefetch hint (build v5's weight loads)
+            "dread_nopf_us": read_us(wts, kept, sms, arch, reps, dep=True, defines=NOPF)[0],
+            "sdread_nopf_us": sdread_us(case, spec, wts, in_f, splits, elem, arch, reps, defines=NOPF)}
     rows = []
     for c in sorted({spec.cluster, min(8, 2 * spec.cluster)}):
         for d in DEPTHS:
@@ -91,7 +95,8 @@ def main() -> None:
             last = (r["cell"], r["sparsity"])
             print(f"{r['cell']} s={r['sparsity']}: bound {r['bound_us']:.2f}, torch.matmul bf16 {r['bf16_us']:.2f}, "
                   f"today {r['today_us']:.2f} ({r['bf16_us'] / r['today_us']:.2f}x), dread {r['dread_us']:.2f}, "
-                  f"sdread {r['sdread_us']:.2f} ({r['tile']}x{r['C']}) us")
+                  f"sdread {r['sdread_us']:.2f} ({r['tile']}x{r['C']}) us; without the L2 prefetch hint dread "
+                  f"{r['dread_nopf_us']:.2f}, sdread {r['sdread_nopf_us']:.2f}")
         print(f"  sdasync {r['variant']:<12} grid {r['grid']:>4}: {r['us']:6.2f} us "
               f"[{100 * r['bound_us'] / r['us']:3.0f}% of bound; sdread - this {r['sdread_us'] - r['us']:+.2f}]")
     print(f"plain read {read / 1e12:.2f} TB/s; {time.time() - t0:.0f} s")

@@ -76,9 +76,9 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
                                          (128, 2, {"WSP_ASYNC": 8, "WSP_MINB": 4}),
                                          (128, 2, {"WSP_ASYNC": 12, "WSP_MINB": 3})],
     },
-    "l2pf": {  # the weight loads' L2 prefetch: 128 bytes, or none, instead of 256 (WSP_L2PF); the same y
-        name: [(None, None, {"WSP_L2PF": b}) for b in (128, 0)]
-        for name in CELLS
+    "l2pf": {  # the weight loads' L2 prefetch (WSP_L2PF): 256 bytes (build v4's) or 128, beside none (v5); the same y
+        name: [(None, None, {"WSP_L2PF": b}) for b in (256, 128)]
+        for name in SHAPES  # every shape bench_kernels.py times (--shapes)
     },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
@@ -87,19 +87,29 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
 }
 
 
-def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list) -> list[dict]:
+def weights(out: int, in_f: int, fmt: quant.WeightFormat | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random [out, in] weight in `fmt` (None: bf16) and its scales."""
+    w = torch.randn(out, in_f, device="cuda").div_(in_f**0.5)
+    return (w.to(torch.bfloat16), None) if fmt is None else quant.quantize(w, fmt)
+
+
+def probe(name: str, fmt: quant.WeightFormat | None, sparsities, reps: int, tries: list) -> list[dict]:
+    """fmt None: bf16 weights, on the chosen tiling only (the sets' explicit tiles are 1-byte ones)."""
     in_f, splits = SHAPES[name]
     out = sum(splits)
     ref = dense_equal(out, in_f, reps)["us"]  # torch.matmul bf16, the faster layout
-    q, scale = quant.quantize(torch.randn(out, in_f, device="cuda").div_(in_f**0.5), fmt)
-    wqs = [q.t().contiguous() for _ in range(copies(in_f * out))]
+    q, scale = weights(out, in_f, fmt)
+    elem, label_fmt = (2, "bf16") if fmt is None else (1, fmt.name)
+    wqs = [q.t().contiguous() for _ in range(copies(in_f * out * elem))]
     x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
     y = torch.empty(1, out, dtype=torch.bfloat16, device="cuda")
     chosen = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, weights=fmt)
     specs = [("chosen", chosen)]
     for t, c, tune in tries:
+        if fmt is None and t is not None:
+            continue
         t, c = (chosen.tile, chosen.cluster) if t is None else (t, c)
-        tune = {k: v for k, v in tune.items() if k not in ONLY or ONLY[k] == fmt.name}
+        tune = {k: v for k, v in tune.items() if k not in ONLY or (fmt is not None and ONLY[k] == fmt.name)}
         label = f"{t}x{c}" + "".join(f" {k[4:].lower()}{v}" for k, v in sorted(tune.items()))
         spec = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, tile=t, cluster=c, weights=fmt, tune=tune)
         ring = tune.get("WSP_ASYNC", 0) * tune.get("WSP_THREADS", spec.block[0]) * 16  # cp.async slots
@@ -108,7 +118,7 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
     for sp in sparsities:
         tau = thresholds(sp, in_f, len(splits))
         keep = scores.keep(x, tau[0]).float().mean().item()
-        n = min(len(wqs), copies(keep * in_f * out))
+        n = min(len(wqs), copies(keep * in_f * out * elem))
         run(chosen, x, wqs[0], tau, y, scale=scale)
         want = y.clone()
         for label, spec in specs:
@@ -122,7 +132,7 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))
             us = _time([lambda m=m, v=spec, t=tau: run(v, x, m, t, y, scale=scale) for m in wqs[:n]], n, reps)
-            rows.append({"shape": name, "format": fmt.name, "sparsity": sp, "variant": label, "kernel": spec.name,
+            rows.append({"shape": name, "format": label_fmt, "sparsity": sp, "variant": label, "kernel": spec.name,
                          "grid": spec.grid[0], "us": us, "bf16_us": ref, "x_bf16": ref / us, "matches": ok})
     del wqs
     torch.cuda.empty_cache()
@@ -131,12 +141,15 @@ def probe(name: str, fmt: quant.WeightFormat, sparsities, reps: int, tries: list
 
 def main() -> None:
     ap = probe_parser(__doc__)
-    ap.add_argument("--formats", nargs="+", default=["fp8_e4m3", "int8"])
+    ap.add_argument("--formats", nargs="+", choices=[*quant.FORMATS, "bf16"], default=["fp8_e4m3", "int8"])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.75])
     ap.add_argument("--set", choices=list(SETS), default="grid")
+    ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(CELLS),
+                    help="shapes (default the three 8B MLP cells; the others only where the set names them: l2pf)")
     args, t0 = probe_start(ap, "probe_grid.py")
-    rows = [r for f in args.formats for name in CELLS for r in probe(name, quant.FORMATS[f], args.sparsities,
-                                                                      args.reps, SETS[args.set][name])]
+    shapes = [name for name in args.shapes if name in SETS[args.set]]
+    rows = [r for f in args.formats for name in shapes for r in probe(name, quant.FORMATS.get(f), args.sparsities,
+                                                                       args.reps, SETS[args.set][name])]
     save_rows(args.json, rows, t0)
     for r in rows:
         bad = {True: "", False: "  MISMATCH", None: "  (timing only)"}[r["matches"]]

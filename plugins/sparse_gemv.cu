@@ -96,8 +96,8 @@ typedef unsigned int u32;
 #ifndef WSP_ASYNC
 #define WSP_ASYNC 0
 #endif
-#ifndef WSP_L2PF  // L2 prefetch size of the 16-byte weight loads: 256 (shipped), 128, or 0 for none (probe_grid.py)
-#define WSP_L2PF 256
+#ifndef WSP_L2PF  // L2 prefetch size of the 16-byte weight loads: 0 (none, shipped), 128 or 256 (probe_grid.py)
+#define WSP_L2PF 0
 #endif
 #if WSP_L2PF == 256
 #define WSP_PF ".L2::256B"
@@ -246,8 +246,9 @@ struct Vec {
 #endif
 };
 
-// Weights are read once: keep them out of L1, and let L2 fetch the 256-byte neighbourhood that the blocks
-// owning the neighbouring columns of the same row read next.
+// Weights are read once: keep them out of L1. The 16-byte loads ask L2 for no prefetch (WSP_L2PF 0): asking for the
+// 256-byte neighbourhood was 0.5-3.7% slower on bf16 weights and up to 2.6% on 1-byte ones, over every 8B and 70B
+// shape at 50% and 75% (benchmarks/probe_grid.py --set l2pf; docs/BENCHMARKS.md, build v5).
 #if WSP_L2HINT
 // L2 eviction priorities (WSP_L2HINT, timing probe): 1 streams the weights as evict_first, 2 keeps tau as
 // evict_last, 3 both; so tau (and x) stay in L2 across calls while the weights, read once, leave first.
@@ -274,7 +275,7 @@ __device__ __forceinline__ float4 ld_tau4(const float* p) {
 __device__ __forceinline__ Vec load_w(const wt_t* p) {
     Vec v;
 #if WSP_V == 16 && (WSP_L2HINT & 1)
-    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4], %5;"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p), "l"(l2_policy_first()));
 #elif WSP_V == 16
     asm("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -290,7 +291,7 @@ __device__ __forceinline__ Vec load_w(const wt_t* p) {
 __device__ __forceinline__ Vec load_w(const u16* p) {
     Vec v;
 #if WSP_V == 8 && (WSP_L2HINT & 1)
-    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4], %5;"
         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(p), "l"(l2_policy_first()));
 #elif WSP_V == 8
     asm("ld.global.nc.L1::no_allocate" WSP_PF ".v4.u32 {%0, %1, %2, %3}, [%4];"

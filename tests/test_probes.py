@@ -178,9 +178,9 @@ def test_l2hint_builds_mark_weights_and_tau():
                                    weights=quant.FORMATS["fp8_e4m3"], arch=90).ptx
     base, first, last = ptx({}), ptx({"WSP_L2HINT": 1}), ptx({"WSP_L2HINT": 2})
     assert "createpolicy" not in base and "cache_hint" not in base
-    weight_loads = base.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32")
+    weight_loads = base.count("ld.global.nc.L1::no_allocate.v4.u32")
     assert weight_loads > 0 and "evict_first" in first and "evict_last" not in first
-    assert first.count("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32") == weight_loads
+    assert first.count("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32") == weight_loads
     assert "evict_last" in last and last.count("ld.global.nc.L2::cache_hint.v4.f32") == 2
 
 
@@ -204,18 +204,24 @@ def test_async_builds_copy_weights_through_shared_memory():
     """WSP_ASYNC=8: the weight pieces come by cp.async into dynamic shared memory, 8 in flight (wait_group 7), and
     no 16-byte weight load goes to registers; the default build has no cp.async."""
     base, ring = _fp8_ptx({}), _fp8_ptx({"WSP_ASYNC": 8})
-    assert "cp.async" not in base and base.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") > 0
-    assert "cp.async.cg.shared.global.L2::256B" in ring and "cp.async.wait_group 7" in ring
-    assert ".extern .shared" in ring and "ld.global.nc.L1::no_allocate.L2::256B.v4.u32" not in ring
+    assert "cp.async" not in base and base.count("ld.global.nc.L1::no_allocate.v4.u32") > 0
+    assert "cp.async.cg.shared.global [" in ring and "cp.async.wait_group 7" in ring
+    assert ".extern .shared" in ring and "ld.global.nc.L1::no_allocate.v4.u32" not in ring
 
 
 @nvrtc
 def test_l2pf_builds_change_only_the_prefetch():
-    """WSP_L2PF=128 asks L2 for 128 bytes on every weight load the default asks 256 for; 0 for nothing."""
-    base, half, none = _fp8_ptx({}), _fp8_ptx({"WSP_L2PF": 128}), _fp8_ptx({"WSP_L2PF": 0})
-    n = base.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32")
-    assert n > 0 and half.count("ld.global.nc.L1::no_allocate.L2::128B.v4.u32") == n
-    assert none.count("ld.global.nc.L1::no_allocate.v4.u32") == n and "L2::256B" not in none + half
+    """The shipped build (WSP_L2PF 0) asks L2 for no prefetch on its 16-byte weight loads; 256 and 128 ask for that
+    many bytes on every one of them, nothing else changes."""
+    base, full, half = _fp8_ptx({}), _fp8_ptx({"WSP_L2PF": 256}), _fp8_ptx({"WSP_L2PF": 128})
+    n = base.count("ld.global.nc.L1::no_allocate.v4.u32")
+    assert n > 0 and "L2::256B" not in base and "L2::128B" not in base
+    assert full.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") == n
+    assert half.count("ld.global.nc.L1::no_allocate.L2::128B.v4.u32") == n
+
+    def plain(ptx, suffix):  # without the hint, the name's suffix and its length in the mangled names
+        return re.sub(r"_ZZ\d+", "_ZZ", re.sub(r"\.L2::(128|256)B", "", ptx.replace(suffix, "")))
+    assert plain(full, "_l2pf256") == plain(base, "") == plain(half, "_l2pf128")
 
 
 @nvrtc
