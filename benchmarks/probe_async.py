@@ -7,7 +7,8 @@ cannot have them: the registers that hold its loads in flight run out first. `fl
 into a ring of WSP_D 16-byte slots a thread in dynamic shared memory, so a block's bytes in flight are set by
 shared memory (up to 227 KB a SM) instead of registers. Per cell, in one run (medians of `--reps` graph-replay
 medians, weights rotated over copies larger than L2): torch.matmul bf16 on the dense shape, today's kernel, dread,
-sdread, and sdasync over ring depths on today's grid and on twice its blocks.
+sdread (both also without the L2 prefetch hint, as build v5's weight loads), and sdasync over ring depths on
+today's grid and on twice its blocks.
 
     python benchmarks/probe_async.py --json OUT.json [--reps 3] [--sparsities 0.5 0.75]
 """
