@@ -33,11 +33,13 @@
 #ifndef WSP_THREADS
 #define WSP_THREADS 256
 #endif
-#ifndef WSP_L2PF  // L2 prefetch of the 16-byte weight loads: 256 bytes (the floor as first measured, build v4's), 0 none
+#ifndef WSP_L2PF  // L2 prefetch of the 16-byte weight loads: 256 bytes (the floor as first measured), 128, 0 none
 #define WSP_L2PF 256
 #endif
 #if WSP_L2PF == 256
 #define WSP_PF ".L2::256B"
+#elif WSP_L2PF == 128
+#define WSP_PF ".L2::128B"
 #else
 #define WSP_PF ""
 #endif
@@ -128,12 +130,6 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_dread(
     read_body<true>(x, w, positions, step, y, x_next);
 }
 
-// wsp_floor_sdread: today's kernel's weight traffic and nothing else. The same grid (tiles x cluster ranks) reads the
-// same 16-byte pieces of the same kept rows in the same order: block (t, rank) takes tile t's projection p, its
-// column bytes [tile[t].y, + WSP_SEG), and the kept channels of p in rank's channel range (lst[p], entries
-// starts[p][rank] .. starts[p][rank + 1]), stages them in shared memory WSP_KL at a time (today's compaction writes
-// its list there too), streams WSP_U loads in flight a thread, folds, reduces across the block and writes y. No
-// mask, no x, no multiply-add, no cluster reduction: what is left of today's time when those are gone.
 // The block's fold of its threads' v (XOR: order-free), one word of y per block: keeps every load of a read-only
 // kernel alive and checkable.
 __device__ __forceinline__ void store_block_fold(u32 v, u32* __restrict__ y) {
@@ -148,6 +144,12 @@ __device__ __forceinline__ void store_block_fold(u32 v, u32* __restrict__ y) {
     }
 }
 
+// wsp_floor_sdread: today's kernel's weight traffic and nothing else. The same grid (tiles x cluster ranks) reads the
+// same 16-byte pieces of the same kept rows in the same order: block (t, rank) takes tile t's projection p, its
+// column bytes [tile[t].y, + WSP_SEG), and the kept channels of p in rank's channel range (lst[p], entries
+// starts[p][rank] .. starts[p][rank + 1]), stages them in shared memory WSP_KL at a time (today's compaction writes
+// its list there too), streams WSP_U loads in flight a thread, folds, reduces across the block and writes y. No
+// mask, no x, no multiply-add, no cluster reduction: what is left of today's time when those are gone.
 #ifndef WSP_KL
 #define WSP_KL 2048
 #endif

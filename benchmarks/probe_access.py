@@ -136,9 +136,10 @@ def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5, grid: dict
 def main() -> None:
     ap = probe_parser(__doc__)
     ap.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
-    ap.add_argument("--clusters", type=int, nargs="+", help="blocks a tile (default 1 2 4 8; 16 is a grid of reads "
-                    "only here: no kernel of ours launches a cluster above 8)")
-    ap.add_argument("--segs", type=int, nargs="+", help="bytes of a row a block reads (default 256 512)")
+    ap.add_argument("--clusters", type=int, nargs="+", choices=(1, 2, 4, 8, 16), help="blocks a tile (default 1 2 4 "
+                    "8; 16 is a grid of reads only here: no kernel of ours launches a cluster above 8)")
+    ap.add_argument("--segs", type=int, nargs="+", choices=(128, 256, 512),
+                    help="bytes of a row a block reads (default 256 512)")
     args, t0 = probe_start(ap, "probe_access.py")
     _, read = ceilings()
     grid = {k: tuple(v) for k, v in (("C", args.clusters), ("seg", args.segs)) if v}

@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import torch
 from bench_floor import dense_equal, probe_parser, probe_start, save_rows
-from bench_fused import _time
+from bench_fused import _time, _weights
 from bench_kernels import SHAPES, copies, run, thresholds
 
 from wisparse_export import kernels, quant, scores
@@ -87,20 +87,13 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
 }
 
 
-def weights(out: int, in_f: int, fmt: quant.WeightFormat | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A random [out, in] weight in `fmt` (None: bf16) and its scales."""
-    w = torch.randn(out, in_f, device="cuda").div_(in_f**0.5)
-    return (w.to(torch.bfloat16), None) if fmt is None else quant.quantize(w, fmt)
-
-
 def probe(name: str, fmt: quant.WeightFormat | None, sparsities, reps: int, tries: list) -> list[dict]:
     """fmt None: bf16 weights, on the chosen tiling only (the sets' explicit tiles are 1-byte ones)."""
     in_f, splits = SHAPES[name]
     out = sum(splits)
     ref = dense_equal(out, in_f, reps)["us"]  # torch.matmul bf16, the faster layout
-    q, scale = weights(out, in_f, fmt)
     elem, label_fmt = (2, "bf16") if fmt is None else (1, fmt.name)
-    wqs = [q.t().contiguous() for _ in range(copies(in_f * out * elem))]
+    wqs, scale = _weights(in_f, out, None if fmt is None else fmt.name, copies(in_f * out * elem))
     x = torch.randn(1, in_f, device="cuda").to(torch.bfloat16)
     y = torch.empty(1, out, dtype=torch.bfloat16, device="cuda")
     chosen = kernels.launch_spec(torch.bfloat16, in_f, splits, 1, weights=fmt)

@@ -247,8 +247,9 @@ struct Vec {
 };
 
 // Weights are read once: keep them out of L1. The 16-byte loads ask L2 for no prefetch (WSP_L2PF 0): asking for the
-// 256-byte neighbourhood was 0.5-3.7% slower on bf16 weights and up to 2.6% on 1-byte ones, over every 8B and 70B
-// shape at 50% and 75% (benchmarks/probe_grid.py --set l2pf; docs/BENCHMARKS.md, build v5).
+// 256-byte neighbourhood was 0.5-5.8% slower on bf16 weights and up to 3.1% on 1-byte ones, over every 8B and 70B
+// shape at 50% and 75%, one FP8 cell excepted in one run of four (benchmarks/probe_grid.py --set l2pf;
+// docs/BENCHMARKS.md, build v5).
 #if WSP_L2HINT
 // L2 eviction priorities (WSP_L2HINT, timing probe): 1 streams the weights as evict_first, 2 keeps tau as
 // evict_last, 3 both; so tau (and x) stay in L2 across calls while the weights, read once, leave first.
