@@ -33,8 +33,10 @@
 #ifndef WSP_THREADS
 #define WSP_THREADS 256
 #endif
-#ifndef WSP_L2PF  // L2 prefetch of the 16-byte weight loads: 256 bytes (the floor as first measured), 128, 0 none
-#define WSP_L2PF 256
+// L2 prefetch of the 16-byte weight loads: 0 none (as the shipped GEMV's loads since build v5, and faster here too:
+// docs/BENCHMARKS.md "Build v5"), 128, or 256 bytes (the floor as measured before build v5).
+#ifndef WSP_L2PF
+#define WSP_L2PF 0
 #endif
 #if WSP_L2PF == 256
 #define WSP_PF ".L2::256B"

@@ -12,10 +12,14 @@ each beside the dependent read `dread` (the least any sparse GEMV of these bytes
 Medians of `--reps` graph-replay medians, weights rotated over copies larger than L2.
 
     python benchmarks/probe_access.py --json OUT.json [--reps 3] [--cells ...] [--clusters 4 8 16] [--segs 128 256]
+        [--grid layout=row rows=rand split=range,list U=4]   (any GRID knob, comma-separated values)
+C above 16 and segments of 1-4 KB (whole 1-byte down_proj rows: --segs 4096 --clusters 264) are reads only: no
+kernel of ours launches them; they measure what a block reading longer pieces of each kept row would read at.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import time
 from functools import partial
@@ -108,6 +112,24 @@ def load_cell(name: str, s: float) -> Cell:
 
 GRID = {"layout": ("row", "tiled"), "rows": ("rand", "even"), "split": ("range", "list"), "C": (1, 2, 4, 8),
         "seg": (256, 512), "U": (4, 8)}  # the knobs swept, each overridable from the command line
+CLUSTERS = (1, 2, 4, 8, 16, 32, 64, 128, 224, 256, 264, 448)  # C: up to a whole grid on one tile
+SEGS = (128, 256, 512, 1024, 2048, 4096)  # 16 bytes a thread: up to one 4 KB row piece a block
+
+
+def grid_item(text: str) -> tuple[str, tuple]:
+    """KEY=V,V,... for --grid: one of GRID's knobs and values it can take; a one-line error otherwise."""
+    key, _, vals = text.partition("=")
+    if key not in GRID or not vals:
+        raise argparse.ArgumentTypeError(f"expected KEY=V,V with KEY one of {', '.join(GRID)}: {text!r}")
+    kind = type(GRID[key][0])
+    try:
+        values = tuple(kind(v) for v in vals.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{key}: {e}") from None
+    allowed = {"C": CLUSTERS, "seg": SEGS, "U": (1, 2, 4, 8, 16)}.get(key, GRID[key])
+    if bad := [v for v in values if v not in allowed]:
+        raise argparse.ArgumentTypeError(f"{key}: {bad} not in {allowed}")
+    return key, values
 
 
 def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5, grid: dict | None = None) -> list[dict]:
@@ -136,13 +158,14 @@ def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5, grid: dict
 def main() -> None:
     ap = probe_parser(__doc__)
     ap.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
-    ap.add_argument("--clusters", type=int, nargs="+", choices=(1, 2, 4, 8, 16), help="blocks a tile (default 1 2 4 "
-                    "8; 16 is a grid of reads only here: no kernel of ours launches a cluster above 8)")
-    ap.add_argument("--segs", type=int, nargs="+", choices=(128, 256, 512),
-                    help="bytes of a row a block reads (default 256 512)")
+    ap.add_argument("--clusters", type=int, nargs="+", choices=CLUSTERS, metavar="C", help="blocks a tile (default "
+                    "1 2 4 8; above 8 a grid of reads only here: no kernel of ours launches a cluster above 8)")
+    ap.add_argument("--segs", type=int, nargs="+", choices=SEGS, help="bytes of a row a block reads (default 256 512)")
+    ap.add_argument("--grid", nargs="+", default=[], type=grid_item, metavar="KEY=V,V",
+                    help=f"override any knob of the sweep ({', '.join(GRID)})")
     args, t0 = probe_start(ap, "probe_access.py")
     _, read = ceilings()
-    grid = {k: tuple(v) for k, v in (("C", args.clusters), ("seg", args.segs)) if v}
+    grid = dict(args.grid) | {k: tuple(v) for k, v in (("C", args.clusters), ("seg", args.segs)) if v}
     rows = [r for name in args.cells for r in probe_cell(name, read, args.reps, grid=grid)]
     save_rows(args.json, rows, t0, read_tbps=read / 1e12)
     for name in args.cells:

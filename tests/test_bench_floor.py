@@ -131,15 +131,19 @@ def test_floor_kernels_compile_to_ptx(arch):
         assert entry.group(1).count(".param .u32") == len(spec.args) == 3
         assert spec.grid == (132, 1, 1) and spec.block == (256, 1, 1)
     chain = spec.ptx.split(".entry wsp_floor_empty")[0]  # the chain comes first in the source
-    assert "ld.global.nc.L1::no_allocate.L2::256B.v4.u32" in chain and "bar.sync" in chain
+    assert "ld.global.nc.L1::no_allocate.v4.u32" in chain and "bar.sync" in chain
     assert "shfl.sync.bfly" in chain and chain.count("st.global") == 2  # y, and the next call's counter
     read, rest = spec.ptx.split(".entry wsp_floor_read")[1].split(".entry wsp_floor_dread")
     dread = rest.split(".entry wsp_floor_sdread")[0]
-    assert read.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") == 4  # WSP_UNROLL loads in flight
+    assert read.count("ld.global.nc.L1::no_allocate.v4.u32") == 4  # WSP_UNROLL loads in flight
     assert "bar.sync" not in read and read.count("st.global") == 1
     # the dependent read: x's counter first, the same 4 loads, a block reduction, y and the next counter
-    assert dread.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") == 4
+    assert dread.count("ld.global.nc.L1::no_allocate.v4.u32") == 4
     assert "bar.sync" in dread and dread.count("st.global") == 2
+    assert ".L2::" not in spec.ptx  # no L2 prefetch, as the shipped GEMV's loads since build v5
+    hinted = fl.floor_spec("wsp_floor_dread", 132, (4096, 57344, 2), arch, defines={"WSP_L2PF": 256}).ptx
+    assert hinted.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32") == spec.ptx.count(
+        "ld.global.nc.L1::no_allocate.v4.u32")  # the floor as measured before v5, on request
 
 
 @nvrtc
@@ -178,7 +182,7 @@ def test_sdread_tables_walk_todays_segments():
 
 @nvrtc
 @pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("seg", [128, 256, 512])
+@pytest.mark.parametrize("seg", [128, 256, 512, 4096])
 def test_sdread_compiles_for_todays_segments(arch, seg):
     """4 pointers in (list, starts, tiles, weight), in / ldw / cluster, y out; WSP_U loads in flight, the list staged
     in shared memory behind a barrier, one store (y)."""
@@ -186,6 +190,6 @@ def test_sdread_compiles_for_todays_segments(arch, seg):
     entry = re.search(r"\.entry wsp_floor_sdread\((.*?)\)", spec.ptx, re.S)
     assert entry and entry.group(1).count(".param .u64") == 5 and entry.group(1).count(".param .u32") == 3
     body = spec.ptx.split(".entry wsp_floor_sdread")[1].split(".entry")[0]
-    loads = body.count("ld.global.nc.L1::no_allocate.L2::256B.v4.u32")
+    loads = body.count("ld.global.nc.L1::no_allocate.v4.u32")
     assert loads >= 4 and loads % 4 == 0  # WSP_U a batch (NVCC may emit the loop more than once)
     assert "bar.sync" in body and body.count("st.global") == 1 and "st.shared" in body

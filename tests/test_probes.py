@@ -4,6 +4,7 @@ a GPU, the asynchronous-copy read against the register read of the same pieces."
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -54,6 +55,15 @@ def test_both_splits_hand_out_every_kept_channel_once(c):
 def test_access_grid_is_in_the_sweep_order():
     """probe_access's sweep unpacks GRID's values (overrides merged in place) as layout, rows, split, C, seg, U."""
     assert list(pa.GRID) == ["layout", "rows", "split", "C", "seg", "U"]
+
+
+def test_access_grid_overrides_parse_and_refuse():
+    """--grid KEY=V,V: the knob's own type, only values a sweep can use; anything else a one-line error."""
+    assert pa.grid_item("C=8,264") == ("C", (8, 264)) and pa.grid_item("seg=4096") == ("seg", (4096,))
+    assert pa.grid_item("split=range,list") == ("split", ("range", "list"))
+    for bad in ("C=5", "seg=96", "layout=diagonal", "foo=1", "U=", "C=eight"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            pa.grid_item(bad)
 
 
 def test_tiles_in_both_layouts():
