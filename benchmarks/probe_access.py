@@ -161,17 +161,18 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, nargs="+", choices=CLUSTERS, metavar="C", help="blocks a tile (default "
                     "1 2 4 8; above 8 a grid of reads only here: no kernel of ours launches a cluster above 8)")
     ap.add_argument("--segs", type=int, nargs="+", choices=SEGS, help="bytes of a row a block reads (default 256 512)")
+    ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5])
     ap.add_argument("--grid", nargs="+", default=[], type=grid_item, metavar="KEY=V,V",
                     help=f"override any knob of the sweep ({', '.join(GRID)})")
     args, t0 = probe_start(ap, "probe_access.py")
     _, read = ceilings()
     grid = dict(args.grid) | {k: tuple(v) for k, v in (("C", args.clusters), ("seg", args.segs)) if v}
-    rows = [r for name in args.cells for r in probe_cell(name, read, args.reps, grid=grid)]
+    rows = [r for name in args.cells for s in args.sparsities for r in probe_cell(name, read, args.reps, s, grid)]
     save_rows(args.json, rows, t0, read_tbps=read / 1e12)
-    for name in args.cells:
-        mine = sorted((r for r in rows if r["cell"] == name), key=lambda r: r["us"])
+    for name, s in itertools.product(args.cells, args.sparsities):
+        mine = sorted((r for r in rows if r["cell"] == name and r["sparsity"] == s), key=lambda r: r["us"])
         r0 = mine[0]
-        print(f"{name}: bound {r0['bound_us']:.1f} us, dread {r0['dread_us']:.1f} us "
+        print(f"{name} s={s}: bound {r0['bound_us']:.1f} us, dread {r0['dread_us']:.1f} us "
               f"[{100 * r0['bound_us'] / r0['dread_us']:.0f}%]")
         for r in mine[:12] + [r for r in mine[12:] if r["layout"] == "row" and r["rows"] == "rand"
                               and r["split"] == "range"]:
