@@ -350,3 +350,76 @@ extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdasync(
     }
     store_block_fold(v, y);
 }
+
+// wsp_floor_sdbulk: wsp_floor_sdread's reads (same grid, tiles, split, kept row pieces, order) through Hopper's bulk
+// copies (cp.async.bulk: the TMA unit moves a whole WSP_SEG-byte piece per instruction, no register holds a byte in
+// flight). The block's pieces go in stages of WSP_BSTAGE bytes into a ring of WSP_BD stages of dynamic shared memory
+// (launched with WSP_BD * WSP_BSTAGE bytes); each stage's mbarrier counts its bytes in (expect_tx, complete_tx);
+// warp 0 issues a stage's copies, one piece a lane; every thread folds a landed stage's words, the block syncs and
+// warp 0 refills the stage WSP_BD stages ahead. What the reads take through the copy engine
+// (benchmarks/probe_access.py --grid read=bulk; U there is WSP_BD).
+#if __CUDA_ARCH__ >= 900
+#ifndef WSP_BD
+#define WSP_BD 4
+#endif
+#ifndef WSP_BSTAGE
+#define WSP_BSTAGE 8192
+#endif
+static_assert(WSP_BSTAGE % WSP_SEG == 0, "whole pieces a stage");
+__device__ __forceinline__ unsigned smem(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void bar_init(unsigned long long* b) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem(b)) : "memory");
+}
+__device__ __forceinline__ void bar_expect(unsigned long long* b, int bytes) {  // the one arrival, and its bytes
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bar_wait(unsigned long long* b, unsigned parity) {
+    u32 done = 0;
+    while (!done)
+        asm volatile("{ .reg .pred q;\n\tmbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n\tselp.u32 %0, 1, 0, q; }"
+                     : "=r"(done) : "r"(smem(b)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned long long* b) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(smem(dst)), "l"(src), "n"(WSP_SEG), "r"(smem(b)) : "memory");
+}
+
+extern "C" __global__ void __launch_bounds__(WSP_THREADS) wsp_floor_sdbulk(
+    const int* __restrict__ lst, const int* __restrict__ starts, const int* __restrict__ tile,
+    const unsigned char* __restrict__ w, int in, int ldw, int C, u32* __restrict__ y) {
+    constexpr int PPS = WSP_BSTAGE / WSP_SEG;  // pieces a stage
+    extern __shared__ __align__(128) unsigned char ring[];
+    __shared__ int rows[WSP_KL];
+    __shared__ __align__(8) unsigned long long bar[WSP_BD];
+    const int t = blockIdx.x / C, rank = blockIdx.x % C, p = tile[2 * t];
+    const int lo = starts[p * (C + 1) + rank], hi = starts[p * (C + 1) + rank + 1];
+    const unsigned char* wk = w + tile[2 * t + 1];
+    if (threadIdx.x < WSP_BD) bar_init(&bar[threadIdx.x]);
+    __syncthreads();
+    u32 v = 0, parity = 0;  // bit s: the phase stage s waits for next
+    for (int k0 = lo; k0 < hi; k0 += WSP_KL) {
+        const int n = min(WSP_KL, hi - k0), stages = (n + PPS - 1) / PPS;
+        for (int i = threadIdx.x; i < n; i += WSP_THREADS) rows[i] = lst[(size_t)p * in + k0 + i];
+        __syncthreads();
+        auto fill = [&](int s) {  // warp 0: stage s of this chunk into ring slot s % WSP_BD
+            const int slot = s % WSP_BD, e0 = s * PPS, m = min(PPS, n - e0);
+            if (threadIdx.x == 0) bar_expect(&bar[slot], m * WSP_SEG);
+            __syncwarp();
+            for (int i = threadIdx.x; i < m; i += 32)
+                bulk_copy(ring + slot * WSP_BSTAGE + i * WSP_SEG, wk + (size_t)rows[e0 + i] * ldw, &bar[slot]);
+        };
+        if (threadIdx.x < 32)
+            for (int s = 0; s < min(WSP_BD, stages); ++s) fill(s);
+        for (int s = 0; s < stages; ++s) {
+            const int slot = s % WSP_BD, words = min(PPS, n - s * PPS) * WSP_SEG / 4;
+            bar_wait(&bar[slot], (parity >> slot) & 1u);
+            parity ^= 1u << slot;
+            const u32* got = reinterpret_cast<const u32*>(ring + slot * WSP_BSTAGE);
+            for (int i = threadIdx.x; i < words; i += WSP_THREADS) v ^= got[i];
+            __syncthreads();  // the whole block is done with the slot (and, last stage, with rows)
+            if (threadIdx.x < 32 && s + WSP_BD < stages) fill(s + WSP_BD);
+        }
+    }
+    store_block_fold(v, y);
+}
+#endif  // __CUDA_ARCH__ >= 900

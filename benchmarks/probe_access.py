@@ -9,6 +9,9 @@ each beside the dependent read `dread` (the least any sparse GEMV of these bytes
   rows     rand: the kept channels of a real mask (bench_fused's case); even: every 1/keep-th channel
   split    how C blocks share a tile: range (today: channel ranges, binomial shares), list (equal list shares)
   C, seg, U  blocks per tile, bytes per row piece, 16-byte loads in flight per thread and batch
+  read     ld: 16-byte loads (sdread); bulk: Hopper's bulk copies of whole pieces into U stages of 8 KB of shared
+           memory (`wsp_floor_sdbulk`, sm_90); every variant's per-block fold must equal the first read of the same
+           pieces (`matches` in the JSON; the table flags any that differs)
 Medians of `--reps` graph-replay medians, weights rotated over copies larger than L2.
 
     python benchmarks/probe_access.py --json OUT.json [--reps 3] [--cells ...] [--clusters 4 8 16] [--segs 128 256]
@@ -67,20 +70,27 @@ def tiles_for(splits: list[int], in_f: int, seg: int, elem: int, layout: str) ->
     return torch.tensor(tiles, dtype=torch.int32)
 
 
-def variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, c, seg, u) -> float:
+def variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, c, seg, u, rd="ld"
+               ) -> tuple[float, torch.Tensor]:
+    """Median µs of the reads alone, and the blocks' folds of the first weight copy (the same bytes: the same folds
+    whichever way they are read)."""
     dev = wts[0].device
     ldw = seg if layout == "tiled" else sum(splits) * elem
     starts = starts_for(idx, counts, in_f, c, split).to(dev)
     tiles = tiles_for(splits, in_f, seg, elem, layout).to(dev)
     grid = len(tiles) * c
-    spec = floor_spec("wsp_floor_sdread", grid, (in_f, ldw, c), arch, seg=seg, defines={"WSP_U": u})
+    bulk = rd == "bulk"  # U stages of 8 KB in dynamic shared memory
+    spec = floor_spec(READS[rd], grid, (in_f, ldw, c), arch, seg=seg, defines={"WSP_BD" if bulk else "WSP_U": u},
+                      shared_mem=u * 8192 if bulk else 0)
     y = torch.zeros(grid, dtype=torch.int32, device=dev)
 
     def call(w: torch.Tensor) -> None:
         kernels.launch(spec, [idx.data_ptr(), starts.data_ptr(), tiles.data_ptr(), w.data_ptr()], y.data_ptr(),
                        torch.cuda.current_stream().cuda_stream)
 
-    return _time([partial(call, w) for w in wts], len(wts), reps)
+    call(wts[0])
+    fold = y.clone()
+    return _time([partial(call, w) for w in wts], len(wts), reps), fold
 
 
 class Cell(NamedTuple):
@@ -111,7 +121,8 @@ def load_cell(name: str, s: float) -> Cell:
 
 
 GRID = {"layout": ("row", "tiled"), "rows": ("rand", "even"), "split": ("range", "list"), "C": (1, 2, 4, 8),
-        "seg": (256, 512), "U": (4, 8)}  # the knobs swept, each overridable from the command line
+        "seg": (256, 512), "U": (4, 8), "read": ("ld",)}  # the knobs swept, each overridable from the command line
+READS = {"ld": "wsp_floor_sdread", "bulk": "wsp_floor_sdbulk"}  # 16-byte loads, or bulk copies (sm_90, U = stages)
 CLUSTERS = (1, 2, 4, 8, 16, 32, 64, 128, 224, 256, 264, 448)  # C: up to a whole grid on one tile
 SEGS = (128, 256, 512, 1024, 2048, 4096)  # 16 bytes a thread: up to one 4 KB row piece a block
 
@@ -126,7 +137,7 @@ def grid_item(text: str) -> tuple[str, tuple]:
         values = tuple(kind(v) for v in vals.split(","))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{key}: {e}") from None
-    allowed = {"C": CLUSTERS, "seg": SEGS, "U": (1, 2, 4, 8, 16)}.get(key, GRID[key])
+    allowed = {"C": CLUSTERS, "seg": SEGS, "U": (1, 2, 4, 8, 16), "read": tuple(READS)}.get(key, GRID[key])
     if bad := [v for v in values if v not in allowed]:
         raise argparse.ArgumentTypeError(f"{key}: {bad} not in {allowed}")
     return key, values
@@ -139,16 +150,19 @@ def probe_cell(name: str, read_bps: float, reps: int, s: float = 0.5, grid: dict
     dread = read_us(wts, kept, sms, arch, reps, dep=True)[0]
     idx_rand = case.lst[0].contiguous()
     idx_even = even_idx(in_f, counts, dev)
-    rows = []
-    for layout, rws, split, c, seg, u in itertools.product(*({**GRID, **(grid or {})}).values()):
+    rows, folds = [], {}
+    for layout, rws, split, c, seg, u, rd in itertools.product(*({**GRID, **(grid or {})}).values()):
         if c == 1 and split == "list":
             continue  # one block a tile: both splits are the same
         if sum(splits) * elem % seg:
             continue
         idx = idx_rand if rws == "rand" else idx_even
-        us = variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, c, seg, u)
+        us, fold = variant_us(wts, idx, counts, in_f, splits, elem, arch, reps, layout, split, c, seg, u, rd)
+        key = (layout, rws, split, c, seg)
+        folds.setdefault(key, fold)  # the first read of these pieces; every other must fold the same
         rows.append({"cell": name, "sparsity": s, "layout": layout, "rows": rws, "split": split, "C": c, "seg": seg,
-                     "U": u, "us": us, "pct": 100 * bound / us, "dread_us": dread, "bound_us": bound,
+                     "U": u, "read": rd, "matches": bool(torch.equal(fold, folds[key])), "us": us,
+                     "pct": 100 * bound / us, "dread_us": dread, "bound_us": bound,
                      "grid": (sum(splits) * elem // seg) * c})
     del wts
     torch.cuda.empty_cache()
@@ -176,8 +190,9 @@ def main() -> None:
               f"[{100 * r0['bound_us'] / r0['dread_us']:.0f}%]")
         for r in mine[:12] + [r for r in mine[12:] if r["layout"] == "row" and r["rows"] == "rand"
                               and r["split"] == "range"]:
-            print(f"  {r['layout']:>5} {r['rows']:>4} {r['split']:>5} C{r['C']} seg{r['seg']:<4} U{r['U']} "
-                  f"grid {r['grid']:>4}: {r['us']:6.2f} us [{r['pct']:3.0f}]")
+            print(f"  {r['read']:>4} {r['layout']:>5} {r['rows']:>4} {r['split']:>5} C{r['C']} seg{r['seg']:<4} "
+                  f"U{r['U']} grid {r['grid']:>4}: {r['us']:6.2f} us [{r['pct']:3.0f}]"
+                  + ("" if r["matches"] is not False else "  FOLD DIFFERS from the 16-byte loads'"))
     print(f"plain read {read / 1e12:.2f} TB/s; {time.time() - t0:.0f} s")
 
 

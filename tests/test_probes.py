@@ -53,15 +53,19 @@ def test_both_splits_hand_out_every_kept_channel_once(c):
 
 
 def test_access_grid_is_in_the_sweep_order():
-    """probe_access's sweep unpacks GRID's values (overrides merged in place) as layout, rows, split, C, seg, U."""
-    assert list(pa.GRID) == ["layout", "rows", "split", "C", "seg", "U"]
+    """probe_access's sweep unpacks GRID's values (overrides merged in place) as layout, rows, split, C, seg, U,
+    read; each read names a floor kernel."""
+    assert list(pa.GRID) == ["layout", "rows", "split", "C", "seg", "U", "read"]
+    assert set(pa.READS.values()) <= set(re.findall(r"void __launch_bounds__\(WSP_THREADS\) (wsp_floor_\w+)",
+                                                    bench_floor.SOURCE.read_text()))
 
 
 def test_access_grid_overrides_parse_and_refuse():
     """--grid KEY=V,V: the knob's own type, only values a sweep can use; anything else a one-line error."""
     assert pa.grid_item("C=8,264") == ("C", (8, 264)) and pa.grid_item("seg=4096") == ("seg", (4096,))
     assert pa.grid_item("split=range,list") == ("split", ("range", "list"))
-    for bad in ("C=5", "seg=96", "layout=diagonal", "foo=1", "U=", "C=eight"):
+    assert pa.grid_item("read=ld,bulk") == ("read", ("ld", "bulk"))
+    for bad in ("C=5", "seg=96", "layout=diagonal", "foo=1", "U=", "C=eight", "read=tma"):
         with pytest.raises(argparse.ArgumentTypeError):
             pa.grid_item(bad)
 
@@ -254,11 +258,9 @@ def test_async_rings_fit_a_multiprocessor():
     assert max(rings) <= 227 * 1024 and 227 * 1024 // rings[-1] == 1 and 227 * 1024 // rings[-2] >= 3
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("depth", [4, 16])
-def test_sdasync_reads_what_sdread_reads(depth):
-    """On a GPU: the asynchronous-copy read folds exactly the bytes the register read folds, block by block (depth 16
-    needs 64 KB of dynamic shared memory and 72 KB in all: the driver's opt-in above 48 KB)."""
+def _folds(readers: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """Each floor reader's per-block fold of the same kept rows' 128-byte pieces (1-byte weights, 2 projections,
+    clusters of 2), on the GPU."""
     torch.manual_seed(0)
     in_f, splits, tile, c = 512, [256, 128], 128, 2
     w = torch.randint(0, 256, (in_f, sum(splits)), dtype=torch.uint8, device="cuda")
@@ -271,13 +273,32 @@ def test_sdasync_reads_what_sdread_reads(depth):
     keep = [idx.cuda(), starts.cuda(), tiles.cuda()]
     ptrs = [t.data_ptr() for t in keep] + [w.data_ptr()]
     out = {}
-    for name, extra in (("wsp_floor_sdread", {}), ("wsp_floor_sdasync", {"defines": {"WSP_D": depth},
-                                                                         "shared_mem": depth * kernels.THREADS * 16})):
+    for name, extra in {"wsp_floor_sdread": {}, **readers}.items():
         spec = bench_floor.floor_spec(name, grid, (in_f, sum(splits), c), arch, seg=tile, **extra)
         out[name] = torch.zeros(grid, dtype=torch.int32, device="cuda")
         kernels.launch(spec, ptrs, out[name].data_ptr(), torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
-    assert torch.equal(out["wsp_floor_sdread"], out["wsp_floor_sdasync"]) and bool(out["wsp_floor_sdread"].ne(0).all())
+    assert bool(out["wsp_floor_sdread"].ne(0).all())
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("depth", [4, 16])
+def test_sdasync_reads_what_sdread_reads(depth):
+    """On a GPU: the asynchronous-copy read folds exactly the bytes the register read folds, block by block (depth 16
+    needs 64 KB of dynamic shared memory and 72 KB in all: the driver's opt-in above 48 KB)."""
+    out = _folds({"wsp_floor_sdasync": {"defines": {"WSP_D": depth}, "shared_mem": depth * kernels.THREADS * 16}})
+    assert torch.equal(out["wsp_floor_sdread"], out["wsp_floor_sdasync"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stages", [1, 2, 8])
+def test_sdbulk_reads_what_sdread_reads(stages):
+    """On a GPU: the bulk-copy read (whole pieces through the TMA unit, mbarrier-counted stages) folds exactly the
+    bytes the register read folds: one stage (every stage waited on before its refill), a ring that wraps, and 64 KB
+    of stages (the opt-in above 48 KB)."""
+    out = _folds({"wsp_floor_sdbulk": {"defines": {"WSP_BD": stages}, "shared_mem": stages * 8192}})
+    assert torch.equal(out["wsp_floor_sdread"], out["wsp_floor_sdbulk"])
 
 
 def test_probe_command_line_and_no_gpu(monkeypatch):
