@@ -7,8 +7,8 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `threads`, `l2`, `l2pf`, `async` or
-`arith`); every variant's y is checked against the chosen kernel's first.
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `i8mix`, `threads`, `l2`, `l2pf`, `async`
+or `arith`); every variant's y is checked against the chosen kernel's first.
 
     python benchmarks/probe_grid.py --json OUT.json [--set NAME] [--sparsities 0.5 0.75]
 """
@@ -28,7 +28,7 @@ from wisparse_export import kernels, quant, scores
 CELLS = ("8B gate/up 4096->14336", "8B down 14336->4096", "8B gate+up fused 4096->28672")
 ALU = {"WSP_FP8ALU": 1}
 T128 = {"WSP_THREADS": 128, "WSP_MINB": 4}
-ONLY = {"WSP_FP8ALU": "fp8_e4m3", "WSP_I8F16": "int8"}  # macros that reach one weight format's builds only
+ONLY = {"WSP_FP8ALU": "fp8_e4m3", "WSP_I8F16": "int8", "WSP_I8MIX": "int8"}  # macros of one weight format only
 
 
 def _m(u: int, npass: int, minb: int) -> dict[str, int]:
@@ -54,6 +54,10 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
     },
     "i8f16": {  # INT8 dequantized through f16 pairs (WSP_I8F16=1: the same y bit for bit), beside the chosen build
         name: [(None, None, {"WSP_I8F16": 1})]
+        for name in CELLS
+    },
+    "i8mix": {  # INT8: 1-3 weights a word through the conversion pipe, the rest as today (the same y bit for bit)
+        name: [(None, None, {"WSP_I8MIX": k}) for k in (1, 2, 3)]
         for name in CELLS
     },
     "threads": {  # blocks of 128 threads (WSP_THREADS=128, 4 resident a SM): the grid doubles, warps a SM do not
@@ -120,7 +124,7 @@ def probe(name: str, fmt: quant.WeightFormat | None, sparsities, reps: int, trie
             if "fp8alu2" in label or "fp8alu3" in label:
                 ok = None  # wrong y by design
             elif any(label.startswith(f"{chosen.tile}x{chosen.cluster} {m}")
-                     for m in ("fp8alu1", "i8f16", "l2hint", "async", "l2pf")):
+                     for m in ("fp8alu1", "i8f16", "i8mix", "l2hint", "async", "l2pf")):
                 ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))

@@ -36,12 +36,14 @@
 // WSP_PMODE (producer: 1 writes the counts but no list, 2 only v; timing only). WSP_FP8ALU, for
 // benchmarks/probe_grid.py (FP8 weights; default 0, PTX unchanged): 1 dequantizes with integer ops, the same y bit
 // for bit (measured slower); 2 and 3 drop the conversion instructions (WRONG results, timing only). WSP_I8F16=1
-// (INT8; default 0): dequantizes through f16 pairs, the same y bit for bit (measured no faster). WSP_THREADS (default
-// 256, launch_spec's block): 128 for probe_grid.py's half-size blocks. WSP_PDL (today's kernel; default 0, PTX
-// unchanged), for benchmarks/probe_pdl.py: programmatic dependent launch. Every block waits (griddepcontrol.wait: the
-// previous kernel complete, its writes visible) before its first read of x or tau and any write; 1 also lets the
-// next kernel launch once this block's weight stream is done, 2 once this block starts, 3 never (the implicit
-// trigger at exit, as a kernel that knows nothing of PDL). Without the launch attribute the wait returns at once.
+// (INT8; default 0): dequantizes through f16 pairs, the same y bit for bit (measured no faster). WSP_I8MIX=1..3
+// (INT8; default 0): that many weights of each word through the conversion pipe, the rest as today; the same y.
+// WSP_THREADS (default 256, launch_spec's block): 128 for probe_grid.py's half-size blocks. WSP_PDL (today's kernel;
+// default 0, PTX unchanged), for benchmarks/probe_pdl.py: programmatic dependent launch. Every block waits
+// (griddepcontrol.wait: the previous kernel complete, its writes visible) before its first read of x or tau and any
+// write; 1 also lets the next kernel launch once this block's weight stream is done, 2 once this block starts, 3
+// never (the implicit trigger at exit, as a kernel that knows nothing of PDL). Without the launch attribute the wait
+// returns at once.
 // WSP_L2HINT (today's kernel; default 0, PTX unchanged), for probe_grid.py --set l2: L2 eviction priorities, below.
 // WSP_ASYNC=D (today's kernel, 16-byte loads; default 0, PTX unchanged), for probe_grid.py --set async: the kept
 // rows' pieces come through cp.async into a ring of D 16-byte slots a thread in dynamic shared memory (launched with
@@ -86,6 +88,9 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_I8F16
 #define WSP_I8F16 0
+#endif
+#ifndef WSP_I8MIX
+#define WSP_I8MIX 0
 #endif
 #ifndef WSP_PDL
 #define WSP_PDL 0
@@ -367,6 +372,24 @@ __device__ __forceinline__ void dequant4(u32 w, float* f) {
         : "=f"(f[0]), "=f"(f[1]) : "r"(lo));
     asm("{ .reg .b16 a, b;\n\tmov.b32 {a, b}, %2;\n\tcvt.f32.f16 %0, a;\n\tcvt.f32.f16 %1, b; }"
         : "=f"(f[2]), "=f"(f[3]) : "r"(hi));
+}
+#elif WSP_WQ == 2 && WSP_I8MIX
+// Benchmark-only (probe_grid.py --set i8mix): the first WSP_I8MIX weights of each word through the conversion pipe
+// (sign-extending bit-field extract, int -> float), the others as below (byte permute, an add on the FMA pipe), so
+// the adds that share the FMA pipe with the multiply-adds drop by WSP_I8MIX / 4. Every weight is the same float
+// either way: the same y bit for bit.
+__device__ __forceinline__ void dequant4(u32 w, float* f) {
+    const u32 b = w ^ 0x80808080u;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (k < WSP_I8MIX) {
+            int v;
+            asm("bfe.s32 %0, %1, %2, 8;" : "=r"(v) : "r"(w), "r"(8 * k));
+            f[k] = (float)v;
+        } else {
+            f[k] = __uint_as_float(__byte_perm(b, 0x4b000000u, 0x7440u + k)) - 8388736.f;
+        }
+    }
 }
 #elif WSP_WQ == 2
 // Four int8 weights of a word (byte 0 first) to float32, exactly: byte b + 128 becomes the low mantissa byte of

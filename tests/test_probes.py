@@ -95,6 +95,7 @@ def test_every_probed_build_compiles(which):
                 assert spec.grid[0] == -(-sum(splits) // t) * c
                 assert ("fp8alu" in spec.name) == (fmt == "fp8_e4m3" and "WSP_FP8ALU" in tune)
                 assert ("i8f16" in spec.name) == (fmt == "int8" and "WSP_I8F16" in tune)
+                assert ("i8mix" in spec.name) == (fmt == "int8" and "WSP_I8MIX" in tune)
                 assert f".maxntid {tune.get('WSP_THREADS', 256)}" in spec.ptx.replace(", 1, 1", "")
 
 
@@ -122,6 +123,22 @@ def test_i8f16_builds_go_through_f16_pairs():
     base, f16 = body({}), body({"WSP_I8F16": 1})
     assert "cvt.f32.f16" not in base and "sub.f16x2" not in base and "0fCB000080" in base
     assert "cvt.f32.f16" in f16 and f16.count("sub.f16x2") >= 8 and "0fCB000080" not in f16  # -(2^23 + 128)
+
+
+@nvrtc
+def test_i8mix_builds_convert_some_weights_on_the_conversion_pipe():
+    """WSP_I8MIX=k: k weights of every 4 by a sign-extending extract and an int -> float conversion, the other 4 - k
+    by today's byte permute and add; the default INT8 build converts none."""
+    def body(tune):
+        ptx = kernels.launch_spec(torch.bfloat16, 14336, [4096], 1, tile=128, cluster=8, tune=tune,
+                                  weights=quant.FORMATS["int8"], arch=90).ptx
+        return ptx.count("cvt.rn.f32.s32"), ptx.count("bfe.s32"), ptx.count("0fCB000080")  # -(2^23 + 128)
+    conv0, bfe0, add0 = body({})
+    assert conv0 == bfe0 == 0 and add0 > 0
+    for k in (1, 2, 3):
+        conv, bfe, add = body({"WSP_I8MIX": k})
+        assert conv > 0 and conv == bfe and add > 0
+        assert add * k == conv * (4 - k)  # k of every 4 weights converted, the rest added
 
 
 @nvrtc
