@@ -7,7 +7,7 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `i8mix`, `threads`, `l2`, `l2pf`, `addr`, `async`
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `i8mix`, `threads`, `l2`, `l2pf`, `async`
 or `arith`); every variant's y is checked against the chosen kernel's first.
 
     python benchmarks/probe_grid.py --json OUT.json [--set NAME] [--sparsities 0.5 0.75]
@@ -84,12 +84,6 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
         name: [(None, None, {"WSP_L2PF": b}) for b in (256, 128)]
         for name in SHAPES  # every shape bench_kernels.py times (--shapes)
     },
-    "addr": {  # the weight stream's address arithmetic (WSP_ADDR): 1 one wide multiply-add a load, 2 also full
-        # batches without per-entry tests; the same entries in the same order: the same y bit for bit
-        name: [(None, None, {"WSP_ADDR": a}) for a in (1, 2, 3, 4, 5)]
-        + [(None, None, {"WSP_ADDR": a, "WSP_MINB": 2}) for a in (1, 4, 5)]
-        for name in SHAPES
-    },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
         for name in CELLS
@@ -130,7 +124,7 @@ def probe(name: str, fmt: quant.WeightFormat | None, sparsities, reps: int, trie
             if "fp8alu2" in label or "fp8alu3" in label:
                 ok = None  # wrong y by design
             elif any(label.startswith(f"{chosen.tile}x{chosen.cluster} {m}")
-                     for m in ("fp8alu1", "i8f16", "i8mix", "l2hint", "async", "l2pf", "addr")):
+                     for m in ("fp8alu1", "i8f16", "i8mix", "l2hint", "async", "l2pf")):
                 ok = bool(torch.equal(y, want))  # same tiling: the same y, bit for bit
             else:
                 ok = bool(torch.allclose(y.float(), want.float(), rtol=1e-2, atol=1e-2))

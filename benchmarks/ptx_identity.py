@@ -5,7 +5,10 @@ Every build launch_spec, mask_spec, producer_spec and list_spec can make (16-bit
 loads, clusters, bias; sm_90, and sm_80 where no cluster is needed), none of the new macros set. CPU only (NVRTC);
 the whole set takes ~10 minutes on one core, `--quick` a subset in ~1.
 
-    python benchmarks/ptx_identity.py [--rev main] [--quick] [--strip .L2::256B]
+    python benchmarks/ptx_identity.py [--rev main] [--quick] [--strip .L2::256B] [--ref-define WSP_X=1]
+
+`--ref-define` compiles the reference with a probed macro set: a change that ships a probe's code as the default
+must then give every build the same PTX (`--rev 10341e3 --ref-define WSP_ADDR=1`: build v6).
 """
 
 from __future__ import annotations
@@ -59,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--strip", default="", help="PTX text removed from both sides before comparing (a change that "
                     "only drops a cache hint, e.g. '.L2::256B', must leave every build otherwise the same)")
+    ap.add_argument("--ref-define", action="append", default=[], metavar="KEY=V",
+                    help="a macro set on the reference side only (repeatable)")
     args = ap.parse_args(argv)
     strip = args.strip.encode()
+    ref = dict(item.split("=", 1) for item in args.ref_define)
     rel = SOURCE.relative_to(SOURCE.parents[1]).as_posix()
     old = subprocess.run(["git", "show", f"{args.rev}:{rel}"], cwd=SOURCE.parents[1], check=True,
                          capture_output=True, text=True).stdout
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             d = {"WSP_NAME": "k", "WSP_F16": f16, **base}
             for arch in (90, 80) if d.get("WSP_C", 1) == 1 and d.get("WSP_WQ") != 1 else (90,):
                 checked += 1
-                a, b = ptx(old, d, arch), ptx(new, d, arch)
+                a, b = ptx(old, {**d, **ref}, arch), ptx(new, d, arch)
                 changed += a != b
                 if strip and a != b:
                     a, b = a.replace(strip, b""), b.replace(strip, b"")
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     differ += 1
                     print(f"DIFFERS sm_{arch} {d}")
     but = f" ({changed} differ before removing {args.strip!r} from both)" if strip else ""
-    print(f"{checked} builds compiled from {args.rev} and the working tree: {differ} differ{but}")
+    with_ref = f" (with {' '.join(args.ref_define)})" if ref else ""
+    print(f"{checked} builds compiled from {args.rev}{with_ref} and the working tree: {differ} differ{but}")
     return 1 if differ else 0
 
 

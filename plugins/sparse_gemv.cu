@@ -48,11 +48,6 @@
 // WSP_ASYNC=D (today's kernel, 16-byte loads; default 0, PTX unchanged), for probe_grid.py --set async: the kept
 // rows' pieces come through cp.async into a ring of D 16-byte slots a thread in dynamic shared memory (launched with
 // D * THREADS * 16 bytes), not through registers: D copies in flight a thread, whatever registers allow.
-// WSP_ADDR (today's kernel; default 0, PTX unchanged), for probe_grid.py --set addr: the weight stream's integer
-// work a 16-byte load. 1: the kept row's address in one wide multiply-add from a base held in a register (32-bit
-// row offsets: in * ldw < 2^31, launch_spec); 2: also full batches without per-entry tests (stream_full); 3: 1 and
-// no zero fill; 4: 3 and x and the list through 32-bit shared-memory addresses; 5: 4's addresses, two batches whose
-// roles swap (stream_pp). Each reads the same entries in the same order: the same y bit for bit.
 // Tuning macros with defaults per R and C (benchmarks/bench_kernels.py sweeps them): WSP_U loads per batch,
 //   WSP_NPASS mask passes per chunk, WSP_MINB blocks per multiprocessor the registers must allow.
 // Entry-point parameters follow TensorRT's ahead-of-time order: inputs, int32 extras, outputs (docs/KERNEL_ABI.md).
@@ -96,9 +91,6 @@ typedef unsigned int u32;
 #endif
 #ifndef WSP_I8MIX
 #define WSP_I8MIX 0
-#endif
-#ifndef WSP_ADDR
-#define WSP_ADDR 0
 #endif
 #ifndef WSP_PDL
 #define WSP_PDL 0
@@ -428,45 +420,6 @@ __device__ __forceinline__ void load_x(const u16* xc, int e, float (&xv)[R]) {
         unpack2(w.z, xv[4], xv[5]);
         unpack2(w.w, xv[6], xv[7]);
     }
-}
-
-// load_x through a 32-bit shared-memory address (WSP_ADDR >= 4): no generic-to-shared window at every entry.
-__device__ __forceinline__ void load_x_s(unsigned xs, int e, float (&xv)[R]) {
-    const unsigned a = xs + e * R * 2;
-    if constexpr (R == 1) {
-        u16 h;
-        asm volatile("ld.shared.u16 %0, [%1];" : "=h"(h) : "r"(a));
-        xv[0] = to_f32(h);
-    } else if constexpr (R == 2) {
-        u32 w;
-        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w) : "r"(a));
-        unpack2(w, xv[0], xv[1]);
-    } else if constexpr (R == 4) {
-        u32 w0, w1;
-        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w0), "=r"(w1) : "r"(a));
-        unpack2(w0, xv[0], xv[1]);
-        unpack2(w1, xv[2], xv[3]);
-    } else {
-        u32 w0, w1, w2, w3;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w0), "=r"(w1), "=r"(w2), "=r"(w3) : "r"(a));
-        unpack2(w0, xv[0], xv[1]);
-        unpack2(w1, xv[2], xv[3]);
-        unpack2(w2, xv[4], xv[5]);
-        unpack2(w3, xv[6], xv[7]);
-    }
-}
-
-// The kept row's piece at wb + row * row_bytes (one wide multiply-add), and entry e of the list through a 32-bit
-// shared-memory address (WSP_ADDR >= 4).
-__device__ __forceinline__ const wt_t* row_at(const unsigned char* wb, unsigned row, unsigned row_bytes) {
-    unsigned long long p;
-    asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(p) : "r"(row), "r"(row_bytes), "l"(wb));
-    return reinterpret_cast<const wt_t*>(p);
-}
-__device__ __forceinline__ unsigned list_at(unsigned ls, int e) {
-    u16 h;
-    asm volatile("ld.shared.u16 %0, [%1];" : "=h"(h) : "r"(ls + e * 2));
-    return h;
 }
 
 __device__ __forceinline__ void fma_row(const Vec& wv, const float (&xv)[R], float (&acc)[R][V]) {
@@ -992,91 +945,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
 #endif  // WSP_SPLIT
 }
 #else
-// Step 2 with full batches apart (WSP_ADDR == 2): while a batch of U entries lies wholly inside the chunk, its
-// loads and multiply-adds need no per-entry test and no zero fill; one predicated batch takes the tail. The same
-// entries in the same order as the loop it replaces: the same y bit for bit.
-__device__ __forceinline__ void stream_full(const unsigned char* wb, unsigned row_bytes, const u16* list,
-                                            const u16* xc, int total, int rl, bool col_ok, float (&acc)[R][V]) {
-    if (!col_ok) return;
-    auto ld = [&](int e) { return load_w(reinterpret_cast<const wt_t*>(wb + (unsigned long long)list[e] * row_bytes)); };
-    auto fma_at = [&](const Vec& wv, int e) {
-        float xv[R];
-        load_x(xc, e, xv);
-        fma_row(wv, xv, acc);
-    };
-    const int nfull = rl < total ? (total - rl) / (RL * U) : 0;  // batches of U entries inside the chunk
-    auto at = [&](int b, int u) { return rl + (b * U + u) * RL; };
-    auto ldb = [&](Vec (&wv)[U], int b) {
-#pragma unroll
-        for (int u = 0; u < U; u++) wv[u] = ld(at(b, u));
-    };
-    auto fmab = [&](const Vec (&wv)[U], int b) {
-#pragma unroll
-        for (int u = 0; u < U; u++) fma_at(wv[u], at(b, u));
-    };
-    auto tail = [&](const Vec (&last)[U]) {  // batch nfull - 1 is in `last` (when nfull > 0); then the tail
-        Vec t[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (at(nfull, u) < total) t[u] = ld(at(nfull, u));
-        if (nfull > 0) fmab(last, nfull - 1);
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (at(nfull, u) < total) fma_at(t[u], at(nfull, u));
-    };
-    Vec a[U], b2[U];  // two batches in flight, their roles swapped every batch (no register copies)
-    if (nfull > 0) ldb(a, 0);
-    int b = 1;
-    for (; b + 1 < nfull; b += 2) {
-        ldb(b2, b);
-        fmab(a, b - 1);
-        ldb(a, b + 1);
-        fmab(b2, b);
-    }
-    if (b < nfull) {
-        ldb(b2, b);
-        fmab(a, b - 1);
-        tail(b2);
-    } else {
-        tail(a);
-    }
-}
-
-// Step 2 with two batches of loads in flight whose roles swap every batch (WSP_ADDR >= 5): no register copies
-// between batches, and an entry's test is its index against `total` (0 where the column lies outside the tile).
-// The same entries in the same order as the loop it replaces: the same y bit for bit.
-__device__ __forceinline__ void stream_pp(const unsigned char* wb, unsigned row_bytes, const u16* list,
-                                          const u16* xc, int total, int rl, float (&acc)[R][V]) {
-    unsigned xs = (unsigned)__cvta_generic_to_shared(xc);
-    asm("mov.b32 %0, %0;" : "+r"(xs));  // kept in a register, not rebuilt from the cluster's window at every entry
-    unsigned ls = (unsigned)__cvta_generic_to_shared(list);
-    asm("mov.b32 %0, %0;" : "+r"(ls));
-    asm("mov.b64 %0, %0;" : "+l"(wb));
-    auto issue = [&](Vec (&wv)[U], int e0) {
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (e0 + u * RL < total) wv[u] = load_w(row_at(wb, list_at(ls, e0 + u * RL), row_bytes));
-    };
-    auto consume = [&](const Vec (&wv)[U], int e0) {
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (e0 + u * RL < total) {
-                float xv[R];
-                load_x_s(xs, e0 + u * RL, xv);
-                fma_row(wv[u], xv, acc);
-            }
-    };
-    Vec a[U], b[U];
-    issue(a, rl);
-    for (int e0 = rl; e0 < total; e0 += 2 * RL * U) {
-        issue(b, e0 + RL * U);
-        consume(a, e0);
-        if (e0 + RL * U >= total) break;
-        issue(a, e0 + 2 * RL * U);
-        consume(b, e0 + RL * U);
-    }
-}
-
 #if WSP_ASYNC
 static_assert(WSP_WQ ? V == 16 : V == 8, "WSP_ASYNC copies 16-byte pieces");
 __device__ __forceinline__ void cp16(unsigned dst, const void* src) {
@@ -1298,66 +1166,33 @@ extern "C" __global__ void __launch_bounds__(THREADS, WSP_MINB) WSP_CLUSTER WSP_
         // 2. Stream the kept rows' segments: entry e of the walk is channel list[e]. Batch b + 1 is issued before
         //    batch b is consumed, so each thread keeps up to 2U loads in flight.
         const wt_t* wk = w + (size_t)k0 * ldw + col;
-#if WSP_ADDR
-        const unsigned row_bytes = (unsigned)ldw * (unsigned)sizeof(wt_t);  // in * ldw < 2^31 (launch_spec)
+        // Build v6: each kept row's piece is one wide multiply-add from a base held in a register (the compiler
+        // otherwise rebuilt wk and sign-extended ldw at every load), a quarter fewer instructions a 16-byte load.
+        const unsigned row_bytes = (unsigned)ldw * (unsigned)sizeof(wt_t);
         const unsigned char* wb = reinterpret_cast<const unsigned char*>(wk);
-        asm("mov.b64 %0, %0;" : "+l"(wb));  // one register pair for the loop, not recomputed at every load
-#endif
-#if WSP_ADDR >= 4
-        unsigned ls = (unsigned)__cvta_generic_to_shared(list);
-        asm("mov.b32 %0, %0;" : "+r"(ls));
-#endif
+        asm("mov.b64 %0, %0;" : "+l"(wb));
         auto issue = [&](int e0, Vec (&wv)[U], int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int e = e0 + u * RL;
-#if WSP_ADDR >= 4
-                ent[u] = e < total && col_ok ? e : -1;  // nothing to add where the column lies outside the tile
-                if (ent[u] >= 0) wv[u] = load_w(row_at(wb, list_at(ls, e), row_bytes));
-#elif WSP_ADDR >= 3
-                ent[u] = e < total && col_ok ? e : -1;  // nothing to add where the column lies outside the tile
-                if (ent[u] >= 0)
-                    wv[u] = load_w(reinterpret_cast<const wt_t*>(wb + (unsigned long long)list[e] * row_bytes));
-#else
                 ent[u] = e < total ? e : -1;
-#endif
-#if WSP_ADDR >= 3
-#elif WSP_ADDR
                 if (ent[u] >= 0 && col_ok)
-                    wv[u] = load_w(reinterpret_cast<const wt_t*>(
-                        wb + (unsigned long long)list[e] * row_bytes));
-#else
-                if (ent[u] >= 0 && col_ok) wv[u] = load_w(wk + (size_t)list[e] * ldw);
-#endif
-#if WSP_ADDR < 3
+                    wv[u] = load_w(reinterpret_cast<const wt_t*>(wb + (unsigned long long)list[e] * row_bytes));
                 else zero(wv[u]);
-#endif
             }
         };
-#if WSP_ADDR >= 4
-        const unsigned xs = (unsigned)__cvta_generic_to_shared(xc);
-        asm("mov.b32 %0, %0;" : "+r"(xs));
-#endif
         auto consume = [&](const Vec (&wv)[U], const int (&ent)[U]) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 if (ent[u] >= 0) {
                     float xv[R];
-#if WSP_ADDR >= 4
-                    load_x_s(xs, ent[u], xv);
-#else
                     load_x(xc, ent[u], xv);
-#endif
                     fma_row(wv[u], xv, acc);
                 }
             }
         };
 #if WSP_ASYNC
         stream_async(wk, ldw, list, xc, total, rl, col_ok, acc);
-#elif WSP_ADDR == 2
-        stream_full(wb, row_bytes, list, xc, total, rl, col_ok, acc);
-#elif WSP_ADDR >= 5
-        stream_pp(wb, row_bytes, list, xc, col_ok ? total : 0, rl, acc);
 #else
         Vec cur[U], nxt[U];
         int ecur[U], enxt[U];

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -69,8 +70,6 @@ def test_every_variant_compiles(arch):
 def test_sm90_cubin_has_no_spills():
     """Register arrays stay in registers, within the budget of the blocks per multiprocessor each variant asks for
     (decode rows: 2 blocks with one or two per column tile, 3 with split-K over 4 or 8; 4-8 rows: 1)."""
-    import re
-
     for rows in (1, 2, 8):
         for cluster in (1, 8):
             defines = {"WSP_NAME": "k", "WSP_R": rows, "WSP_TN": 128, "WSP_V": 8, "WSP_BIAS": 1, "WSP_C": cluster}
@@ -144,8 +143,6 @@ def test_every_quantized_variant_compiles():
 def test_quantized_cubin_has_no_spills(weights):
     """Twice the accumulators of 16-bit weights (16 per load) still fit the register budget of each variant's
     blocks per multiprocessor (1 row: 2, or 3 with split-K over 4 or 8; 2 rows: 2; 4-8 rows: 1)."""
-    import re
-
     for rows in (1, 2, 4, 8):
         for cluster in (1, 8):
             defines = {"WSP_NAME": "k", "WSP_R": rows, "WSP_TN": 256 if rows <= 4 else 128, "WSP_V": 16,
@@ -155,6 +152,33 @@ def test_quantized_cubin_has_no_spills(weights):
             regs = int(re.search(r"Used (\d+) registers", log).group(1))
             blocks = 1 if rows > 2 else 2 if rows == 2 or cluster <= 2 else 3
             assert regs <= min(255, 65536 // (kernels.THREADS * blocks)), log
+
+
+def _weight_load_addresses(ptx: str) -> tuple[int, int]:
+    """(16-byte weight loads, those whose address is one add of the pinned chunk base and a row offset)."""
+    pins = set(re.findall(r"mov\.b64 (%rd\d+), \1;", ptx))
+    defs: dict[str, list[tuple[str, str]]] = {}
+    for line in ptx.splitlines():
+        m = re.match(r"\s*(\S+)\s+(%rd\d+), (.*);", line)
+        if m:
+            defs.setdefault(m.group(2), []).append((m.group(1), m.group(3)))
+    loads = re.findall(r"ld\.global\.nc\.L1::no_allocate\.v4\.u32 \{[^}]*\}, \[(%rd\d+)\];", ptx)
+    based = [len(d) == 1 and d[0][0] == "add.s64" and bool(pins & set(d[0][1].split(", ")))
+             for d in (defs.get(r, []) for r in loads)]
+    return len(loads), sum(based)
+
+
+@nvrtc
+@pytest.mark.parametrize("weights", [None, *Q_FORMATS])
+def test_weight_rows_are_one_add_from_a_held_base(weights):
+    """Build v6: every kept row's 16-byte load takes its address as the chunk's base, held in a register, plus the
+    row's offset; the compiler no longer rebuilds the base and sign-extends ldw at every load (docs/BENCHMARKS.md,
+    probe 11: faster in every cell measured, the same y bit for bit)."""
+    for rows in (1, 2, 8):
+        for in_f, splits in ((14336, [4096]), (4096, [14336]), (4096, [4096, 1024, 1024])):
+            spec = kernels.launch_spec("bf16", in_f, splits, rows, weights=weights, arch=90)
+            loads, based = _weight_load_addresses(spec.ptx)
+            assert loads >= 8 and based == loads, (spec.name, loads, based)
 
 
 @pytest.fixture
