@@ -7,7 +7,7 @@ chosen build's y bit for bit on the same tiling.
 
 Per 8B MLP shape, weight format and sparsity, in one run (medians of `--reps` graph-replay medians, weights rotated
 over copies larger than L2): torch.matmul bf16 (the faster layout), the chosen kernel, and each variant
-`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `i8mix`, `threads`, `l2`, `l2pf`, `async`
+`{tile}x{cluster}` and its macros (`--set grid`, `fp8alu`, `i8f16`, `i8mix`, `threads`, `l2`, `l2pf`, `depth`, `async`
 or `arith`); every variant's y is checked against the chosen kernel's first.
 
     python benchmarks/probe_grid.py --json OUT.json [--set NAME] [--sparsities 0.5 0.75]
@@ -83,6 +83,10 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
     "l2pf": {  # the weight loads' L2 prefetch (WSP_L2PF): 256 bytes (build v4's) or 128, beside none (v5); the same y
         name: [(None, None, {"WSP_L2PF": b}) for b in (256, 128)]
         for name in SHAPES  # every shape bench_kernels.py times (--shapes)
+    },
+    "depth": {  # loads a batch on the chosen tiling (v6's stream needs fewer registers: 5 fit 3 blocks a SM)
+        name: [(None, None, {"WSP_U": 5}), (None, None, {"WSP_U": 3}), (None, None, {"WSP_U": 6, "WSP_MINB": 2})]
+        for name in CELLS
     },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
