@@ -1,6 +1,7 @@
-"""benchmarks/probe_access.py, probe_async.py, probe_grid.py, probe_mma.py and probe_pdl.py on CPU: the tables they
-walk, the builds they ask for, the tensor-core prototype's PTX and its float64 reference (the timings need a GPU); on
-a GPU, the asynchronous-copy read against the register read of the same pieces."""
+"""benchmarks/probe_access.py, probe_async.py, probe_grid.py, probe_mma.py, probe_pdl.py and sass_loop.py on CPU:
+the tables they walk, the builds they ask for, the tensor-core prototype's PTX and its float64 reference, the loop
+sass_loop.py counts (the timings need a GPU); on a GPU, the asynchronous-copy read against the register read of the
+same pieces."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import probe_async  # noqa: E402
 import probe_grid as pg  # noqa: E402
 import probe_mma as pm  # noqa: E402
 import probe_pdl as pp  # noqa: E402
+import sass_loop  # noqa: E402
 
 from wisparse_export import kernels, quant  # noqa: E402
 from wisparse_export.kernels import driver  # noqa: E402
@@ -330,3 +332,29 @@ def test_probe_command_line_and_no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args, t0 = bench_floor.probe_start(ap, "probe_grid.py")
     assert (args.json, args.reps, args.set) == ("out.json", 3, "async") and t0 > 0
+
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x00000a0000017a02 */
+        /*0010*/                   LDG.E.128.CONSTANT R4, desc[UR4][R2.64] ;
+        /*0020*/                   IMAD R5, R5, R6, RZ ;
+        /*0030*/              @!P0 LDG.E.NA.128.CONSTANT R8, desc[UR4][R2.64] ;
+        /*0040*/                   FFMA R9, R8, R7, R9 ;
+        /*0050*/                   FFMA R10, R8, R7, R10 ;
+        /*0060*/              @!P1 BRA 0x30 ;
+        /*0070*/               @P2 BRA P0, 0x0 ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_sass_loop_takes_the_shortest_loop_around_a_weight_load():
+    """The inner loop (0x30-0x60), not the outer one around it: 4 instructions, 1 weight load, its opcodes."""
+    n, loads, ops = sass_loop.stream_loop(SASS)
+    assert (n, loads) == (4, 1) and ops == {"LDG": 1, "FFMA": 2, "BRA": 1}
+    outer_only = SASS.replace("@!P1 BRA 0x30", "@!P1 BRA 0x90")  # a forward branch closes no loop
+    assert sass_loop.stream_loop(outer_only)[:2] == (8, 2)
+    with pytest.raises(ValueError, match="no loop"):
+        sass_loop.stream_loop(SASS.replace("BRA P0, 0x0", "BRA P0, 0x90").replace("BRA 0x30", "BRA 0x90"))
+    assert sass_loop.tune_item("WSP_U=5") == ("WSP_U", 5)
+    with pytest.raises(argparse.ArgumentTypeError):
+        sass_loop.tune_item("U=5")
