@@ -86,7 +86,7 @@ SETS = {  # set: shape: (tile, cluster, macros) beside the chosen build (tile No
     },
     "depth": {  # loads a batch on the chosen tiling (v6's stream needs fewer registers: 5 fit 3 blocks a SM)
         name: [(None, None, {"WSP_U": 5}), (None, None, {"WSP_U": 3}), (None, None, {"WSP_U": 6, "WSP_MINB": 2})]
-        for name in CELLS
+        for name in (*CELLS, "70B gate/up 8192->28672", "70B down 28672->8192")  # the 70B ones: --shapes
     },
     "arith": {  # the chosen tiling with less arithmetic a weight (WSP_FP8ALU 2 and 3: timing only, wrong y)
         name: [(None, None, ALU), (None, None, {"WSP_FP8ALU": 2}), (None, None, {"WSP_FP8ALU": 3})]
