@@ -1,8 +1,10 @@
 """Sparse decode kernel vs torch.matmul (cuBLAS), one GPU run: JSON with every figure, a short table printed last.
 
-Every time is the median over graph replays of per-call device time (CUDA events around a CUDA graph of many
-calls), with the weights rotated over enough copies that 3x the L2 cache is read between two reads of the same
-bytes: counted in kept bytes for the sparse calls (the same x keeps the same rows), in all bytes for the dense ones.
+Every time is the median over graph replays of per-call device time (CUDA events around a CUDA graph of 200+
+calls, each replay queued behind a sleep kernel so the host's launch of it is not timed; --legacy-timing: 20 calls
+onto an idle GPU, the way before 2026-12-03), with the weights rotated over enough copies that 3x the L2 cache is
+read between two reads of the same bytes: counted in kept bytes for the sparse calls (the same x keeps the same rows),
+in all bytes for the dense ones.
 The dense reference is the faster of torch.matmul on nn.Linear's [out, in] layout and on the kernel's [in, out]
 layout, measured in the same run; a fused group's dense reference is one matmul over the concatenated weight.
 Bandwidth counts the bytes the kernel must move (kept weight rows of the union mask, x, tau, y) and is set against
@@ -12,6 +14,7 @@ matmul for a layer planned at sparsity 0); the bars are read from that figure, w
 
     python benchmarks/bench_kernels.py --json OUT.json [--quick]
     python benchmarks/bench_kernels.py --json OUT.json --weights fp8 int8   # only the quantized table (below)
+    python benchmarks/bench_kernels.py --json OUT.json --legacy-timing     # the clock before 2026-12-03
 
 --weights: 1-byte weights (quant.py formats), bf16 activations, batch 1, each time the median of 3 repetitions of
 the graph-replay median: torch.matmul in bf16; the dense FP8/INT8 references that run here (torch._scaled_mm with x
@@ -66,9 +69,22 @@ def run(spec, x, w, tau, y, prof=None, scale=None) -> None:
                    torch.cuda.current_stream().cuda_stream, trailing=() if prof is None else (prof.data_ptr(),))
 
 
-def median_call_us(calls, n_copies: int, replays: int = 15) -> float:
-    """Median per-call device time of `calls[i % n_copies]()` captured in one CUDA graph."""
-    per_graph = max(20, n_copies * math.ceil(20 / n_copies))
+QUEUED = True  # median_call_us: each replay queued behind a sleep kernel (--legacy-timing: launched onto an idle GPU)
+PER_GRAPH = 200  # calls a graph (--legacy-timing: 20), so the graph's own start is ~1% of a call, as in a decode step
+SLEEP_CYCLES = 200_000  # ~100 us at the H200's clock: longer than the host takes to queue the replay and its events
+
+
+def median_call_us(calls, n_copies: int, replays: int = 15, per_graph: int | None = None,
+                   queued: bool | None = None) -> float:
+    """Median per-call device time of `calls[i % n_copies]()` captured in one CUDA graph of `per_graph`+ calls.
+
+    Queued, a sleep kernel runs ahead of the start event, so the replay and the stop event are already waiting when
+    the GPU reaches the start: the interval holds the graph's calls, not the host's launch of it. With 200 calls, the
+    graph's start on the GPU (~2 us) is ~1% of a call, as in a decode step's one graph of hundreds of kernels. The
+    way before 2026-12-03 (--legacy-timing: idle, 20 calls) spread both over 20 calls (benchmarks/probe_timing.py)."""
+    queued = QUEUED if queued is None else queued
+    per_graph = per_graph or PER_GRAPH
+    per_graph = n_copies * math.ceil(per_graph / n_copies)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -83,12 +99,19 @@ def median_call_us(calls, n_copies: int, replays: int = 15) -> float:
     times = []
     for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if queued:
+            torch.cuda._sleep(SLEEP_CYCLES)
         a.record()
         graph.replay()
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b) * 1e3 / per_graph)
     return statistics.median(times)
+
+
+def timing() -> str:
+    """How median_call_us reads the clock, for the JSON."""
+    return f"{'queued' if QUEUED else 'idle'}, {PER_GRAPH} calls a graph"
 
 
 def ceilings() -> tuple[float, float]:
@@ -373,7 +396,11 @@ def main() -> None:
                     help="only the quantized table, for these weight formats")
     ap.add_argument("--tune", action="store_true", help="with --weights: also sweep the quantized kernel's variants "
                     "on the 8B shapes")
+    ap.add_argument("--legacy-timing", action="store_true", help="graphs of 20 calls launched onto an idle GPU, the "
+                    "way before 2026-12-03 (the graph's launch and start then count in every call: probe_timing.py)")
     args = ap.parse_args()
+    global QUEUED, PER_GRAPH
+    QUEUED, PER_GRAPH = (False, 20) if args.legacy_timing else (QUEUED, PER_GRAPH)
     torch.manual_seed(0)
     t0 = time.time()
     copy, read = ceilings()
@@ -383,7 +410,8 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"),
                        "torch": torch.__version__, "nvrtc": kernels.nvrtc_version(), "copy_tbps": copy / 1e12,
-                       "read_tbps": read / 1e12, "quantized": qrows, "quantized_variants": tuned,
+                       "read_tbps": read / 1e12, "timing": timing(), "quantized": qrows,
+                       "quantized_variants": tuned,
                        "seconds": time.time() - t0}, f, indent=1)
         for r in tuned:
             best = min(r["variants_us"], key=r["variants_us"].get)
@@ -408,7 +436,7 @@ def main() -> None:
                              tiles=True)
     result = {"gpu": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
               "nvrtc": kernels.nvrtc_version(), "driver": kernels.driver_version(), "copy_tbps": copy_tbps,
-              "read_tbps": read_tbps, "tiny_kernel_us": floor_us,
+              "read_tbps": read_tbps, "timing": timing(), "tiny_kernel_us": floor_us,
               "rows": rows, "tile_sweep": sweep, "seconds": time.time() - t0}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

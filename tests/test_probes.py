@@ -1,7 +1,7 @@
-"""benchmarks/probe_access.py, probe_async.py, probe_grid.py, probe_mma.py, probe_pdl.py and sass_loop.py on CPU:
-the tables they walk, the builds they ask for, the tensor-core prototype's PTX and its float64 reference, the loop
-sass_loop.py counts (the timings need a GPU); on a GPU, the asynchronous-copy read against the register read of the
-same pieces."""
+"""benchmarks/probe_access.py, probe_async.py, probe_grid.py, probe_mma.py, probe_pdl.py, probe_timing.py and
+sass_loop.py on CPU: the tables they walk, the builds they ask for, the tensor-core prototype's PTX and its float64
+reference, the loop sass_loop.py counts, the clocks probe_timing.py compares (the timings need a GPU); on a GPU, the
+asynchronous-copy read against the register read of the same pieces."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from _plans import nvrtc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_floor  # noqa: E402
+import bench_kernels  # noqa: E402
 import probe_access as pa  # noqa: E402
 import probe_async  # noqa: E402
 import probe_grid as pg  # noqa: E402
 import probe_mma as pm  # noqa: E402
 import probe_pdl as pp  # noqa: E402
+import probe_timing  # noqa: E402
 import sass_loop  # noqa: E402
 
 from wisparse_export import kernels, quant  # noqa: E402
@@ -332,6 +334,34 @@ def test_probe_command_line_and_no_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args, t0 = bench_floor.probe_start(ap, "probe_grid.py")
     assert (args.json, args.reps, args.set) == ("out.json", 3, "async") and t0 > 0
+
+
+def test_timing_probe_compares_both_clocks_on_the_issue_cells(monkeypatch):
+    """probe_timing.py times each call four ways (idle / queued, 20 / 200 calls a graph) on issue 14's two 8B cells;
+    bench_kernels.py's default is the queued 200-call way, --legacy-timing the idle 20-call one; no GPU: one line."""
+    assert probe_timing.METHODS == {"idle-20": (False, 20), "queued-20": (True, 20), "idle-200": (False, 200),
+                                    "queued-200": (True, 200)}
+    assert probe_timing.CELLS == ("8B gate/up 4096->14336", "8B down 14336->4096")
+    assert (bench_kernels.QUEUED, bench_kernels.PER_GRAPH) == (True, 200)
+    assert bench_kernels.timing() == "queued, 200 calls a graph"
+    monkeypatch.setattr(sys, "argv", ["probe_timing.py", "--json", "out.json"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        probe_timing.main()
+    assert e.value.code == "error: probe_timing.py needs a CUDA GPU, and none is visible"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("queued", [True, False])
+def test_timed_graph_runs_each_copy_its_share(queued):
+    """On a GPU: median_call_us runs every copy once before capture, then 1 + `replays` replays of a graph of 200
+    calls rounded up to whole rotations (3 copies: 201, 67 each), and returns a positive per-call time; both clocks."""
+    acc = torch.zeros(1, dtype=torch.float64, device="cuda")
+    calls = [lambda d=10.0**i: acc.add_(d) for i in range(3)]
+    us = bench_kernels.median_call_us(calls, 3, replays=4, per_graph=200, queued=queued)
+    torch.cuda.synchronize()
+    assert acc.item() == (1 + 5 * 67) * 111.0
+    assert 0 < us < 1e3
 
 
 SASS = """
