@@ -72,9 +72,10 @@ def run(spec, x, w, tau, y, prof=None, scale=None) -> None:
 QUEUED = True  # median_call_us: each replay queued behind a sleep kernel (--legacy-timing: launched onto an idle GPU)
 PER_GRAPH = 200  # calls a graph (--legacy-timing: 20), so the graph's own start is ~1% of a call, as in a decode step
 SLEEP_CYCLES = 200_000  # ~100 us at the H200's clock: longer than the host takes to queue the replay and its events
+REPLAYS = 15  # graph replays a median_call_us, after one untimed
 
 
-def median_call_us(calls, n_copies: int, replays: int = 15, per_graph: int | None = None,
+def median_call_us(calls, n_copies: int, replays: int = REPLAYS, per_graph: int | None = None,
                    queued: bool | None = None) -> float:
     """Median per-call device time of `calls[i % n_copies]()` captured in one CUDA graph of `per_graph`+ calls.
 

@@ -77,6 +77,21 @@ def test_chain_never_rereads_within_all_copies(name, n):
     assert len(pairs) == n * positions and step >= 132 * fl.SEG
 
 
+@pytest.mark.parametrize("name", list(fl.CELLS))
+@pytest.mark.parametrize("n", [2, 4, 7, 13])
+@pytest.mark.parametrize("reps", [1, 3, 5])
+def test_chain_graphs_stay_fresh_on_the_200_call_clock(name, n, reps):
+    """fresh_per_graph: whole rings, at most bench_kernels' 200 calls a graph, and every timing's calls (n warm-up,
+    then 1 + 15 replays of the graph) together within n * positions, so Chain.check's `fresh` holds; the 8B
+    gate+up bf16 cell at 0.5 (2 copies, 4096 positions) needed 9606 calls of 200-call graphs, past its 8192."""
+    in_f, splits, _ = fl.CELLS[name]
+    positions, _ = fl.chain_geometry(in_f, sum(splits), 132)
+    pg = fl.fresh_per_graph(n, positions, reps)
+    assert pg % n == 0 and n <= pg <= fl.PER_GRAPH == 200
+    assert reps * (n + (fl.REPLAYS + 1) * pg) <= n * positions
+    assert fl.fresh_per_graph(2, 4096, 3) == 170 and fl.fresh_per_graph(4, 4096, 3) == 200
+
+
 def test_ceiling_and_mark():
     """FP8 down at 0.5 (bound 7.1 us, bar 85%): 1.25 us of chain is exactly what the bar leaves."""
     assert fl.ceiling_pct(7.1, 1.25) == pytest.approx(100 * 7.1 / 8.35)
