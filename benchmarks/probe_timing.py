@@ -1,12 +1,13 @@
 """How the kernel benchmarks' clock is read: per-call µs of one CUDA graph replay, launched onto an idle GPU or queued.
 
-bench_kernels.py times a graph of 20+ calls between two CUDA events. Launched onto an idle GPU (the way before
-2026-12-03), the start event fires as soon as it is queued and the graph's calls begin only once the host has
-launched the graph, so that launch, a few µs, is spread over the 20 calls of every figure, the reference's included.
-Queued behind a sleep kernel, the replay and the stop event are already waiting when the start event fires. This
-probe times the same calls both ways, with 20 and with 200 calls a graph, in alternating rounds, on the cells of
-issue 14's kernel bars (and an empty kernel): if the launch is what the idle way adds, idle-20 exceeds queued-20 by
-about its share, idle-200 by a tenth of that, and queued-20 equals queued-200.
+bench_kernels.py times a graph of calls between two CUDA events. Before 2026-12-03 (now --legacy-timing) the graph
+held 20+ calls and was launched onto an idle GPU: the start event fires as soon as it is queued and the graph's calls
+begin only once the host has launched the graph, so that launch, a few µs, is spread over the 20 calls of every
+figure, the reference's included. Queued behind a sleep kernel, the replay and the stop event are already waiting when
+the start event fires. This probe times the same calls both ways, with 20 and with 200 calls a graph, in alternating
+rounds, on the cells of issue 14's kernel bars (and an empty kernel): if the launch is what the idle way adds, idle-20
+exceeds queued-20 by about its share, idle-200 by a tenth of that, and queued-20 exceeds queued-200 only by the
+graph's own start on the GPU (measured: ~2 µs a graph). bench_kernels.py's clock since then is queued-200.
 
     python benchmarks/probe_timing.py --json OUT.json [--reps 5] [--sparsity 0.5]
 """
@@ -75,7 +76,7 @@ def main() -> None:
             torch.cuda.empty_cache()
     save_rows(args.json, rows, t0, sparsity=args.sparsity, copy_tbps=copy / 1e12)
     print(f"{'cell':<24} {'path':<26} " + " ".join(f"{m:>10}" for m in METHODS) + "   (us a call)")
-    ref: dict[str, float] = {}
+    ref: dict = {}
     for r in rows:
         if r["path"] == "torch.matmul bf16":
             ref = r
