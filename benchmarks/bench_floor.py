@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import subprocess
 import sys
 import time
@@ -57,7 +56,7 @@ from bench_fused import (
     pct_of_bound,
     sparsity_case,
 )
-from bench_kernels import PER_GRAPH, REPLAYS, ceilings, copies, median_call_us
+from bench_kernels import PER_GRAPH, REPLAYS, ceilings, copies
 
 from wisparse_export import kernels
 
@@ -274,7 +273,7 @@ def chains(wts: list[torch.Tensor], in_f: int, row_bytes: int, sms: int, arch: i
         c = Chain(wts, in_f, row_bytes, blocks, arch, fixed)
         per_graph = PER_GRAPH if fixed else fresh_per_graph(c.n, c.positions, reps)
         out[f"{key}_per_graph"] = per_graph
-        out[f"{key}_us"] = statistics.median(median_call_us(c.calls(), c.n, REPLAYS, per_graph) for _ in range(reps))
+        out[f"{key}_us"] = _time(c.calls(), c.n, reps, per_graph)
         torch.cuda.synchronize()
         out[f"{key}_check"] = c.check()
     return out

@@ -302,8 +302,8 @@ def _same(y: torch.Tensor, want: torch.Tensor) -> bool:
     return torch.allclose(y.float(), want.float(), rtol=2e-2, atol=2e-2 * want.float().abs().max().item())
 
 
-def _time(fns: list, k: int, reps: int) -> float:
-    return statistics.median(median_call_us(fns, k) for _ in range(reps))
+def _time(fns: list, k: int, reps: int, per_graph: int | None = None) -> float:
+    return statistics.median(median_call_us(fns, k, per_graph=per_graph) for _ in range(reps))
 
 
 def ablate_cell(case: Case, in_f: int, splits: Sequence[int], kind: str, weights: str | None, n_rows: int,
