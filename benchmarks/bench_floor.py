@@ -56,7 +56,7 @@ from bench_fused import (
     pct_of_bound,
     sparsity_case,
 )
-from bench_kernels import PER_GRAPH, REPLAYS, ceilings, copies
+from bench_kernels import PER_GRAPH, REPLAYS, ceilings, copies, timing
 
 from wisparse_export import kernels
 
@@ -221,10 +221,11 @@ def today_call(x: torch.Tensor, w: torch.Tensor, scale, tau: torch.Tensor, split
 
 
 def save_rows(path: str, rows: list[dict], t0: float, **extra) -> None:
-    """A probe's JSON: when, on which GPU, by which command, its rows (and `extra` fields), and how long it took."""
+    """A probe's JSON: when, on which GPU, by which command and clock, its rows (and `extra` fields, which may name
+    another clock), and how long it took."""
     with open(path, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-                   "command": " ".join([sys.executable, *sys.argv]), **extra, "rows": rows,
+                   "command": " ".join([sys.executable, *sys.argv]), "timing": timing(), **extra, "rows": rows,
                    "seconds": time.time() - t0}, f, indent=1)
 
 
@@ -393,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "torch": torch.__version__, "cuda_runtime": torch.version.cuda, "cuda_driver": kernels.driver_version(),
               "nvidia_driver": nvidia_driver(), "nvrtc": kernels.nvrtc_version(),
               "command": shlex.join([sys.executable, *sys.argv]), "copy_tbps": copy / 1e12, "read_tbps": read / 1e12,
-              "empty_us": empty, "torch_one_element_us": tiny_us, "seg_bytes": SEG, "rows": rows,
+              "timing": timing(), "empty_us": empty, "torch_one_element_us": tiny_us, "seg_bytes": SEG, "rows": rows,
               "seconds": time.time() - t0}
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1)

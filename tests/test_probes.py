@@ -220,13 +220,17 @@ def test_l2hint_builds_mark_weights_and_tau():
 
 
 def test_probe_json_says_when_where_and_how(tmp_path, monkeypatch):
-    """Every probe's JSON carries the date, the GPU, the command, its extra fields, the rows and the seconds."""
+    """Every probe's JSON carries the date, the GPU, the command, its clock, its extra fields, the rows and the
+    seconds; a probe that times several clocks says so in place of the default's name."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
     path = tmp_path / "p.json"
     bench_floor.save_rows(str(path), [{"us": 1.5}], 0.0, read_tbps=4.2)
     got = json.loads(path.read_text())
     assert got["gpu"] == "NVIDIA H200" and got["rows"] == [{"us": 1.5}] and got["read_tbps"] == 4.2
     assert got["command"].split()[0] == sys.executable and got["seconds"] > 0 and got["date"][:2] == "20"
+    assert got["timing"] == "queued, 200 calls a graph"
+    bench_floor.save_rows(str(path), [], 0.0, timing="four clocks: each row")
+    assert json.loads(path.read_text())["timing"] == "four clocks: each row"
 
 
 def _fp8_ptx(tune):
