@@ -225,7 +225,7 @@ def save_rows(path: str, rows: list[dict], t0: float, **extra) -> None:
     another clock), and how long it took."""
     with open(path, "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-                   "command": " ".join([sys.executable, *sys.argv]), "timing": timing(), **extra, "rows": rows,
+                   "command": shlex.join([sys.executable, *sys.argv]), "timing": timing(), **extra, "rows": rows,
                    "seconds": time.time() - t0}, f, indent=1)
 
 
@@ -390,14 +390,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             for r in bench_cells(name, WEIGHTS[w], args.sparsities, read, args.reps)]
     for r in rows:
         r["empty_us"] = empty
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "gpu": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "cuda_runtime": torch.version.cuda, "cuda_driver": kernels.driver_version(),
-              "nvidia_driver": nvidia_driver(), "nvrtc": kernels.nvrtc_version(),
-              "command": shlex.join([sys.executable, *sys.argv]), "copy_tbps": copy / 1e12, "read_tbps": read / 1e12,
-              "timing": timing(), "empty_us": empty, "torch_one_element_us": tiny_us, "seg_bytes": SEG, "rows": rows,
-              "seconds": time.time() - t0}
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=1)
+    save_rows(args.json, rows, t0, torch=torch.__version__, cuda_runtime=torch.version.cuda,
+              cuda_driver=kernels.driver_version(), nvidia_driver=nvidia_driver(), nvrtc=kernels.nvrtc_version(),
+              copy_tbps=copy / 1e12, read_tbps=read / 1e12, empty_us=empty, torch_one_element_us=tiny_us,
+              seg_bytes=SEG)
     print(table(rows, empty))
     print(f"plain read {read / 1e12:.2f} TB/s, copy {copy / 1e12:.2f} TB/s; empty kernel {empty:.2f} us, torch's "
           f"one-element zero_ {tiny_us:.2f} us; {time.time() - t0:.0f} s")

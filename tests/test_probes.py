@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -223,11 +224,14 @@ def test_probe_json_says_when_where_and_how(tmp_path, monkeypatch):
     """Every probe's JSON carries the date, the GPU, the command, its clock, its extra fields, the rows and the
     seconds; a probe that times several clocks says so in place of the default's name."""
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    argv = ["probe_access.py", "--json", "out.json", "--cells", "8B down bf16", "8B gate+up fp8"]
+    monkeypatch.setattr(sys, "argv", argv)
     path = tmp_path / "p.json"
     bench_floor.save_rows(str(path), [{"us": 1.5}], 0.0, read_tbps=4.2)
     got = json.loads(path.read_text())
     assert got["gpu"] == "NVIDIA H200" and got["rows"] == [{"us": 1.5}] and got["read_tbps"] == 4.2
-    assert got["command"].split()[0] == sys.executable and got["seconds"] > 0 and got["date"][:2] == "20"
+    assert shlex.split(got["command"]) == [sys.executable, *argv]  # quoted: the command re-runs as recorded
+    assert got["seconds"] > 0 and got["date"][:2] == "20"
     assert got["timing"] == "queued, 200 calls a graph"
     bench_floor.save_rows(str(path), [], 0.0, timing="four clocks: each row")
     assert json.loads(path.read_text())["timing"] == "four clocks: each row"
